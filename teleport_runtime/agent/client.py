@@ -1,0 +1,124 @@
+"""The one client of the auth API, used by nodes, proxies, tctl and tsh.
+
+It verifies the auth server against the cluster's host CAs under the name
+``teleport.cluster.local`` (so joining by IP works) and presents the caller's identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import aiohttp
+
+from teleport_runtime.agent.identity import Identity
+from teleport_runtime.config import HostPort
+from teleport_runtime.errors import ConnectionProblem, TeleportError, error_from_dict
+
+API_SERVER_NAME = "teleport.cluster.local"
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+
+
+def insecure_ssl_context() -> ssl.SSLContext:
+    """No verification: only for fetching the CA certs that the caller then checks by pin."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def trusting_ssl_context(ca_certs: list[bytes]) -> ssl.SSLContext:
+    """Verify the server against ``ca_certs`` only; present no client certificate."""
+    ctx = ssl.create_default_context(cadata=b"".join(ca_certs).decode())
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class AuthClient:
+    """Calls the auth API at the first reachable address of ``addresses``."""
+
+    def __init__(
+        self,
+        addresses: list[HostPort],
+        ssl_context: ssl.SSLContext,
+        *,
+        verify_name: bool = True,
+    ) -> None:
+        if not addresses:
+            raise ConnectionProblem("no auth server address: pass --auth-server=HOST:3025")
+        self.addresses = addresses
+        self.ssl_context = ssl_context
+        self.verify_name = verify_name
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_identity(cls, addresses: list[HostPort], identity: Identity) -> AuthClient:
+        return cls(addresses, identity.client_ssl_context())
+
+    async def __aenter__(self) -> AuthClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def set_ssl_context(self, ctx: ssl.SSLContext) -> None:
+        """Use a new identity or trust from the next request on (rotation, re-registration)."""
+        self.ssl_context = ctx
+        if self._session is not None:
+            asyncio.get_running_loop().create_task(self._session.close())
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=8)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=DEFAULT_TIMEOUT)
+        return self._session
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; TeleportError as the server sent it, ConnectionProblem if unreachable."""
+        session = self._get_session()
+        problems = []
+        for addr in self.addresses:
+            url = f"https://{addr}{path}"
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    json=body,
+                    server_hostname=API_SERVER_NAME if self.verify_name else None,
+                ) as resp:
+                    try:
+                        data = await resp.json(content_type=None)
+                    except ValueError:
+                        data = None
+                    if resp.status >= 400:
+                        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                            raise error_from_dict(data["error"])
+                        raise TeleportError(f"auth server at {addr} answered HTTP {resp.status}")
+                    return data
+            except aiohttp.ClientConnectorCertificateError as exc:
+                problems.append(f"{addr}: its certificate is not signed by the cluster's CA ({exc.certificate_error})")
+            except aiohttp.ClientSSLError as exc:
+                problems.append(f"{addr}: TLS handshake failed ({exc})")
+            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+                problems.append(f"{addr}: {exc or type(exc).__name__}")
+        raise ConnectionProblem(
+            "cannot reach the auth server: " + "; ".join(problems)
+            + " — check --auth-server / teleport.auth_servers and that the auth service is running"
+        )
+
+    # Convenience wrappers keep call sites readable.
+    async def get(self, path: str) -> Any:
+        return await self.call("GET", path)
+
+    async def post(self, path: str, body: Any) -> Any:
+        return await self.call("POST", path, body)
+
+    async def delete(self, path: str) -> Any:
+        return await self.call("DELETE", path)

@@ -1,0 +1,138 @@
+"""An agent's identity on disk: its SSH host key and certificate, its X.509 key and certificate,
+and what it trusts (host CA certs, user CA keys). Nodes and proxies keep one per role under
+``<data_dir>/identity/<role>/``; the auth service writes the local admin identity tctl uses under
+``<data_dir>/admin/``. Files are written atomically with mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from teleport_runtime.errors import ConfigError
+
+_FILES = {
+    "ssh_key": "ssh_key",
+    "ssh_cert": "ssh_cert",
+    "tls_key": "tls_key.pem",
+    "tls_cert": "tls_cert.pem",
+    "ca_certs": "ca_certs.pem",
+    "user_ca_keys": "user_ca.pub",
+    "host_ca_keys": "host_ca.pub",
+}
+
+
+def write_private(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Identity:
+    """Credentials issued by the auth service, and the cluster's CAs they trust."""
+
+    tls_key: bytes
+    tls_cert: bytes
+    ca_certs: list[bytes]  # trusted host CA X.509 certs (the auth server's cert chains to one)
+    ssh_key: bytes = b""
+    ssh_cert: str = ""
+    user_ca_keys: list[str] | None = None  # trusted user CA SSH keys (nodes check users)
+    host_ca_keys: list[str] | None = None  # trusted host CA SSH keys (clients check hosts)
+
+    def save(self, directory: Path) -> None:
+        write_private(directory / _FILES["tls_key"], self.tls_key)
+        write_private(directory / _FILES["tls_cert"], self.tls_cert)
+        write_private(directory / _FILES["ca_certs"], b"".join(self.ca_certs))
+        if self.ssh_key:
+            write_private(directory / _FILES["ssh_key"], self.ssh_key)
+            write_private(directory / _FILES["ssh_cert"], self.ssh_cert.strip() + "\n")
+        if self.user_ca_keys is not None:
+            write_private(directory / _FILES["user_ca_keys"], "".join(k + "\n" for k in self.user_ca_keys))
+        if self.host_ca_keys is not None:
+            write_private(directory / _FILES["host_ca_keys"], "".join(k + "\n" for k in self.host_ca_keys))
+
+    @classmethod
+    def load(cls, directory: Path) -> Identity:
+        """Read an identity; ConfigError naming the missing file if it is incomplete."""
+
+        def read(name: str, required: bool = True) -> bytes | None:
+            path = directory / _FILES[name]
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                if required:
+                    raise ConfigError(f"identity file {path} is missing") from None
+                return None
+            except PermissionError:
+                raise ConfigError(f"cannot read {path}: permission denied (run as root?)") from None
+
+        def lines(raw: bytes | None) -> list[str] | None:
+            if raw is None:
+                return None
+            return [line.strip() for line in raw.decode().splitlines() if line.strip()]
+
+        return cls(
+            tls_key=read("tls_key"),
+            tls_cert=read("tls_cert"),
+            ca_certs=split_pem(read("ca_certs")),
+            ssh_key=read("ssh_key", required=False) or b"",
+            ssh_cert=(read("ssh_cert", required=False) or b"").decode().strip(),
+            user_ca_keys=lines(read("user_ca_keys", required=False)),
+            host_ca_keys=lines(read("host_ca_keys", required=False)),
+        )
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        return (directory / _FILES["tls_cert"]).exists() and (directory / _FILES["tls_key"]).exists()
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A TLS client context presenting this identity and trusting only the cluster's host CAs."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=b"".join(self.ca_certs).decode())
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            write_private(cert, self.tls_cert)
+            write_private(key, self.tls_key)
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+
+def split_pem(data: bytes) -> list[bytes]:
+    """Split concatenated PEM certificates."""
+    marker = b"-----END CERTIFICATE-----"
+    parts = []
+    for chunk in data.split(marker):
+        if b"-----BEGIN CERTIFICATE-----" in chunk:
+            parts.append(chunk.strip() + b"\n" + marker + b"\n")
+    return parts
+
+
+def host_uuid(data_dir: Path) -> str:
+    """This host's UUID, created once and kept in ``<data_dir>/host_uuid``."""
+    path = data_dir / "host_uuid"
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    value = str(uuid.uuid4())
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(path, value + "\n")
+    return value

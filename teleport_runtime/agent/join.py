@@ -1,0 +1,113 @@
+"""The join flow, client side: how a node or proxy becomes a member of the cluster.
+
+1. Fetch the host CA certificates over TLS *without* verification (we do not trust anything yet).
+2. Check every one against the CA pins (``--ca-pin``); with no pin, warn about man-in-the-middle
+   risk and go on, as the reference does. The token is not sent before this check.
+3. Reconnect verifying the auth server against those CA certs, send the token with freshly made
+   public keys, and receive the host SSH certificate and the X.509 identity.
+4. Keep them in ``<data_dir>/identity/<role>/``; later starts reuse them without a token.
+
+The server side (token check, signing) is ``auth/service.py: AuthService.register``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from teleport_runtime.agent.client import AuthClient, insecure_ssl_context, trusting_ssl_context
+from teleport_runtime.agent.identity import Identity, host_uuid
+from teleport_runtime.ca import check_ca_pins, generate_ssh_keypair, generate_tls_keypair
+from teleport_runtime.config import Config, HostPort
+from teleport_runtime.errors import AccessDenied, ConfigError
+
+log = logging.getLogger("teleport.join")
+
+NO_PIN_WARNING = (
+    "WARN: joining the cluster without a CA pin: the auth server's identity is not verified and a "
+    "man-in-the-middle could impersonate it. Pass --ca-pin=sha256:... (or teleport.ca_pin) with "
+    "the pin `tctl status` prints on the auth server."
+)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def identity_dir(data_dir: Path, role: str) -> Path:
+    return data_dir / "identity" / role
+
+
+async def join_cluster(
+    *,
+    auth_servers: list[HostPort],
+    token: str,
+    ca_pins: list[str],
+    role: str,
+    nodename: str,
+    uuid: str,
+    addresses: list[str],
+    warn: Callable[[str], None] = _stderr,
+) -> Identity:
+    """Join with ``token`` as ``role`` (node or proxy); returns the issued identity."""
+    async with AuthClient(auth_servers, insecure_ssl_context(), verify_name=False) as probe:
+        cas = await probe.get("/v1/ca")
+    ca_certs = [c.encode() for c in cas.get("host_ca_certs", [])]
+    if ca_pins:
+        try:
+            check_ca_pins(ca_certs, ca_pins)
+        except AccessDenied as exc:
+            raise AccessDenied(f"refusing to join: {exc.message}") from None
+    else:
+        warn(NO_PIN_WARNING)
+    ssh_key, ssh_public = generate_ssh_keypair()
+    tls_key, tls_public = generate_tls_keypair()
+    async with AuthClient(auth_servers, trusting_ssl_context(ca_certs)) as client:
+        issued = await client.post(
+            "/v1/join",
+            {
+                "token": token,
+                "role": role,
+                "host_uuid": uuid,
+                "nodename": nodename,
+                "ssh_public_key": ssh_public,
+                "tls_public_key": tls_public.decode(),
+                "addresses": addresses,
+            },
+        )
+    return Identity(
+        tls_key=tls_key,
+        tls_cert=issued["tls_cert"].encode(),
+        ca_certs=[c.encode() for c in issued["host_ca_certs"]],
+        ssh_key=ssh_key,
+        ssh_cert=issued["ssh_cert"],
+        user_ca_keys=list(issued["user_ca_keys"]),
+        host_ca_keys=list(issued["host_ca_keys"]),
+    )
+
+
+async def ensure_identity(cfg: Config, role: str, addresses: list[str]) -> Identity:
+    """The stored identity for ``role``, or join the cluster with the configured token."""
+    directory = identity_dir(cfg.data_dir, role)
+    if Identity.exists(directory):
+        log.info("using the stored %s identity in %s", role, directory)
+        return Identity.load(directory)
+    if not cfg.auth_token:
+        raise ConfigError(
+            f"this host has not joined the cluster yet (no identity in {directory}) and no join "
+            "token was given: pass --token=TOKEN (from `tctl nodes add`) or set teleport.auth_token"
+        )
+    identity = await join_cluster(
+        auth_servers=cfg.auth_addresses(),
+        token=cfg.auth_token,
+        ca_pins=cfg.ca_pins,
+        role=role,
+        nodename=cfg.nodename,
+        uuid=host_uuid(cfg.data_dir),
+        addresses=addresses,
+    )
+    identity.save(directory)
+    log.info("joined the cluster as %s %s", role, cfg.nodename)
+    return identity

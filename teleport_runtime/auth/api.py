@@ -1,0 +1,245 @@
+"""The auth API over HTTPS (default port 3025).
+
+Only two endpoints answer without a client certificate: the CA certificates (for CA pinning) and
+joining. Everything else needs mutual TLS with a certificate from one of the cluster's CAs; the
+caller's identity and system role come from that certificate, and each route names the roles it
+admits (a node cannot create tokens). Errors cross this boundary once, as
+``{"error": {"code", "message"}}`` with the error's HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from teleport_runtime.agent.identity import write_private
+from teleport_runtime.auth.service import AuthService, JoinRequest
+from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
+from teleport_runtime.durations import parse_duration
+from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
+
+log = logging.getLogger("teleport.auth.api")
+
+Handler = Callable[[web.Request], Awaitable[Any]]
+PUBLIC = ()
+
+
+def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
+    """Mark a handler with the system roles it admits (``PUBLIC``: no client cert needed)."""
+
+    def wrap(fn: Callable[..., Awaitable[Any]]) -> Handler:
+        fn.allowed_roles = roles  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def system_roles(identity: TLSIdentity) -> list[str]:
+    """The API roles a certificate holds. User certs carry user role names, which must never
+    be mistaken for system roles (a user role named "Admin" is still just a user)."""
+    return list(identity.roles) if identity.kind in ("host", "admin") else ["User"]
+
+
+class AuthAPI:
+    """HTTP handlers over :class:`AuthService`, and the TLS listener that serves them."""
+
+    def __init__(self, auth: AuthService) -> None:
+        self.auth = auth
+        self.runner: web.AppRunner | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._active_ssl: ssl.SSLContext | None = None
+
+    # ------------------------------------------------------------------ TLS
+
+    async def build_ssl_context(self, extra_names: list[str]) -> ssl.SSLContext:
+        """Server identity signed by the host CA; client certs verified against both CAs."""
+        identity = await self.auth.issue_server_identity(extra_names)
+        cas = await self.auth.public_cas()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+            write_private(cert, identity.tls_cert)
+            write_private(key, identity.tls_key)
+            ctx.load_cert_chain(cert, key)
+        ctx.verify_mode = ssl.CERT_OPTIONAL  # public endpoints exist; handlers require a cert
+        ctx.load_verify_locations(cadata="".join(cas["host_ca_certs"] + cas["user_ca_certs"]))
+        return ctx
+
+    async def reload_tls(self, extra_names: list[str]) -> None:
+        """Swap the TLS identity and trust for new connections (after a CA rotation step)."""
+        self._active_ssl = await self.build_ssl_context(extra_names)
+
+    def _select_context(self, sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._active_ssl is not None:
+            sslobj.context = self._active_ssl
+
+    # ------------------------------------------------------------------ serving
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
+        app.router.add_get("/v1/ca", self.get_ca)
+        app.router.add_post("/v1/join", self.join)
+        app.router.add_post("/v1/heartbeat", self.heartbeat)
+        app.router.add_get("/v1/nodes", self.list_nodes)
+        app.router.add_get("/v1/proxies", self.list_proxies)
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/v1/tokens", self.list_tokens)
+        app.router.add_post("/v1/tokens", self.create_token)
+        app.router.add_delete("/v1/tokens/{token}", self.delete_token)
+        return app
+
+    async def start(self, host: str, port: int, extra_names: list[str]) -> int:
+        """Listen on ``host:port`` (port 0 picks one); returns the bound port."""
+        self._active_ssl = await self.build_ssl_context(extra_names)
+        outer = await self.build_ssl_context(extra_names)
+        outer.sni_callback = self._select_context
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, ssl_context=outer, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001
+        bound = sockets[0].getsockname()[1] if sockets else port
+        log.info("auth API listening on %s:%s", host, bound)
+        return bound
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            roles = getattr(handler, "allowed_roles", None)
+            if roles is None:
+                raise AccessDenied("no such endpoint")
+            if roles != PUBLIC:
+                identity = await self._caller(request)
+                if not set(system_roles(identity)) & set(roles):
+                    log.warning(
+                        "denied %s %s to %s (roles %s)",
+                        request.method, request.path, identity.name, ",".join(identity.roles),
+                    )
+                    raise AccessDenied(
+                        f"{request.method} {request.path} is not allowed for role "
+                        f"{','.join(identity.roles)}"
+                    )
+                request["identity"] = identity
+            result = await handler(request)
+            if isinstance(result, web.StreamResponse):
+                return result
+            return web.json_response(result)
+        except web.HTTPException:
+            raise
+        except TeleportError as exc:
+            return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+        except Exception:
+            log.exception("internal error in %s %s", request.method, request.path)
+            return web.json_response(
+                {"error": {"code": "internal", "message": "internal error, see the auth log"}},
+                status=500,
+            )
+
+    async def _caller(self, request: web.Request) -> TLSIdentity:
+        """The verified client identity; fail closed on anything unexpected."""
+        sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        if not der:
+            raise AccessDenied("this endpoint needs a client certificate issued by the cluster")
+        identity = parse_tls_identity(der)
+        if identity.cluster != self.auth.cluster_name:
+            raise AccessDenied(f"certificate is for cluster {identity.cluster!r}, not this one")
+        # Host and admin identities must come from the host CA, users from the user CA.
+        cas = await self.auth.public_cas()
+        wanted = cas["user_ca_certs"] if identity.kind == "user" else cas["host_ca_certs"]
+        if not issuing_ca_matches(der, [c.encode() for c in wanted]):
+            raise AccessDenied(f"{identity.kind} certificate not issued by the expected CA")
+        return identity
+
+    @staticmethod
+    async def _json(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadParameter("request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadParameter("request body must be a JSON object")
+        return body
+
+    # ------------------------------------------------------------------ handlers
+
+    @_route(PUBLIC)
+    async def get_ca(self, _request: web.Request) -> dict[str, Any]:
+        return await self.auth.public_cas()
+
+    @_route(PUBLIC)
+    async def join(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        try:
+            req = JoinRequest(
+                token=str(body["token"]),
+                role=str(body["role"]).lower(),
+                host_uuid=str(body["host_uuid"]),
+                nodename=str(body["nodename"]),
+                ssh_public_key=str(body["ssh_public_key"]),
+                tls_public_key=str(body["tls_public_key"]).encode(),
+                addresses=tuple(str(a) for a in body.get("addresses") or ()),
+            )
+        except KeyError as exc:
+            raise BadParameter(f"join request is missing {exc.args[0]}") from None
+        return await self.auth.register(req, request.remote or "unknown")
+
+    @_route(("Node", "Proxy"))
+    async def heartbeat(self, request: web.Request) -> dict[str, Any]:
+        identity: TLSIdentity = request["identity"]
+        if not identity.host_uuid:
+            raise AccessDenied("heartbeat needs a host identity")
+        body = await self._json(request)
+        return await self.auth.presence.heartbeat(
+            role=identity.roles[0],
+            host_uuid=identity.host_uuid,
+            report=body,
+            remote_ip=request.remote or "",
+        )
+
+    @_route(("Node", "Proxy", "Admin"))
+    async def list_nodes(self, request: web.Request) -> list[dict[str, Any]]:
+        return await self.auth.presence.list("Node")
+
+    @_route(("Node", "Proxy", "Admin"))
+    async def list_proxies(self, request: web.Request) -> list[dict[str, Any]]:
+        return await self.auth.presence.list("Proxy")
+
+    @_route(("Admin",))
+    async def status(self, request: web.Request) -> dict[str, Any]:
+        return await self.auth.status()
+
+    @_route(("Admin",))
+    async def list_tokens(self, request: web.Request) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in await self.auth.tokens.list()]
+
+    @_route(("Admin",))
+    async def create_token(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        ttl = parse_duration(body["ttl"]) if body.get("ttl") else None
+        roles = body.get("roles") or ["node"]
+        if not isinstance(roles, list):
+            raise BadParameter("roles must be a list such as [\"node\", \"proxy\"]")
+        token = await self.auth.tokens.create(roles, ttl=ttl, value=body.get("token"))
+        result = token.to_dict()
+        result["ca_pins"] = await self.auth.ca_pins()
+        result["auth_server"] = self.auth.advertise_addr()
+        return result
+
+    @_route(("Admin",))
+    async def delete_token(self, request: web.Request) -> dict[str, Any]:
+        await self.auth.tokens.delete(request.match_info["token"])
+        return {"deleted": request.match_info["token"]}
+

@@ -1,0 +1,73 @@
+"""Presence: the heartbeats nodes and proxies send, kept in the backend with an expiry.
+
+A record lives ``presence_ttl`` (10 min by default) after the last heartbeat; a host that stops
+reporting drops out of ``tctl nodes ls`` when its record expires.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from teleport_runtime.backend import Backend, Item
+from teleport_runtime.config import validate_labels
+from teleport_runtime.errors import BadParameter
+
+_KINDS = {"Node": "/nodes/", "Proxy": "/proxies/"}
+
+
+def heartbeat_interval(presence_ttl: timedelta) -> float:
+    """How often agents report: a tenth of the presence TTL (1 min for 10 min), at least 1 s."""
+    return max(1.0, min(60.0, presence_ttl.total_seconds() / 10))
+
+
+class Presence:
+    """Node and proxy records keyed by host UUID."""
+
+    def __init__(self, backend: Backend, ttl: timedelta) -> None:
+        self.backend = backend
+        self.ttl = ttl
+
+    async def heartbeat(
+        self, *, role: str, host_uuid: str, report: dict[str, Any], remote_ip: str
+    ) -> dict[str, Any]:
+        """Store a host's report. The host UUID comes from its certificate, never the body."""
+        prefix = _KINDS.get(role)
+        if prefix is None:
+            raise BadParameter(f"role {role} does not heartbeat")
+        addr = str(report.get("addr") or "")
+        host, _, port = addr.rpartition(":")
+        if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - wildcard: use what we saw
+            addr = f"{remote_ip}:{port or 3022}"
+        static = validate_labels(dict(report.get("labels") or {}), "heartbeat labels")
+        commands = validate_labels(dict(report.get("cmd_labels") or {}), "heartbeat command labels")
+        now = datetime.now(UTC)
+        expires = now + self.ttl
+        record = {
+            "id": host_uuid,
+            "hostname": str(report.get("hostname") or host_uuid),
+            "addr": addr,
+            "static_labels": static,
+            "command_labels": commands,
+            "roles": [role],
+            "rotation": report.get("rotation") or {"phase": "standby", "state": "standby"},
+            "version": str(report.get("version") or ""),
+            "last_heartbeat": now.isoformat(),
+            "expires": expires.isoformat(),
+        }
+        await self.backend.put(
+            Item(key=prefix + host_uuid, value=json.dumps(record).encode(), expires=expires)
+        )
+        return {"heartbeat_interval": heartbeat_interval(self.ttl)}
+
+    async def list(self, role: str = "Node") -> list[dict[str, Any]]:
+        """Live records, sorted by hostname, with static and command labels merged."""
+        prefix = _KINDS[role]
+        items = await self.backend.get_range(prefix, prefix + "\uffff")
+        records = []
+        for item in items:
+            record = json.loads(item.value)
+            record["labels"] = {**record["static_labels"], **record["command_labels"]}
+            records.append(record)
+        return sorted(records, key=lambda r: (r["hostname"], r["id"]))

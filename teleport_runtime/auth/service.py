@@ -1,0 +1,296 @@
+"""The auth service: the cluster's certificate authority and the keeper of cluster state.
+
+It holds the host and user CAs (created on first start, private keys never leave it), the join
+tokens, node presence and, later, users, roles, the audit log and rotation state, all in the
+storage backend. The HTTPS API (`api.py`) is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from teleport_runtime import __version__
+from teleport_runtime.agent.identity import Identity
+from teleport_runtime.auth.presence import Presence
+from teleport_runtime.auth.tokens import TokenStore, mask
+from teleport_runtime.backend import Backend, Item
+from teleport_runtime.ca import (
+    CAType,
+    CertAuthority,
+    TLSIdentity,
+    ca_pin,
+    generate_host_ssh_cert,
+    generate_tls_identity_cert,
+    generate_tls_keypair,
+    new_cert_authority,
+)
+from teleport_runtime.config import AuthConfig
+from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, NotFound
+
+log = logging.getLogger("teleport.auth")
+
+API_SERVER_NAME = "teleport.cluster.local"
+HOST_CERT_TTL = timedelta(days=3650)
+ADMIN_CERT_TTL = timedelta(days=365)
+JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
+_CLUSTER_NAME_KEY = "/cluster_configuration/name"
+
+
+def _ca_key(ca_type: CAType) -> str:
+    return f"/authorities/{ca_type.value}"
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """What a joining host sends: the token, the role it asks for and its public keys."""
+
+    token: str
+    role: str
+    host_uuid: str
+    nodename: str
+    ssh_public_key: str
+    tls_public_key: bytes
+    addresses: tuple[str, ...] = ()
+
+
+class AuthService:
+    """Cluster state and the certificate authority, over a storage backend."""
+
+    def __init__(self, backend: Backend, config: AuthConfig, data_dir: Path) -> None:
+        self.backend = backend
+        self.config = config
+        self.data_dir = data_dir
+        self.cluster_name = ""
+        self.tokens = TokenStore(backend, config.static_tokens)
+        self.presence = Presence(backend, config.presence_ttl)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def init(self) -> None:
+        """First start creates the cluster name and both CAs; later starts load them."""
+        wanted = self.config.cluster_name or socket.gethostname()
+        try:
+            stored = (await self.backend.get(_CLUSTER_NAME_KEY)).value.decode()
+        except NotFound:
+            await self.backend.create(Item(key=_CLUSTER_NAME_KEY, value=wanted.encode()))
+            stored = wanted
+            log.info("created cluster %s", stored)
+        if self.config.cluster_name and stored != self.config.cluster_name:
+            raise ConfigError(
+                f"auth_service.cluster_name is {self.config.cluster_name!r} but this auth server's "
+                f"data already belongs to cluster {stored!r}; a cluster name cannot change: "
+                f"set cluster_name back to {stored!r} or use a new data_dir"
+            )
+        self.cluster_name = stored
+        for ca_type in (CAType.HOST, CAType.USER):
+            try:
+                await self.backend.get(_ca_key(ca_type))
+            except NotFound:
+                authority = new_cert_authority(ca_type, self.cluster_name)
+                await self.backend.create(
+                    Item(key=_ca_key(ca_type), value=json.dumps(authority.to_dict(True)).encode())
+                )
+                log.info("created the %s certificate authority", ca_type.value)
+
+    async def get_ca(self, ca_type: CAType) -> CertAuthority:
+        """A CA with its private keys: for use inside the auth service only."""
+        item = await self.backend.get(_ca_key(ca_type))
+        return CertAuthority.from_dict(json.loads(item.value))
+
+    async def public_cas(self) -> dict[str, Any]:
+        """What anyone may see: CA certs and public keys, for pinning and trust."""
+        host, user = await self.get_ca(CAType.HOST), await self.get_ca(CAType.USER)
+        return {
+            "cluster": self.cluster_name,
+            "host_ca_certs": [c.decode() for c in host.trusted_tls_certs()],
+            "user_ca_certs": [c.decode() for c in user.trusted_tls_certs()],
+            "host_ca_keys": host.trusted_ssh_public_keys(),
+            "user_ca_keys": user.trusted_ssh_public_keys(),
+        }
+
+    async def ca_pins(self) -> list[str]:
+        host = await self.get_ca(CAType.HOST)
+        return [ca_pin(c) for c in host.trusted_tls_certs()]
+
+    async def issue_server_identity(self, extra_names: list[str]) -> Identity:
+        """The auth API's own TLS identity, valid for ``teleport.cluster.local`` and its names."""
+        host = await self.get_ca(CAType.HOST)
+        key, public = generate_tls_keypair()
+        names = [API_SERVER_NAME, "localhost", socket.gethostname(), *extra_names]
+        dns, ips = _split_names(names)
+        cert = generate_tls_identity_cert(
+            host.active,
+            public,
+            TLSIdentity(name=f"auth.{self.cluster_name}", kind="host", roles=["Auth"],
+                        cluster=self.cluster_name),
+            ttl=HOST_CERT_TTL,
+            dns_names=dns,
+            ip_addresses=[*ips, "127.0.0.1", "::1"],
+        )
+        return Identity(tls_key=key, tls_cert=cert, ca_certs=host.trusted_tls_certs())
+
+    async def write_admin_identity(self) -> Path:
+        """The local admin identity tctl uses on the auth host (``<data_dir>/admin``)."""
+        host = await self.get_ca(CAType.HOST)
+        key, public = generate_tls_keypair()
+        cert = generate_tls_identity_cert(
+            host.active,
+            public,
+            TLSIdentity(name="admin", kind="admin", roles=["Admin"], cluster=self.cluster_name),
+            ttl=ADMIN_CERT_TTL,
+        )
+        directory = self.data_dir / "admin"
+        Identity(tls_key=key, tls_cert=cert, ca_certs=host.trusted_tls_certs()).save(directory)
+        return directory
+
+    def advertise_addr(self) -> str:
+        """The address joining hosts dial: the first public_addr, else the listen address."""
+        port = self.config.listen_addr.port
+        if self.config.public_addr:
+            first = self.config.public_addr[0]
+            return first if first.count(":") == 1 or first.startswith("[") else f"{first}:{port}"
+        host = self.config.listen_addr.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard: name a reachable address
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = "127.0.0.1"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    # ------------------------------------------------------------------ join
+
+    async def register(self, req: JoinRequest, remote_addr: str) -> dict[str, Any]:
+        """The server side of the join flow: check the token, sign the host's keys.
+
+        The client side (pin check before the token is sent) is ``agent/join.py``.
+        """
+        role = JOIN_ROLES.get(req.role)
+        if role is None:
+            raise BadParameter(f"cannot join as {req.role!r}: hosts join as node or proxy")
+        try:
+            await self.tokens.check(req.token, req.role)
+        except AccessDenied as exc:
+            log.warning(
+                "join refused for %s (%s) from %s with token %s: %s",
+                req.nodename, req.role, remote_addr, mask(req.token), exc.message,
+            )
+            raise
+        if not req.host_uuid or not req.nodename:
+            raise BadParameter("join request needs host_uuid and nodename")
+        identity = await self.issue_host_identity(
+            host_uuid=req.host_uuid,
+            nodename=req.nodename,
+            role=role,
+            ssh_public_key=req.ssh_public_key,
+            tls_public_key=req.tls_public_key,
+            addresses=req.addresses,
+        )
+        log.info("%s %s (%s) joined from %s", req.role, req.nodename, req.host_uuid, remote_addr)
+        return identity
+
+    async def issue_host_identity(
+        self,
+        *,
+        host_uuid: str,
+        nodename: str,
+        role: str,
+        ssh_public_key: str,
+        tls_public_key: bytes,
+        addresses: tuple[str, ...] = (),
+    ) -> dict[str, Any]:
+        """Sign a host's SSH and TLS keys with the host CA (at join, and at re-registration)."""
+        host, user = await self.get_ca(CAType.HOST), await self.get_ca(CAType.USER)
+        ssh_cert = generate_host_ssh_cert(
+            host.active,
+            ssh_public_key,
+            host_uuid=host_uuid,
+            nodename=nodename,
+            cluster_name=self.cluster_name,
+            role=role,
+            extra_principals=addresses,
+        )
+        dns, ips = _split_names([nodename, *addresses])
+        tls_cert = generate_tls_identity_cert(
+            host.active,
+            tls_public_key,
+            TLSIdentity(
+                name=f"{host_uuid}.{self.cluster_name}",
+                kind="host",
+                roles=[role],
+                cluster=self.cluster_name,
+                host_uuid=host_uuid,
+                nodename=nodename,
+            ),
+            ttl=HOST_CERT_TTL,
+            dns_names=dns,
+            ip_addresses=ips,
+        )
+        return {
+            "cluster": self.cluster_name,
+            "ssh_cert": ssh_cert,
+            "tls_cert": tls_cert.decode(),
+            "host_ca_certs": [c.decode() for c in host.trusted_tls_certs()],
+            "host_ca_keys": host.trusted_ssh_public_keys(),
+            "user_ca_keys": user.trusted_ssh_public_keys(),
+        }
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self) -> dict[str, Any]:
+        cas = []
+        for ca_type in (CAType.HOST, CAType.USER):
+            ca = await self.get_ca(ca_type)
+            cas.append(
+                {
+                    "type": ca_type.value,
+                    "created": ca.active.created.isoformat(),
+                    "rotation": _rotation_view(ca.rotation),
+                }
+            )
+        return {
+            "cluster": self.cluster_name,
+            "version": __version__,
+            "ca_pins": await self.ca_pins(),
+            "cas": cas,
+        }
+
+
+def _rotation_view(rotation: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state": rotation.get("state", "standby"),
+        "phase": rotation.get("phase", "standby"),
+        "mode": rotation.get("mode", ""),
+        "started": rotation.get("started"),
+        "grace_period": rotation.get("grace_period"),
+        "last_rotated": rotation.get("last_rotated"),
+    }
+
+
+def _split_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """Split host names and IP addresses (``host:port`` forms lose the port)."""
+    dns: list[str] = []
+    ips: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        if name.startswith("[") and "]" in name:
+            name = name[1 : name.index("]")]
+        elif name.count(":") == 1:
+            name = name.split(":")[0]
+        try:
+            ip = str(ipaddress.ip_address(name))
+            if ip not in ips:
+                ips.append(ip)
+        except ValueError:
+            if name not in dns:
+                dns.append(name)
+    return dns, ips
+

@@ -1,0 +1,46 @@
+"""Output shared by tctl and tsh: aligned tables, JSON, and UTC times as the reference prints them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain text table with a dashed rule under the headers, as tctl and tsh print them."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(str(c))) for w, c in zip(widths, row, strict=True)]
+    lines = [
+        " ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+        for cells in [list(headers), ["-" * w for w in widths], *rows]
+    ]
+    return "\n".join(lines)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def format_expiry(value: str | None) -> str:
+    """``25 Sep 18 00:21 UTC``; static tokens print ``never``."""
+    if not value:
+        return "never"
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%d %b %y %H:%M UTC")
+
+
+def format_labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in sorted(labels.items()))
+
+
+def humanize_ttl(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if minutes < 1:
+        return f"{int(seconds)} seconds"
+    if minutes < 120:
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{round(minutes / 60)} hours"

@@ -1,0 +1,141 @@
+"""One daemon, the services its config enables: auth first, then proxy and node.
+
+Nodes and proxies reach cluster state only through the auth API. When the auth service runs in
+the same process, they still join over that API, with a one-minute token the auth service makes
+for them, so there is one join path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from datetime import timedelta
+
+from teleport_runtime.agent.client import AuthClient
+from teleport_runtime.agent.identity import Identity
+from teleport_runtime.agent.join import ensure_identity
+from teleport_runtime.auth.api import AuthAPI
+from teleport_runtime.auth.service import AuthService
+from teleport_runtime.backend import Backend, open_backend
+from teleport_runtime.config import Config, HostPort
+from teleport_runtime.daemon.diag import DiagServer
+from teleport_runtime.node.service import NodeService
+
+log = logging.getLogger("teleport")
+
+
+class TeleportProcess:
+    """Starts, runs and stops the enabled services in order."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.backend: Backend | None = None
+        self.auth: AuthService | None = None
+        self.auth_api: AuthAPI | None = None
+        self.auth_port: int | None = None
+        self.node: NodeService | None = None
+        self.clients: list[AuthClient] = []
+        self.diag: DiagServer | None = None
+        self.ready = False
+        self.started = time.time()
+        self._stop = asyncio.Event()
+
+    def host_addresses(self) -> list[str]:
+        """Names and addresses this host is known by, for its certificates."""
+        out = [a for a in (self.cfg.advertise_ip,) if a]
+        if self.cfg.ssh.public_addr:
+            out.append(self.cfg.ssh.public_addr.host)
+        for addr in (self.cfg.proxy.public_addr, self.cfg.proxy.ssh_public_addr):
+            if addr:
+                out.append(addr.host)
+        for listen in (self.cfg.ssh.listen_addr, self.cfg.proxy.listen_addr):
+            if listen.host not in ("0.0.0.0", "::", ""):  # noqa: S104
+                out.append(listen.host)
+        return list(dict.fromkeys(out))
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if cfg.diag_addr is not None:
+            self.diag = DiagServer(lambda: self.ready, self.metrics)
+            await self.diag.start(cfg.diag_addr.host, cfg.diag_addr.port)
+        if cfg.auth.enabled:
+            await self._start_auth()
+        if cfg.ssh.enabled or cfg.proxy.enabled:
+            if cfg.auth.enabled and not cfg.auth_token:
+                await self._local_join_token()
+        if cfg.ssh.enabled:
+            identity = await ensure_identity(cfg, "node", self.host_addresses())
+            client = self._client(identity)
+            self.node = NodeService(cfg, identity, client)
+            await self.node.start()
+        self.ready = True
+        log.info("teleport is running: %s", ", ".join(cfg.roles))
+
+    async def _start_auth(self) -> None:
+        cfg = self.cfg
+        self.backend = open_backend(cfg.storage, str(cfg.data_dir))
+        self.auth = AuthService(self.backend, cfg.auth, cfg.data_dir)
+        await self.auth.init()
+        self.auth_api = AuthAPI(self.auth)
+        names = [cfg.nodename, *cfg.auth.public_addr, *self.host_addresses()]
+        if cfg.auth.listen_addr.host not in ("0.0.0.0", "::"):  # noqa: S104
+            names.append(cfg.auth.listen_addr.host)
+        self.auth_port = await self.auth_api.start(
+            cfg.auth.listen_addr.host, cfg.auth.listen_addr.port, names
+        )
+        if cfg.auth.listen_addr.port == 0:  # tests: let local agents find the picked port
+            cfg.auth.listen_addr = HostPort(cfg.auth.listen_addr.host, self.auth_port)
+        await self.auth.write_admin_identity()
+        pins = await self.auth.ca_pins()
+        log.info("auth service ready: cluster %s, CA pin %s", self.auth.cluster_name, pins[0])
+
+    async def _local_join_token(self) -> None:
+        assert self.auth is not None
+        roles = [r for r in ("node", "proxy") if r in self.cfg.roles]
+        token = await self.auth.tokens.create(roles, ttl=timedelta(minutes=1))
+        self.cfg.auth_token = token.value
+        self.cfg.ca_pins = await self.auth.ca_pins()
+
+    def _client(self, identity: Identity) -> AuthClient:
+        client = AuthClient.for_identity(self.cfg.auth_addresses(), identity)
+        self.clients.append(client)
+        return client
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "process_start_time_seconds": self.started,
+            "teleport_ready": float(self.ready),
+        }
+        if self.node is not None:
+            out["teleport_heartbeats_sent_total"] = float(self.node.heartbeat.sent)
+        return out
+
+    async def stop(self) -> None:
+        """Ordered shutdown: agents first, then the auth API, then the backend."""
+        self.ready = False
+        if self.node is not None:
+            await self.node.stop()
+        for client in self.clients:
+            await client.close()
+        if self.auth_api is not None:
+            await self.auth_api.close()
+        if self.backend is not None:
+            await self.backend.close()
+        if self.diag is not None:
+            await self.diag.close()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM/SIGINT, stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("shutting down (pid %d)", os.getpid())
+        finally:
+            await asyncio.wait_for(self.stop(), timeout=30)
