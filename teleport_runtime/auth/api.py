@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from datetime import UTC, datetime
+
 from aiohttp import web
 
 from teleport_runtime.agent.identity import write_private
@@ -93,6 +95,21 @@ class AuthAPI:
         app.router.add_get("/v1/tokens", self.list_tokens)
         app.router.add_post("/v1/tokens", self.create_token)
         app.router.add_delete("/v1/tokens/{token}", self.delete_token)
+        app.router.add_get("/v1/roles", self.list_roles)
+        app.router.add_post("/v1/roles", self.upsert_role)
+        app.router.add_delete("/v1/roles/{name}", self.delete_role)
+        app.router.add_get("/v1/users", self.list_users)
+        app.router.add_post("/v1/users", self.add_user)
+        app.router.add_put("/v1/users/{name}", self.update_user)
+        app.router.add_delete("/v1/users/{name}", self.delete_user)
+        app.router.add_post("/v1/users/{name}/reset", self.reset_user)
+        app.router.add_post("/v1/users/login", self.login)
+        app.router.add_get("/v1/signup/{token}", self.signup_info)
+        app.router.add_post("/v1/signup", self.signup)
+        app.router.add_post("/v1/certs/user", self.sign_user)
+        app.router.add_post("/v1/certs/host", self.sign_host)
+        app.router.add_post("/v1/audit", self.emit_audit)
+        app.router.add_get("/v1/audit", self.search_audit)
         return app
 
     async def start(self, host: str, port: int, extra_names: list[str]) -> int:
@@ -243,3 +260,101 @@ class AuthAPI:
         await self.auth.tokens.delete(request.match_info["token"])
         return {"deleted": request.match_info["token"]}
 
+
+    # ------------------------------------------------------------------ roles and users
+
+    @_route(("Node", "Proxy", "Admin"))
+    async def list_roles(self, _request: web.Request) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in await self.auth.users.list_roles()]
+
+    @_route(("Admin",))
+    async def upsert_role(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        role, existed = await self.auth.users.upsert_role(
+            body.get("role") or {}, force=bool(body.get("force"))
+        )
+        return {"name": role.name, "existed": existed}
+
+    @_route(("Admin",))
+    async def delete_role(self, request: web.Request) -> dict[str, Any]:
+        await self.auth.users.delete_role(request.match_info["name"])
+        return {"deleted": request.match_info["name"]}
+
+    @_route(("Admin",))
+    async def list_users(self, _request: web.Request) -> list[dict[str, Any]]:
+        return [u.public() for u in await self.auth.users.list_users()]
+
+    @_route(("Admin",))
+    async def add_user(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        return await self.auth.users.add_user(
+            str(body.get("name") or ""), list(body.get("roles") or []), list(body.get("logins") or [])
+        )
+
+    @_route(("Admin",))
+    async def update_user(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        user = await self.auth.users.update_user(
+            request.match_info["name"], body.get("roles"), body.get("logins")
+        )
+        return user.public()
+
+    @_route(("Admin",))
+    async def delete_user(self, request: web.Request) -> dict[str, Any]:
+        await self.auth.users.delete_user(request.match_info["name"])
+        return {"deleted": request.match_info["name"]}
+
+    @_route(("Admin",))
+    async def reset_user(self, request: web.Request) -> dict[str, Any]:
+        return await self.auth.users.reset_user(request.match_info["name"])
+
+    @_route(("Proxy",))
+    async def login(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        return await self.auth.login(body, str(body.get("remote_addr") or request.remote or ""))
+
+    @_route(("Proxy",))
+    async def signup_info(self, request: web.Request) -> dict[str, Any]:
+        return await self.auth.users.signup_info(request.match_info["token"])
+
+    @_route(("Proxy",))
+    async def signup(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        user = await self.auth.users.complete_signup(
+            str(body.get("token") or ""), str(body.get("password") or ""), str(body.get("otp") or "")
+        )
+        return {"user": user.name}
+
+    @_route(("Admin",))
+    async def sign_user(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        return await self.auth.sign_user(
+            str(body.get("user") or ""),
+            str(body.get("ssh_public_key") or ""),
+            str(body.get("tls_public_key") or "").encode() or None,
+            body.get("ttl"),
+        )
+
+    @_route(("Admin",))
+    async def sign_host(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        ttl = parse_duration(body["ttl"]) if body.get("ttl") else None
+        cert = await self.auth.sign_openssh_host(
+            list(body.get("names") or []), str(body.get("ssh_public_key") or ""), ttl
+        )
+        return {"ssh_cert": cert}
+
+    @_route(("Node", "Proxy"))
+    async def emit_audit(self, request: web.Request) -> dict[str, Any]:
+        identity: TLSIdentity = request["identity"]
+        body = await self._json(request)
+        if not body.get("event"):
+            raise BadParameter("an audit event needs an 'event' field")
+        body["server_id"] = identity.host_uuid
+        return await self.auth.audit.emit(body)
+
+    @_route(("Admin",))
+    async def search_audit(self, request: web.Request) -> list[dict[str, Any]]:
+        since = parse_duration(request.query.get("since", "1h"))
+        types = [t for t in request.query.get("type", "").split(",") if t]
+        return await self.auth.audit.search(datetime.now(UTC) - since, types=types or None)

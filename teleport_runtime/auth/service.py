@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import socket
+import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,8 +19,10 @@ from typing import Any
 
 from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
+from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.presence import Presence
 from teleport_runtime.auth.tokens import TokenStore, mask
+from teleport_runtime.auth.users import UserStore
 from teleport_runtime.backend import Backend, Item
 from teleport_runtime.ca import (
     CAType,
@@ -29,15 +32,19 @@ from teleport_runtime.ca import (
     generate_host_ssh_cert,
     generate_tls_identity_cert,
     generate_tls_keypair,
+    generate_user_ssh_cert,
     new_cert_authority,
 )
 from teleport_runtime.config import AuthConfig
+from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, NotFound
+from teleport_runtime.rbac import RoleSet
 
 log = logging.getLogger("teleport.auth")
 
 API_SERVER_NAME = "teleport.cluster.local"
 HOST_CERT_TTL = timedelta(days=3650)
+USER_CERT_TTL = timedelta(hours=12)
 ADMIN_CERT_TTL = timedelta(days=365)
 JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
 _CLUSTER_NAME_KEY = "/cluster_configuration/name"
@@ -70,6 +77,8 @@ class AuthService:
         self.cluster_name = ""
         self.tokens = TokenStore(backend, config.static_tokens)
         self.presence = Presence(backend, config.presence_ttl)
+        self.audit = AuditLog(backend)
+        self.users = UserStore(backend, "")
 
     # ------------------------------------------------------------------ start-up
 
@@ -89,6 +98,8 @@ class AuthService:
                 f"set cluster_name back to {stored!r} or use a new data_dir"
             )
         self.cluster_name = stored
+        self.users.cluster_name = stored
+        await self.users.ensure_presets()
         for ca_type in (CAType.HOST, CAType.USER):
             try:
                 await self.backend.get(_ca_key(ca_type))
@@ -240,6 +251,98 @@ class AuthService:
             "host_ca_keys": host.trusted_ssh_public_keys(),
             "user_ca_keys": user.trusted_ssh_public_keys(),
         }
+
+    # ------------------------------------------------------------------ users
+
+    async def role_set(self, username: str) -> tuple[RoleSet, list[str]]:
+        user = await self.users.get_user(username)
+        roles = [await self.users.get_role(name) for name in user.roles]
+        return RoleSet(roles, user.traits()), user.roles
+
+    async def sign_user(
+        self,
+        username: str,
+        ssh_public_key: str,
+        tls_public_key: bytes | None,
+        ttl: str | timedelta | None,
+    ) -> dict[str, Any]:
+        """Short-lived user certs: logins and forwarding from the user's roles; the TTL (12 h by
+        default) is capped by the roles' max_session_ttl."""
+        role_set, role_names = await self.role_set(username)
+        wanted = parse_duration(ttl) if isinstance(ttl, str) else (ttl or USER_CERT_TTL)
+        if wanted <= timedelta(0):
+            raise BadParameter("certificate TTL must be positive, such as --ttl=1h")
+        cert_ttl = min(wanted, role_set.max_session_ttl())
+        logins = role_set.logins()
+        user_ca, host_ca = await self.get_ca(CAType.USER), await self.get_ca(CAType.HOST)
+        ssh_cert = generate_user_ssh_cert(
+            user_ca.active,
+            ssh_public_key,
+            username=username,
+            logins=logins,
+            roles=role_names,
+            traits=(await self.users.get_user(username)).traits(),
+            ttl=cert_ttl,
+            permit_agent_forwarding=role_set.can_forward_agent(),
+            permit_port_forwarding=role_set.can_port_forward(),
+        )
+        result: dict[str, Any] = {
+            "username": username,
+            "cluster": self.cluster_name,
+            "ssh_cert": ssh_cert,
+            "roles": role_names,
+            "logins": logins,
+            "ttl_seconds": int(cert_ttl.total_seconds()),
+            "host_ca_keys": host_ca.trusted_ssh_public_keys(),
+            "host_ca_certs": [c.decode() for c in host_ca.trusted_tls_certs()],
+            "user_ca_keys": user_ca.trusted_ssh_public_keys(),
+        }
+        if tls_public_key:
+            result["tls_cert"] = generate_tls_identity_cert(
+                user_ca.active,
+                tls_public_key,
+                TLSIdentity(name=username, kind="user", roles=role_names,
+                            cluster=self.cluster_name, logins=logins),
+                ttl=cert_ttl,
+            ).decode()
+        return result
+
+    async def login(
+        self, body: dict[str, Any], remote_addr: str
+    ) -> dict[str, Any]:
+        """Password + TOTP login (through the proxy); audited either way."""
+        name = str(body.get("user") or "")
+        try:
+            await self.users.authenticate(
+                name, str(body.get("password") or ""), str(body.get("otp") or ""), remote_addr
+            )
+        except (AccessDenied, BadParameter) as exc:
+            await self.audit.emit({"event": "user.login", "code": "T1000W", "success": False,
+                                   "user": name, "remote_addr": remote_addr, "error": exc.message})
+            raise
+        result = await self.sign_user(
+            name, str(body.get("ssh_public_key") or ""),
+            str(body.get("tls_public_key") or "").encode() or None, body.get("ttl"),
+        )
+        await self.audit.emit({"event": "user.login", "code": "T1000I", "success": True,
+                               "user": name, "remote_addr": remote_addr})
+        return result
+
+    async def sign_openssh_host(self, names: list[str], ssh_public_key: str, ttl: timedelta | None) -> str:
+        """A host cert for an OpenSSH sshd node (``tctl auth sign --host``)."""
+        if not names:
+            raise BadParameter("--host needs at least one name: --host=node1.example.com,10.0.0.5")
+        host = await self.get_ca(CAType.HOST)
+        return generate_host_ssh_cert(
+            host.active,
+            ssh_public_key,
+            host_uuid=str(uuidlib.uuid4()),
+            nodename=names[0],
+            cluster_name=self.cluster_name,
+            role="Node",
+            extra_principals=names[1:],
+            ttl=ttl,
+        )
 
     # ------------------------------------------------------------------ status
 

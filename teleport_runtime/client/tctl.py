@@ -239,5 +239,247 @@ async def tokens_del(client: AuthClient, token: str) -> None:
     await _delete_token(client, token)
 
 
+# ---------------------------------------------------------------------------- users
+
+
+def _signup_text(result: dict[str, Any], proxy: str) -> str:
+    return (
+        f"User {result['user']!r} requires a password and a second factor. Share this command "
+        f"with the user to complete the sign-up (valid until {format_expiry(result['expires'])}):\n\n"
+        f"tsh signup --proxy={proxy} --token={result['token']}"
+    )
+
+
+async def _proxy_addr(client: AuthClient) -> str:
+    proxies = await client.get("/v1/proxies")
+    for proxy in proxies:
+        if proxy.get("web_addr"):
+            return str(proxy["web_addr"])
+    return "PROXY_HOST:3080"
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+@cli.group()
+def users() -> None:
+    """Manage local users."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--roles", required=True, help="Roles, such as access or access,auditor.")
+@click.option("--logins", default="", help="OS logins the user may use: root,ubuntu.")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@run
+async def users_add(client: AuthClient, name: str, roles: str, logins: str, fmt: str) -> None:
+    """Create a user; prints a sign-up token for `tsh signup`."""
+    result = await client.post(
+        "/v1/users", {"name": name, "roles": _csv(roles), "logins": _csv(logins) or []}
+    )
+    if fmt == "json":
+        echo_json(result)
+    else:
+        click.echo(f"User {name!r} has been created.")
+        click.echo(_signup_text(result, await _proxy_addr(client)))
+
+
+@users.command("update")
+@click.argument("name")
+@click.option("--set-roles", help="Replace the user's roles.")
+@click.option("--set-logins", help="Replace the user's OS logins.")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@run
+async def users_update(
+    client: AuthClient, name: str, set_roles: str | None, set_logins: str | None, fmt: str
+) -> None:
+    """Change a user's roles or logins."""
+    user = await client.call(
+        "PUT", f"/v1/users/{name}", {"roles": _csv(set_roles), "logins": _csv(set_logins)}
+    )
+    echo_json(user) if fmt == "json" else click.echo(f"User {name!r} has been updated")
+
+
+@users.command("ls")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@run
+async def users_ls(client: AuthClient, fmt: str) -> None:
+    """List users."""
+    records = await client.get("/v1/users")
+    if fmt == "json":
+        echo_json(records)
+        return
+    rows = [(u["name"], ",".join(u["roles"]), ",".join(u["logins"]), u["status"]) for u in records]
+    click.echo(table(["User", "Roles", "Logins", "Status"], rows))
+
+
+@users.command("rm")
+@click.argument("name")
+@run
+async def users_rm(client: AuthClient, name: str) -> None:
+    """Delete a user."""
+    await client.delete(f"/v1/users/{name}")
+    click.echo(f"User {name!r} has been deleted")
+
+
+@users.command("reset")
+@click.argument("name")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@run
+async def users_reset(client: AuthClient, name: str, fmt: str) -> None:
+    """Clear a user's password and second factor and issue a new sign-up token."""
+    result = await client.post(f"/v1/users/{name}/reset", {})
+    echo_json(result) if fmt == "json" else click.echo(_signup_text(result, await _proxy_addr(client)))
+
+
+# ---------------------------------------------------------------------------- resources
+
+RESOURCE_FORMATS = click.Choice(["yaml", "json", "text"])
+
+
+@cli.command()
+@click.option("-f", "--force", is_flag=True, help="Overwrite a resource that exists.")
+@click.argument("filename", type=click.Path(exists=True, dir_okay=False))
+@run
+async def create(client: AuthClient, force: bool, filename: str) -> None:
+    """Create resources (roles) from a YAML file."""
+    import yaml
+
+    with open(filename) as fh:
+        try:
+            documents = [d for d in yaml.safe_load_all(fh) if d]
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{filename}: not valid YAML: {exc}") from None
+    for doc in documents:
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind != "role":
+            raise ConfigError(
+                f"{filename}: unsupported resource kind {kind!r}: tctl create handles kind: role "
+                "(users are created with `tctl users add`)"
+            )
+        result = await client.post("/v1/roles", {"role": doc, "force": force})
+        click.echo(f"role {result['name']!r} has been {'updated' if result['existed'] else 'created'}")
+
+
+@cli.command()
+@click.argument("resource")
+@click.option("--format", "fmt", type=RESOURCE_FORMATS, default="yaml")
+@run
+async def get(client: AuthClient, resource: str, fmt: str) -> None:
+    """Print resources: roles, users, nodes, tokens (or role/NAME)."""
+    import yaml
+
+    kind, _, name = resource.partition("/")
+    paths = {"roles": "/v1/roles", "role": "/v1/roles", "users": "/v1/users", "user": "/v1/users",
+             "nodes": "/v1/nodes", "node": "/v1/nodes", "tokens": "/v1/tokens", "token": "/v1/tokens"}
+    if kind not in paths:
+        raise ConfigError(f"unknown resource {kind!r}: expected roles, users, nodes or tokens")
+    records = await client.get(paths[kind])
+    if name:
+        records = [r for r in records if name in (
+            r.get("metadata", {}).get("name"), r.get("name"), r.get("hostname"), r.get("id"), r.get("token")
+        )]
+        if not records:
+            raise ConfigError(f"{resource} not found")
+    if fmt == "json":
+        echo_json(records)
+    else:
+        click.echo(yaml.safe_dump_all(records, sort_keys=False), nl=False)
+
+
+@cli.command()
+@click.argument("resource")
+@run
+async def rm(client: AuthClient, resource: str) -> None:
+    """Delete a resource: role/NAME, user/NAME or token/VALUE."""
+    kind, _, name = resource.partition("/")
+    paths = {"role": "/v1/roles/", "user": "/v1/users/", "token": "/v1/tokens/"}
+    if kind not in paths or not name:
+        raise ConfigError(f"cannot remove {resource!r}: expected role/NAME, user/NAME or token/VALUE")
+    await client.delete(paths[kind] + name)
+    click.echo(f"{kind} {name!r} has been deleted")
+
+
+# ---------------------------------------------------------------------------- auth
+
+
+@cli.group()
+def auth() -> None:
+    """Export CA keys and sign certificates for OpenSSH."""
+
+
+@auth.command("export")
+@click.option("--type", "ca_type", type=click.Choice(["user", "host"]), required=True)
+@run
+async def auth_export(client: AuthClient, ca_type: str) -> None:
+    """user: lines for sshd's TrustedUserCAKeys; host: @cert-authority lines for known_hosts."""
+    cas = await client.get("/v1/ca")
+    cluster = cas["cluster"]
+    for key in cas[f"{ca_type}_ca_keys"]:
+        click.echo(key if ca_type == "user" else f"@cert-authority {cluster},*.{cluster} {key}")
+
+
+@auth.command("sign")
+@click.option("--user", help="Sign a user certificate for this user.")
+@click.option("--host", help="Sign a host certificate for these names (comma-separated).")
+@click.option("--format", "fmt", type=click.Choice(["openssh"]), default="openssh")
+@click.option("--out", required=True, help="Write the key to PATH and the cert to PATH-cert.pub.")
+@click.option("--ttl", help="Certificate lifetime (user default 12h, capped by the roles).")
+@run
+async def auth_sign(
+    client: AuthClient, user: str | None, host: str | None, fmt: str, out: str, ttl: str | None
+) -> None:
+    """Sign an OpenSSH key pair for automation (--user) or an OpenSSH sshd (--host)."""
+    from teleport_runtime.agent.identity import write_private
+    from teleport_runtime.ca import generate_ssh_keypair
+
+    if bool(user) == bool(host):
+        raise ConfigError("pass exactly one of --user=NAME or --host=NAMES")
+    key, public = generate_ssh_keypair()
+    if user:
+        result = await client.post("/v1/certs/user", {"user": user, "ssh_public_key": public, "ttl": ttl})
+    else:
+        result = await client.post(
+            "/v1/certs/host", {"names": _csv(host), "ssh_public_key": public, "ttl": ttl}
+        )
+    path = Path(out)
+    write_private(path, key)
+    write_private(Path(f"{out}-cert.pub"), result["ssh_cert"].strip() + "\n")
+    Path(f"{out}.pub").write_text(public + "\n")
+    click.echo(f"The credentials have been written to {out}, {out}-cert.pub")
+
+
+# ---------------------------------------------------------------------------- audit
+
+
+@cli.group()
+def audit() -> None:
+    """Query the audit log."""
+
+
+@audit.command("ls")
+@click.option("--since", default="1h", show_default=True, help="How far back, such as 1h or 7d.")
+@click.option("--type", "types", default="", help="Event types, comma-separated.")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@run
+async def audit_ls(client: AuthClient, since: str, types: str, fmt: str) -> None:
+    """Audit events in a time range."""
+    from urllib.parse import urlencode
+
+    events = await client.get("/v1/audit?" + urlencode({"since": since, "type": types}))
+    if fmt == "json":
+        echo_json(events)
+        return
+    rows = [
+        (e["time"][:19], e["event"], e.get("user", ""), e.get("login", ""),
+         e.get("server_id") or e.get("node", ""), e.get("remote_addr", ""))
+        for e in events
+    ]
+    click.echo(table(["Time", "Event", "User", "Login", "Node", "Remote"], rows))
+
+
 def main() -> None:
     cli()
