@@ -13,10 +13,9 @@ import logging
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -121,7 +120,7 @@ class AuthAPI:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=outer, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001
+        sockets = site._server.sockets if site._server else []
         bound = sockets[0].getsockname()[1] if sockets else port
         log.info("auth API listening on %s:%s", host, bound)
         return bound

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from teleport_runtime.backend import Backend, Item
+from teleport_runtime.backend import Backend, Item, prefix_end
 from teleport_runtime.config import validate_labels
 from teleport_runtime.errors import BadParameter
 
@@ -53,6 +53,9 @@ class Presence:
             "roles": [role],
             "rotation": report.get("rotation") or {"phase": "standby", "state": "standby"},
             "version": str(report.get("version") or ""),
+            # proxies also report where clients reach them (tctl prints it in sign-up commands)
+            "web_addr": str(report.get("web_addr") or ""),
+            "ssh_addr": str(report.get("ssh_addr") or ""),
             "last_heartbeat": now.isoformat(),
             "expires": expires.isoformat(),
         }
@@ -64,7 +67,7 @@ class Presence:
     async def list(self, role: str = "Node") -> list[dict[str, Any]]:
         """Live records, sorted by hostname, with static and command labels merged."""
         prefix = _KINDS[role]
-        items = await self.backend.get_range(prefix, prefix + "\uffff")
+        items = await self.backend.get_range(prefix, prefix_end(prefix))
         records = []
         for item in items:
             record = json.loads(item.value)

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from teleport_runtime.backend import Backend, Item
+from teleport_runtime.backend import Backend, Item, prefix_end
 from teleport_runtime.config import TOKEN_ROLES, StaticToken
 from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 
@@ -82,7 +82,7 @@ class TokenStore:
         return token
 
     async def list(self) -> list[JoinToken]:
-        items = await self.backend.get_range(_PREFIX, _PREFIX + "\uffff")
+        items = await self.backend.get_range(_PREFIX, prefix_end(_PREFIX))
         dynamic = [self._from_item(i) for i in items]
         return self.static + sorted(dynamic, key=lambda t: t.expires or datetime.max.replace(tzinfo=UTC))
 
