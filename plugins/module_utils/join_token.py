@@ -1,0 +1,135 @@
+# -*- coding: utf-8 -*-
+# Copyright: teleport-access maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""Join tokens as declarative state (``tctl tokens ls|add|rm``)."""
+
+from __future__ import annotations
+
+from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import (
+    TctlError,
+    TctlModule,
+)
+
+#: Roles a join token can admit, as tctl writes them.
+TOKEN_ROLES = ("node", "proxy", "auth")
+
+
+def normalise_roles(roles):
+    """Lower case, no duplicates, order kept: ``["Node", "proxy", "node"]`` -> node, proxy."""
+    out = []
+    for role in roles or []:
+        name = str(role).strip().lower()
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def mask(value):
+    """A token as it may appear in a diff or a message: enough to recognise, not to use."""
+    if not value:
+        return value
+    return value[:4] + "****" if len(value) > 8 else "****"
+
+
+def public_view(token):
+    """What a diff shows of a token record."""
+    if token is None:
+        return {}
+    return dict(
+        token=mask(token.get("token")),
+        roles=sorted(token.get("roles") or []),
+        expires=token.get("expires"),
+        static=bool(token.get("static")),
+    )
+
+
+class JoinTokenManager(TctlModule):
+    """Make a join token present (with these roles) or absent.
+
+    A token is identified by its value. With ``state=present`` and no ``value`` a new token is
+    generated on every run (so the task always reports changed); give a ``value`` for a task that
+    is idempotent. An existing token with the same roles is left as it is (its expiry is not
+    extended); one with other roles is replaced, which restarts its TTL.
+    """
+
+    def find(self, value):
+        for token in self.tctl.run(["tokens", "ls"]):
+            if token.get("token") == value:
+                return token
+        return None
+
+    def ca_pins(self):
+        return self.tctl.run(["status"]).get("ca_pins", [])
+
+    def run(self):
+        params = self.module.params
+        state = params["state"]
+        value = params["value"]
+        roles = normalise_roles(params["roles"])
+        unknown = [r for r in roles if r not in TOKEN_ROLES]
+        if unknown:
+            raise TctlError(
+                "roles: unknown role(s) %s; a join token admits %s"
+                % (", ".join(unknown), ", ".join(TOKEN_ROLES))
+            )
+        secrets = [value] if value else []
+        existing = self.find(value) if value else None
+
+        if state == "absent":
+            return self.absent(existing, value, secrets)
+        if not roles:
+            raise TctlError("roles: a join token needs at least one role, such as [node]")
+        return self.present(existing, value, roles, secrets)
+
+    def absent(self, existing, value, secrets):
+        result = dict(changed=existing is not None, state="absent")
+        if existing is None:
+            return self.diff(result, {}, {})
+        if existing.get("static"):
+            raise TctlError(
+                "token %s is a static token from auth_service.tokens in the auth server's "
+                "config; remove it there" % mask(value)
+            )
+        if not self.check_mode:
+            self.tctl.run(["tokens", "rm", value], json_output=False, secrets=secrets)
+        return self.diff(result, public_view(existing), {})
+
+    def present(self, existing, value, roles, secrets):
+        if existing is not None and sorted(existing.get("roles") or []) == sorted(roles):
+            result = dict(
+                changed=False,
+                state="present",
+                token=existing["token"],
+                roles=existing.get("roles"),
+                expires=existing.get("expires"),
+                static=bool(existing.get("static")),
+                ca_pins=self.ca_pins(),
+            )
+            return self.diff(result, public_view(existing), public_view(existing))
+        if existing is not None and existing.get("static"):
+            raise TctlError(
+                "token %s is a static token from auth_service.tokens with roles %s; change its "
+                "roles in the auth server's config"
+                % (mask(value), ",".join(existing.get("roles") or []))
+            )
+        planned = dict(token=value, roles=roles, expires=None, static=False)
+        if self.check_mode:
+            result = dict(changed=True, state="present", token=value, roles=roles,
+                          expires=None, static=False, ca_pins=self.ca_pins())
+            return self.diff(result, public_view(existing), public_view(planned))
+        args = ["tokens", "add", "--type=%s" % ",".join(roles), "--ttl=%s" % self.module.params["ttl"]]
+        if value:
+            args.append("--value=%s" % value)
+        created = self.tctl.run(args, secrets=secrets)
+        result = dict(
+            changed=True,
+            state="present",
+            token=created.get("token"),
+            roles=created.get("roles", roles),
+            expires=created.get("expires"),
+            static=False,
+            ca_pins=created.get("ca_pins", []),
+            auth_server=created.get("auth_server"),
+            join_command=created.get("join_command"),
+        )
+        return self.diff(result, public_view(existing), public_view(created))

@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+# Copyright: teleport-access maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+"""RBAC roles as declarative state (``tctl get roles``, ``tctl create --force``, ``tctl rm``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import TctlModule
+
+ROLE_VERSION = "v1"
+
+
+def prune(value):
+    """Drop empty values (None, [], {}) recursively, so that an unset key and an empty one
+    compare equal: the cluster may write either."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            item = prune(item)
+            if item not in (None, [], {}):
+                out[key] = item
+        return out
+    if isinstance(value, list):
+        return [prune(item) for item in value]
+    return value
+
+
+def role_resource(name, description, spec):
+    """The role resource tctl creates from a task's options."""
+    metadata = dict(name=name)
+    if description:
+        metadata["description"] = description
+    return dict(kind="role", version=ROLE_VERSION, metadata=metadata, spec=spec or {})
+
+
+def role_view(resource):
+    """The declared part of a role (name, description, spec), normalised for comparing."""
+    if resource is None:
+        return {}
+    metadata = resource.get("metadata") or {}
+    return prune(dict(
+        name=metadata.get("name"),
+        description=metadata.get("description"),
+        spec=resource.get("spec") or {},
+    ))
+
+
+class RoleManager(TctlModule):
+    """Make a role present with exactly this spec, or absent."""
+
+    def find(self, name):
+        for resource in self.tctl.run(["get", "roles"]):
+            if (resource.get("metadata") or {}).get("name") == name:
+                return resource
+        return None
+
+    def run(self):
+        params = self.module.params
+        name = params["name"]
+        existing = self.find(name)
+        if params["state"] == "absent":
+            result = dict(changed=existing is not None, name=name, state="absent")
+            if existing is not None and not self.check_mode:
+                self.tctl.run(["rm", "roles/%s" % name], json_output=False)
+            return self.diff(result, role_view(existing), {})
+
+        wanted = role_resource(name, params["description"], params["spec"])
+        changed = role_view(existing) != role_view(wanted)
+        result = dict(changed=changed, name=name, state="present", role=wanted)
+        if changed and not self.check_mode:
+            self.create(wanted)
+        return self.diff(result, role_view(existing), role_view(wanted))
+
+    def create(self, resource):
+        # JSON is YAML: tctl create reads either. The file lives in the module's private tmpdir.
+        fd, path = tempfile.mkstemp(prefix="role-", suffix=".json", dir=self.module.tmpdir)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(resource, handle)
+            self.tctl.run(["create", "--force", path], json_output=False)
+        finally:
+            os.unlink(path)

@@ -1,0 +1,104 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: teleport-access maintainers
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: role
+short_description: Make an access role present with a given spec, or absent
+version_added: 0.1.0
+description:
+  - Manages a role (allow/deny rules, logins, node labels, options) through C(tctl get roles),
+    C(tctl create --force) and C(tctl rm) on the auth host.
+  - The role ends up with exactly O(spec); keys left out are removed.
+extends_documentation_fragment:
+  - teleport_access.cluster.tctl
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+  idempotent:
+    description: Running the task twice gives the same state and reports changed only the first time.
+    support: full
+    details:
+      - Empty values (null, empty lists and mappings) compare equal to absent keys.
+options:
+  name:
+    description: The role's name.
+    type: str
+    required: true
+  state:
+    description: Whether the role exists.
+    type: str
+    choices: [present, absent]
+    default: present
+  description:
+    description: A human-readable description stored in the role's metadata.
+    type: str
+  spec:
+    description:
+      - The role's spec, with C(allow) and C(deny) (each with C(logins), C(node_labels),
+        C(rules)) and C(options) (C(max_session_ttl), C(forward_agent), C(port_forwarding)).
+    type: dict
+    default: {}
+seealso:
+  - module: teleport_access.cluster.user
+author:
+  - teleport-access maintainers
+"""
+
+EXAMPLES = r"""
+- name: Developers may log in to staging nodes as their own user
+  teleport_access.cluster.role:
+    name: dev-staging
+    description: Staging access for developers
+    spec:
+      allow:
+        logins: ["{{ '{{internal.logins}}' }}"]
+        node_labels:
+          env: [staging]
+      deny:
+        logins: [root]
+      options:
+        max_session_ttl: 8h
+  become: true
+  delegate_to: "{{ groups['teleport_auth'][0] }}"
+"""
+
+RETURN = r"""
+name:
+  description: The role's name.
+  returned: always
+  type: str
+role:
+  description: The role resource as sent to the cluster.
+  returned: state is present
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.teleport_access.cluster.plugins.module_utils.rbac_role import RoleManager
+from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import tctl_argument_spec
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=tctl_argument_spec(
+            name=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            description=dict(type="str"),
+            spec=dict(type="dict", default={}),
+        ),
+        supports_check_mode=True,
+    )
+    RoleManager(module).execute()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Fixtures for the collection's module unit tests.
+
+The modules import ``ansible_collections.teleport_access.cluster...``; the collection loader is
+pointed at ``playbooks/collections`` (a link to the repository root), as ansible-test does for a
+collection checked out elsewhere. ``FakeCluster`` stands in for tctl at the one boundary the
+modules have: ``AnsibleModule.run_command``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _install_collection_finder() -> None:
+    from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
+
+    _AnsibleCollectionFinder(paths=[str(REPO / "playbooks" / "collections")])._install()
+
+
+_install_collection_finder()
+
+PIN = "sha256:" + "ab" * 32
+
+
+class ModuleExit(Exception):
+    def __init__(self, result: dict, failed: bool) -> None:
+        super().__init__(result.get("msg", ""))
+        self.result = result
+        self.failed = failed
+
+
+class FakeCluster:
+    """A tiny in-memory cluster answering tctl's JSON contract, recording every argv."""
+
+    def __init__(self) -> None:
+        self.tokens: list[dict] = []
+        self.users: list[dict] = []
+        self.roles: list[dict] = []
+        self.nodes: list[dict] = []
+        self.calls: list[list[str]] = []
+        self.fail_with: tuple[int, str] | None = None
+
+    def __call__(self, module, args, **kwargs):  # AnsibleModule.run_command signature
+        argv = list(args) if isinstance(args, list) else shlex.split(args)
+        self.calls.append(argv)
+        if self.fail_with:
+            rc, msg = self.fail_with
+            return rc, "", "ERROR: %s\n" % msg
+        words = [a for a in argv[1:] if a != "--format=json"]
+        while words and words[0] in ("--config", "--auth-server"):  # global options
+            words = words[2:]
+        handler = getattr(self, "_".join(w for w in words[:2] if not w.startswith("-")).replace("-", "_"), None)
+        if handler is None:
+            handler = getattr(self, words[0])
+        out = handler(words)
+        return 0, out if isinstance(out, str) else json.dumps(out), ""
+
+    @staticmethod
+    def _flag(words, name):
+        for w in words:
+            if w.startswith(name + "="):
+                return w.split("=", 1)[1]
+        return None
+
+    def status(self, words):
+        return {
+            "cluster": "example.test",
+            "version": "0.1.0",
+            "ca_pins": [PIN],
+            "cas": [
+                {"type": "host", "created": "2025-01-01T00:00:00+00:00",
+                 "rotation": {"state": "standby", "phase": "standby"}},
+                {"type": "user", "created": "2025-01-01T00:00:00+00:00",
+                 "rotation": {"state": "in_progress", "phase": "init", "mode": "manual"}},
+            ],
+        }
+
+    def tokens_ls(self, words):
+        return self.tokens
+
+    def tokens_add(self, words):
+        value = self._flag(words, "--value") or "f" * 32
+        roles = self._flag(words, "--type").split(",")
+        self.tokens = [t for t in self.tokens if t["token"] != value]
+        token = {"token": value, "roles": roles, "expires": "2030-01-01T00:30:00+00:00", "static": False}
+        self.tokens.append(token)
+        return dict(token, ca_pins=[PIN], auth_server="auth1:3025",
+                    join_command="teleport start --token=%s" % value)
+
+    def tokens_rm(self, words):
+        self.tokens = [t for t in self.tokens if t["token"] != words[2]]
+        return "Token %s has been deleted\n" % words[2]
+
+    def nodes_ls(self, words):
+        return self.nodes
+
+    def users_ls(self, words):
+        return self.users
+
+    def users_add(self, words):
+        user = {"name": words[2], "roles": self._flag(words, "--roles").split(","),
+                "logins": self._flag(words, "--logins").split(",")}
+        self.users.append(user)
+        return dict(user, invite_url="https://proxy:3080/web/invite/abc", token="abc")
+
+    def users_update(self, words):
+        user = next(u for u in self.users if u["name"] == words[2])
+        user["roles"] = self._flag(words, "--set-roles").split(",")
+        user["logins"] = self._flag(words, "--set-logins").split(",")
+        return "User %s has been updated\n" % words[2]
+
+    def users_rm(self, words):
+        self.users = [u for u in self.users if u["name"] != words[2]]
+        return "User %s has been deleted\n" % words[2]
+
+    def get_roles(self, words):
+        return self.roles
+
+    def create(self, words):
+        resource = json.loads(Path(words[-1]).read_text())
+        self.roles = [r for r in self.roles if r["metadata"]["name"] != resource["metadata"]["name"]]
+        self.roles.append(resource)
+        return "role %s has been created\n" % resource["metadata"]["name"]
+
+    def rm(self, words):
+        name = words[1].split("/", 1)[1]
+        self.roles = [r for r in self.roles if r["metadata"]["name"] != name]
+        return "role %s has been deleted\n" % name
+
+    def mutations(self) -> list[list[str]]:
+        """Calls that change the cluster (everything but reads)."""
+        reads = {("tokens", "ls"), ("users", "ls"), ("nodes", "ls"), ("get", "roles"), ("status",)}
+        out = []
+        for argv in self.calls:
+            words = [a for a in argv[1:] if not a.startswith("-")]
+            if tuple(words[:2]) not in reads and tuple(words[:1]) not in reads:
+                out.append(argv)
+        return out
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    from ansible.module_utils import basic
+
+    fake = FakeCluster()
+
+    def exit_json(self, **kwargs):
+        raise ModuleExit(kwargs, failed=False)
+
+    def fail_json(self, **kwargs):
+        raise ModuleExit(kwargs, failed=True)
+
+    def run_command(self, args, **kwargs):
+        return fake(self, args, **kwargs)
+
+    monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+    return fake
+
+
+@pytest.fixture
+def run_module(cluster, tmp_path):
+    """Run a module's main() with these args; returns (result, failed)."""
+    from ansible.module_utils.testing import patch_module_args
+
+    def run(module, args, check=False, diff=False):
+        args = dict(args, tctl_path="/usr/local/bin/tctl", _ansible_check_mode=check,
+                    _ansible_diff=diff, _ansible_tmpdir=str(tmp_path))
+        with patch_module_args(args), pytest.raises(ModuleExit) as exc:
+            module.main()
+        return exc.value.result, exc.value.failed
+
+    return run

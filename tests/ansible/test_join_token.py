@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from ansible_collections.teleport_access.cluster.plugins.modules import join_token
+
+from .conftest import PIN
+
+VALUE = "0123456789abcdef0123456789abcdef"
+
+
+def test_creates_missing_token_and_returns_it(run_module, cluster):
+    result, failed = run_module(join_token, {"value": VALUE, "roles": ["node", "proxy"], "ttl": "15m"})
+    assert not failed
+    assert result["changed"] is True
+    assert result["roles"] == ["node", "proxy"]
+    assert result["ca_pins"] == [PIN]
+    add = cluster.mutations()[0]
+    assert add[1:3] == ["tokens", "add"]
+    assert "--type=node,proxy" in add and "--ttl=15m" in add and "--value=%s" % VALUE in add
+
+
+def test_second_run_is_unchanged(run_module, cluster):
+    run_module(join_token, {"value": VALUE, "roles": ["node", "proxy"]})
+    cluster.calls.clear()
+    result, failed = run_module(join_token, {"value": VALUE, "roles": ["proxy", "node"]})
+    assert not failed and result["changed"] is False
+    assert cluster.mutations() == []
+    assert result["expires"] == "2030-01-01T00:30:00+00:00"
+
+
+def test_other_roles_replace_the_token(run_module, cluster):
+    run_module(join_token, {"value": VALUE, "roles": ["node"]})
+    result, _ = run_module(join_token, {"value": VALUE, "roles": ["node", "proxy"]}, diff=True)
+    assert result["changed"] is True
+    assert result["diff"]["before"]["roles"] == ["node"]
+    assert result["diff"]["after"]["roles"] == ["node", "proxy"]
+    assert VALUE not in str(result["diff"])  # the diff masks the secret
+    assert [t["roles"] for t in cluster.tokens] == [["node", "proxy"]]
+
+
+def test_check_mode_predicts_without_creating(run_module, cluster):
+    result, failed = run_module(join_token, {"value": VALUE, "roles": ["node"]}, check=True)
+    assert not failed and result["changed"] is True
+    assert cluster.mutations() == [] and cluster.tokens == []
+
+
+def test_generated_token_is_returned(run_module, cluster):
+    result, _ = run_module(join_token, {"roles": ["node"]})
+    assert result["changed"] is True
+    assert result["token"] == "f" * 32
+    assert result["join_command"].startswith("teleport start")
+
+
+def test_absent_removes_and_is_then_unchanged(run_module, cluster):
+    run_module(join_token, {"value": VALUE})
+    result, _ = run_module(join_token, {"value": VALUE, "state": "absent"})
+    assert result["changed"] is True and cluster.tokens == []
+    result, _ = run_module(join_token, {"value": VALUE, "state": "absent"})
+    assert result["changed"] is False
+
+
+def test_absent_needs_a_value(run_module, cluster):
+    result, failed = run_module(join_token, {"state": "absent"})
+    assert failed and "value" in result["msg"]
+
+
+def test_static_token_cannot_be_removed(run_module, cluster):
+    cluster.tokens = [{"token": VALUE, "roles": ["node"], "expires": None, "static": True}]
+    result, failed = run_module(join_token, {"value": VALUE, "state": "absent"})
+    assert failed and "static token" in result["msg"]
+    assert VALUE not in result["msg"]
+
+
+def test_tctl_error_fails_with_its_message_and_masks_the_value(run_module, cluster):
+    cluster.fail_with = (1, "cannot reach the auth service at 10.0.0.1:3025: connection refused")
+    result, failed = run_module(join_token, {"value": VALUE, "roles": ["node"]})
+    assert failed
+    assert "connection refused" in result["msg"]
+    assert result["rc"] == 1
+    assert VALUE not in result["msg"]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from ansible_collections.teleport_access.cluster.plugins.modules import role
+
+SPEC = {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": ["dev"]}},
+        "deny": {"logins": ["root"]}}
+
+
+def test_creates_role_from_spec(run_module, cluster):
+    result, failed = run_module(role, {"name": "dev", "description": "Developers", "spec": SPEC})
+    assert not failed and result["changed"] is True
+    assert cluster.roles[0]["metadata"] == {"name": "dev", "description": "Developers"}
+    assert cluster.roles[0]["spec"] == SPEC
+    assert ["create", "--force"] == cluster.mutations()[0][1:3]
+
+
+def test_same_spec_is_unchanged_and_empty_values_compare_equal(run_module, cluster):
+    run_module(role, {"name": "dev", "spec": SPEC})
+    cluster.roles[0]["spec"]["options"] = {}
+    cluster.calls.clear()
+    result, _ = run_module(role, {"name": "dev", "spec": SPEC})
+    assert result["changed"] is False and cluster.mutations() == []
+
+
+def test_changed_spec_is_replaced_with_diff(run_module, cluster):
+    run_module(role, {"name": "dev", "spec": SPEC})
+    new = {"allow": {"logins": ["dev"], "node_labels": {"*": "*"}}}
+    result, _ = run_module(role, {"name": "dev", "spec": new}, diff=True)
+    assert result["changed"] is True
+    assert result["diff"]["before"]["spec"]["deny"] == {"logins": ["root"]}
+    assert "deny" not in result["diff"]["after"]["spec"]
+    assert cluster.roles[0]["spec"] == new
+
+
+def test_check_mode_changes_nothing(run_module, cluster):
+    result, _ = run_module(role, {"name": "dev", "spec": SPEC}, check=True)
+    assert result["changed"] is True and cluster.roles == []
+
+
+def test_absent(run_module, cluster):
+    run_module(role, {"name": "dev", "spec": SPEC})
+    result, _ = run_module(role, {"name": "dev", "state": "absent"})
+    assert result["changed"] is True and cluster.roles == []
+    assert cluster.mutations()[-1][1:] == ["rm", "roles/dev"]
