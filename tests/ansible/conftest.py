@@ -51,7 +51,7 @@ class FakeCluster:
         self.calls.append(argv)
         if self.fail_with:
             rc, msg = self.fail_with
-            return rc, "", "ERROR: %s\n" % msg
+            return rc, "", f"ERROR: {msg}\n"
         words = [a for a in argv[1:] if a != "--format=json"]
         while words and words[0] in ("--config", "--auth-server"):  # global options
             words = words[2:]
@@ -91,11 +91,11 @@ class FakeCluster:
         token = {"token": value, "roles": roles, "expires": "2030-01-01T00:30:00+00:00", "static": False}
         self.tokens.append(token)
         return dict(token, ca_pins=[PIN], auth_server="auth1:3025",
-                    join_command="teleport start --token=%s" % value)
+                    join_command=f"teleport start --token={value}")
 
     def tokens_rm(self, words):
         self.tokens = [t for t in self.tokens if t["token"] != words[2]]
-        return "Token %s has been deleted\n" % words[2]
+        return f"Token {words[2]} has been deleted\n"
 
     def nodes_ls(self, words):
         return self.nodes
@@ -113,11 +113,11 @@ class FakeCluster:
         user = next(u for u in self.users if u["name"] == words[2])
         user["roles"] = self._flag(words, "--set-roles").split(",")
         user["logins"] = self._flag(words, "--set-logins").split(",")
-        return "User %s has been updated\n" % words[2]
+        return f"User {words[2]} has been updated\n"
 
     def users_rm(self, words):
         self.users = [u for u in self.users if u["name"] != words[2]]
-        return "User %s has been deleted\n" % words[2]
+        return f"User {words[2]} has been deleted\n"
 
     def get_roles(self, words):
         return self.roles
@@ -126,12 +126,12 @@ class FakeCluster:
         resource = json.loads(Path(words[-1]).read_text())
         self.roles = [r for r in self.roles if r["metadata"]["name"] != resource["metadata"]["name"]]
         self.roles.append(resource)
-        return "role %s has been created\n" % resource["metadata"]["name"]
+        return "role {} has been created\n".format(resource["metadata"]["name"])
 
     def rm(self, words):
         name = words[1].split("/", 1)[1]
         self.roles = [r for r in self.roles if r["metadata"]["name"] != name]
-        return "role %s has been deleted\n" % name
+        return f"role {name} has been deleted\n"
 
     def mutations(self) -> list[list[str]]:
         """Calls that change the cluster (everything but reads)."""

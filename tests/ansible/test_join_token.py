@@ -15,7 +15,7 @@ def test_creates_missing_token_and_returns_it(run_module, cluster):
     assert result["ca_pins"] == [PIN]
     add = cluster.mutations()[0]
     assert add[1:3] == ["tokens", "add"]
-    assert "--type=node,proxy" in add and "--ttl=15m" in add and "--value=%s" % VALUE in add
+    assert "--type=node,proxy" in add and "--ttl=15m" in add and f"--value={VALUE}" in add
 
 
 def test_second_run_is_unchanged(run_module, cluster):
