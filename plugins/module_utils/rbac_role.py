@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import TctlModule
@@ -29,6 +30,36 @@ def prune(value):
     return value
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(value):
+    """``"1h30m"`` -> 5400.0; anything unparsable is returned as it is (the cluster will judge)."""
+    text = str(value).strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return value
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def normalise_spec(spec):
+    """The spec as the cluster stores it, for comparing: a label selector's values are lists
+    (the cluster writes a single value as a scalar) and durations are seconds ("90m" == "1h30m")."""
+    spec = prune(spec or {})
+    for side in ("allow", "deny"):
+        conditions = spec.get(side)
+        if isinstance(conditions, dict) and isinstance(conditions.get("node_labels"), dict):
+            conditions["node_labels"] = dict(
+                (key, sorted(str(v) for v in (values if isinstance(values, list) else [values])))
+                for key, values in conditions["node_labels"].items()
+            )
+    options = spec.get("options")
+    if isinstance(options, dict) and "max_session_ttl" in options:
+        options["max_session_ttl"] = duration_seconds(options["max_session_ttl"])
+    return spec
+
+
 def role_resource(name, description, spec):
     """The role resource tctl creates from a task's options."""
     metadata = dict(name=name)
@@ -45,7 +76,7 @@ def role_view(resource):
     return prune(dict(
         name=metadata.get("name"),
         description=metadata.get("description"),
-        spec=resource.get("spec") or {},
+        spec=normalise_spec(resource.get("spec")),
     ))
 
 
@@ -65,7 +96,7 @@ class RoleManager(TctlModule):
         if params["state"] == "absent":
             result = dict(changed=existing is not None, name=name, state="absent")
             if existing is not None and not self.check_mode:
-                self.tctl.run(["rm", "roles/%s" % name], json_output=False)
+                self.tctl.run(["rm", "role/%s" % name], json_output=False)
             return self.diff(result, role_view(existing), {})
 
         wanted = role_resource(name, params["description"], params["spec"])

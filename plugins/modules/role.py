@@ -11,7 +11,7 @@ short_description: Make an access role present with a given spec, or absent
 version_added: 0.1.0
 description:
   - Manages a role (allow/deny rules, logins, node labels, options) through C(tctl get roles),
-    C(tctl create --force) and C(tctl rm) on the auth host.
+    C(tctl create --force) and C(tctl rm role/NAME) on the auth host.
   - The role ends up with exactly O(spec); keys left out are removed.
 extends_documentation_fragment:
   - teleport_access.cluster.tctl
@@ -26,7 +26,8 @@ attributes:
     description: Running the task twice gives the same state and reports changed only the first time.
     support: full
     details:
-      - Empty values (null, empty lists and mappings) compare equal to absent keys.
+      - Empty values (null, empty lists and mappings) compare equal to absent keys, a single
+        label value equals a one-element list, and durations compare by length (V(90m) = V(1h30m)).
 options:
   name:
     description: The role's name.

@@ -11,8 +11,9 @@ short_description: Make a cluster user present with its roles and logins, or abs
 version_added: 0.1.0
 description:
   - Manages a user of the cluster through C(tctl users) on the auth host.
-  - A new user gets no password. The module returns the sign-up invite that tctl prints; the
-    person completes it with a password and a second factor before C(tsh login) works.
+  - A new user gets no password. The module returns the sign-up token that C(tctl users add)
+    prints; the person completes the sign-up with C(tsh signup --proxy=PROXY --token=TOKEN)
+    (a password and a second factor) before C(tsh login) works.
 extends_documentation_fragment:
   - teleport_access.cluster.tctl
 attributes:
@@ -36,10 +37,10 @@ options:
     choices: [present, absent]
     default: present
   roles:
-    description: The cluster roles the user holds (exactly these).
+    description:
+      - The cluster roles the user holds (exactly these). Required with O(state=present).
     type: list
     elements: str
-    default: []
   logins:
     description: OS logins the user may use on nodes (the C(logins) trait; exactly these).
     type: list
@@ -85,8 +86,8 @@ logins:
   type: list
   elements: str
 invite:
-  description: The sign-up invite tctl printed for a new user (for example its URL, token and
-    expiry). Treat it as a secret.
+  description: The sign-up invite for a new user, as C(tctl users add --format=json) prints it
+    (C(user), C(token), C(expires)). Treat the token as a secret.
   returned: when a user was created
   type: dict
 """
@@ -102,9 +103,10 @@ def main():
         argument_spec=tctl_argument_spec(
             name=dict(type="str", required=True),
             state=dict(type="str", choices=["present", "absent"], default="present"),
-            roles=dict(type="list", elements="str", default=[]),
+            roles=dict(type="list", elements="str"),
             logins=dict(type="list", elements="str", default=[]),
         ),
+        required_if=[("state", "present", ["roles"])],
         supports_check_mode=True,
     )
     UserManager(module).execute()

@@ -107,7 +107,7 @@ class FakeCluster:
         user = {"name": words[2], "roles": self._flag(words, "--roles").split(","),
                 "logins": self._flag(words, "--logins").split(",")}
         self.users.append(user)
-        return dict(user, invite_url="https://proxy:3080/web/invite/abc", token="abc")
+        return {"user": user["name"], "token": "abc", "expires": "2030-01-01T01:00:00+00:00"}
 
     def users_update(self, words):
         user = next(u for u in self.users if u["name"] == words[2])

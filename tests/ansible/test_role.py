@@ -41,4 +41,16 @@ def test_absent(run_module, cluster):
     run_module(role, {"name": "dev", "spec": SPEC})
     result, _ = run_module(role, {"name": "dev", "state": "absent"})
     assert result["changed"] is True and cluster.roles == []
-    assert cluster.mutations()[-1][1:] == ["rm", "roles/dev"]
+    assert cluster.mutations()[-1][1:] == ["rm", "role/dev"]
+
+
+def test_cluster_normal_form_compares_equal(run_module, cluster):
+    spec = {"allow": {"logins": ["dev"], "node_labels": {"env": ["dev"], "tier": ["b", "a"]}},
+            "options": {"max_session_ttl": "90m"}}
+    run_module(role, {"name": "dev", "spec": spec})
+    # what the cluster prints back: single label values as scalars, durations reformatted
+    cluster.roles[0]["spec"] = {"allow": {"logins": ["dev"], "node_labels": {"env": "dev", "tier": ["a", "b"]}},
+                                "deny": {}, "options": {"max_session_ttl": "1h30m"}}
+    cluster.calls.clear()
+    result, _ = run_module(role, {"name": "dev", "spec": spec})
+    assert result["changed"] is False and cluster.mutations() == []

@@ -6,7 +6,7 @@ from ansible_collections.teleport_access.cluster.plugins.modules import user
 def test_creates_user_and_returns_invite(run_module, cluster):
     result, failed = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice", "root"]})
     assert not failed and result["changed"] is True
-    assert result["invite"]["invite_url"].startswith("https://")
+    assert result["invite"] == {"user": "alice", "token": "abc", "expires": "2030-01-01T01:00:00+00:00"}
     assert cluster.users[0]["logins"] == ["alice", "root"]
 
 
@@ -30,6 +30,11 @@ def test_updates_roles_and_logins(run_module, cluster):
     assert result["changed"] is True
     assert result["diff"]["after"]["roles"] == ["access", "editor"]
     assert cluster.users[0]["roles"] == ["access", "editor"]
+
+
+def test_roles_are_required_when_present(run_module, cluster):
+    result, failed = run_module(user, {"name": "alice", "logins": ["alice"]})
+    assert failed and "roles" in result["msg"]
 
 
 def test_check_mode_and_absent(run_module, cluster):
