@@ -8,20 +8,24 @@ from typing import Any
 from teleport_runtime import __version__
 from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.heartbeat import Heartbeat
-from teleport_runtime.agent.identity import Identity
-from teleport_runtime.config import Config
+from teleport_runtime.agent.identity import Identity, host_uuid
+from teleport_runtime.agent.roles import RoleCache
+from teleport_runtime.ca import parse_tls_identity
+from teleport_runtime.config import Config, HostPort
+from teleport_runtime.errors import TeleportError
 from teleport_runtime.node.labels import CommandLabels
+from teleport_runtime.node.ssh_server import NodeSSHServer
 
 log = logging.getLogger("teleport.node")
 
 
-def advertised_addr(cfg: Config) -> str:
-    """The address the node reports: public_addr, else the listen address (a wildcard host is
-    replaced by the auth service with the address it sees)."""
+def advertised_addr(cfg: Config, port: int | None = None) -> str:
+    """The address the node reports: public_addr, else the listen address with the bound port (a
+    wildcard host is replaced by the auth service with the address it sees)."""
     if cfg.ssh.public_addr is not None:
         return str(cfg.ssh.public_addr)
     host = cfg.advertise_ip or cfg.ssh.listen_addr.host
-    return f"{host}:{cfg.ssh.listen_addr.port}" if ":" not in host else f"[{host}]:{cfg.ssh.listen_addr.port}"
+    return str(HostPort(host, port or cfg.ssh.listen_addr.port))
 
 
 class NodeService:
@@ -33,11 +37,32 @@ class NodeService:
         self.client = client
         self.command_labels = CommandLabels(cfg.ssh.commands, on_change=self._labels_changed)
         self.heartbeat = Heartbeat(client, self.report)
+        self.roles = RoleCache(client, cfg.data_dir / "cache" / "roles.json")
+        tls = parse_tls_identity(identity.tls_cert)
+        self.ssh = NodeSSHServer(
+            host_key=identity.ssh_key,
+            host_cert=identity.ssh_cert,
+            trusted_user_ca_keys=lambda: list(self.identity.user_ca_keys or []),
+            node_labels=self.labels,
+            role_lookup=self.roles.lookup,
+            audit=self.audit,
+            cluster_name=tls.cluster,
+            nodename=cfg.nodename,
+            host_uuid=host_uuid(cfg.data_dir),
+        )
+        self.ssh_port: int | None = None
+
+    async def audit(self, event: dict[str, Any]) -> None:
+        """Send an audit event to the auth service; a lost event is logged, never fatal."""
+        try:
+            await self.client.post("/v1/audit", event)
+        except TeleportError as exc:
+            log.warning("audit event %s not delivered: %s", event.get("event"), exc.message)
 
     def report(self) -> dict[str, Any]:
         return {
             "hostname": self.cfg.nodename,
-            "addr": advertised_addr(self.cfg),
+            "addr": advertised_addr(self.cfg, self.ssh_port),
             "labels": dict(self.cfg.ssh.labels),
             "cmd_labels": dict(self.command_labels.values),
             "version": __version__,
@@ -51,8 +76,11 @@ class NodeService:
 
     async def start(self) -> None:
         await self.command_labels.start()
+        listen = self.cfg.ssh.listen_addr
+        self.ssh_port = await self.ssh.start(listen.host, listen.port)
         self.heartbeat.start()
 
     async def stop(self) -> None:
         await self.heartbeat.stop()
+        await self.ssh.close()
         await self.command_labels.stop()
