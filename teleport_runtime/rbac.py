@@ -101,8 +101,7 @@ class RoleConditions:
             out["logins"] = list(self.logins)
         if self.node_labels:
             out["node_labels"] = {
-                key: values[0] if len(values) == 1 else list(values)
-                for key, values in self.node_labels.items()
+                key: values[0] if len(values) == 1 else list(values) for key, values in self.node_labels.items()
             }
         if self.rules:
             out["rules"] = [rule.to_dict() for rule in self.rules]
@@ -171,9 +170,7 @@ def _check_keys(data: dict[str, Any], allowed: Iterable[str], where: str) -> Non
     allowed = tuple(allowed)
     for key in data:
         if key not in allowed:
-            raise BadParameter(
-                f"{where}: unknown field {key!r}: expected one of {', '.join(allowed)}"
-            )
+            raise BadParameter(f"{where}: unknown field {key!r}: expected one of {', '.join(allowed)}")
 
 
 def _strings(value: Any, where: str, *, allow_scalar: bool = False) -> tuple[str, ...]:
@@ -213,15 +210,11 @@ def _parse_node_labels(value: Any, where: str) -> dict[str, tuple[str, ...]]:
         if not isinstance(key, str) or not key:
             raise BadParameter(f"{where}: label keys must be non-empty strings, got {key!r}")
         here = f"{where}.{key}"
-        parsed = tuple(
-            _parse_label_value(v, here) for v in _strings(values, here, allow_scalar=True)
-        )
+        parsed = tuple(_parse_label_value(v, here) for v in _strings(values, here, allow_scalar=True))
         if not parsed:
             raise BadParameter(f"{here}: expected a value or a list of values, got none")
         if key == WILDCARD and parsed != (WILDCARD,):
-            raise BadParameter(
-                f"{here}: the wildcard key '*' only accepts the value '*', got {list(parsed)}"
-            )
+            raise BadParameter(f"{here}: the wildcard key '*' only accepts the value '*', got {list(parsed)}")
         labels[key] = parsed
     return labels
 
@@ -242,9 +235,7 @@ def _parse_rules(value: Any, where: str) -> tuple[Rule, ...]:
             raise BadParameter(f"{here}: expected non-empty 'resources' and 'verbs' lists")
         for verb in verbs:
             if verb not in VERBS:
-                raise BadParameter(
-                    f"{here}.verbs: unknown verb {verb!r}: expected one of {', '.join(VERBS)}"
-                )
+                raise BadParameter(f"{here}.verbs: unknown verb {verb!r}: expected one of {', '.join(VERBS)}")
         rules.append(Rule(resources=resources, verbs=verbs))
     return tuple(rules)
 
@@ -252,10 +243,7 @@ def _parse_rules(value: Any, where: str) -> tuple[Rule, ...]:
 def _parse_conditions(value: Any, where: str) -> RoleConditions:
     data = _mapping(value, where)
     _check_keys(data, _CONDITION_KEYS, where)
-    logins = tuple(
-        _parse_login(login, f"{where}.logins")
-        for login in _strings(data.get("logins"), f"{where}.logins")
-    )
+    logins = tuple(_parse_login(login, f"{where}.logins") for login in _strings(data.get("logins"), f"{where}.logins"))
     return RoleConditions(
         logins=logins,
         node_labels=_parse_node_labels(data.get("node_labels"), f"{where}.node_labels"),
@@ -276,17 +264,13 @@ def _parse_options(value: Any, where: str) -> RoleOptions:
     if data.get("max_session_ttl") is not None:
         raw = data["max_session_ttl"]
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-            raise BadParameter(
-                f"{where}.max_session_ttl: expected a duration such as 30h, got {raw!r}"
-            )
+            raise BadParameter(f"{where}.max_session_ttl: expected a duration such as 30h, got {raw!r}")
         try:
             ttl = parse_duration(raw)
         except BadParameter as exc:
             raise BadParameter(f"{where}.max_session_ttl: {exc.message}") from None
         if ttl <= timedelta(0):
-            raise BadParameter(
-                f"{where}.max_session_ttl: expected a positive duration, got {raw!r}"
-            )
+            raise BadParameter(f"{where}.max_session_ttl: expected a positive duration, got {raw!r}")
     return RoleOptions(
         max_session_ttl=ttl,
         forward_agent=_parse_bool(data.get("forward_agent"), f"{where}.forward_agent"),
@@ -311,9 +295,7 @@ def parse_role(data: dict[str, Any]) -> Role:
     _check_keys(metadata, ("name", "description"), "role: metadata")
     name = metadata.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise BadParameter(
-            f"role: metadata.name: expected a name of letters, digits and . _ @ -, got {name!r}"
-        )
+        raise BadParameter(f"role: metadata.name: expected a name of letters, digits and . _ @ -, got {name!r}")
     description = metadata.get("description") or ""
     if not isinstance(description, str):
         raise BadParameter(f'role "{name}": metadata.description: expected a string')
@@ -377,9 +359,7 @@ def preset_roles() -> list[Role]:
             "kind": "role",
             "version": "v1",
             "metadata": {"name": "auditor", "description": "Read session recordings and audit log"},
-            "spec": {
-                "allow": {"rules": [{"resources": ["session", "event"], "verbs": ["list", "read"]}]}
-            },
+            "spec": {"allow": {"rules": [{"resources": ["session", "event"], "verbs": ["list", "read"]}]}},
         },
     ]
     return [parse_role(doc) for doc in docs]
@@ -476,8 +456,7 @@ class RoleSet:
                 return
         if not with_login:
             raise AccessDenied(
-                f"login {login!r} is not allowed by any role "
-                f"({', '.join(r.name for r in self.roles) or 'no roles'})"
+                f"login {login!r} is not allowed by any role ({', '.join(r.name for r in self.roles) or 'no roles'})"
             )
         raise AccessDenied(
             f"login {login!r} is allowed by role(s) {', '.join(with_login)} but their "
@@ -504,8 +483,7 @@ class RoleSet:
         for role in self.roles:
             if any(rule.matches(resource, verb) for rule in role.deny.rules):
                 raise AccessDenied(
-                    f"access denied to perform action {verb!r} on {resource!r}: "
-                    f"denied by role {role.name!r}"
+                    f"access denied to perform action {verb!r} on {resource!r}: denied by role {role.name!r}"
                 )
         for role in self.roles:
             if any(rule.matches(resource, verb) for rule in role.allow.rules):

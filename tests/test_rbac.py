@@ -175,9 +175,7 @@ def test_access_preset_uses_traits():
 
 
 def test_logins_minus_denied():
-    roles = RoleSet(
-        [role("a", allow={"logins": ["root", "ubuntu"]}), role("b", deny={"logins": ["root"]})]
-    )
+    roles = RoleSet([role("a", allow={"logins": ["root", "ubuntu"]}), role("b", deny={"logins": ["root"]})])
     assert roles.logins() == ["ubuntu"]
 
 

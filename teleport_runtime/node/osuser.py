@@ -61,9 +61,7 @@ def can_switch_to(user: OSUser) -> bool:
 def accepted_client_env(requested: Mapping[str, str]) -> dict[str, str]:
     """The subset of the client's ``env`` requests a session accepts."""
     return {
-        key: value
-        for key, value in requested.items()
-        if key in ACCEPTED_ENV or key.startswith(ACCEPTED_ENV_PREFIXES)
+        key: value for key, value in requested.items() if key in ACCEPTED_ENV or key.startswith(ACCEPTED_ENV_PREFIXES)
     }
 
 

@@ -96,11 +96,12 @@ class _Refusal(Exception):
     """An authentication refusal: ``reason`` is logged and audited, ``client`` shown to the
     client in an auth banner when set."""
 
-    def __init__(self, reason: str, *, user: str = "", client: str | None = None) -> None:
+    def __init__(self, reason: str, *, user: str = "", client: str | None = None, plain: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.user = user
         self.client = client
+        self.plain = plain  # a plain key: clients try those routinely, see _Conn.closed()
 
 
 @dataclass
@@ -162,6 +163,9 @@ class _Conn:
         self.identity: _Identity | None = None
         self._decisions: dict[tuple[str, bytes], _Identity | None] = {}
         self.approved_ca_keys: set[bytes] = set()
+        self.auth_started = False
+        self._audited_refusal = False
+        self._plain_keys_refused = 0
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue an audit event with this connection's common fields."""
@@ -186,7 +190,15 @@ class _Conn:
             decision: _Identity | None = await self._check(login, key_data)
         except _Refusal as refusal:
             decision = None
+            if refusal.plain:
+                # Clients offer every key they have (agent keys first); only when no
+                # certificate gets in is this worth an audit event (see closed()).
+                self.log.info("key refused: %s", refusal.reason)
+                self._plain_keys_refused += 1
+                self._decisions[cache_key] = None
+                return None
             self.log.warning("login refused: %s", refusal.reason)
+            self._audited_refusal = True
             self.emit({"event": "auth.rejected", "user": refusal.user, "login": login, "reason": refusal.reason})
             if refusal.client and self.conn is not None:
                 with contextlib.suppress(Exception):
@@ -198,6 +210,7 @@ class _Conn:
 
     def reject_after_check(self, login: str, identity: _Identity, signed: bool) -> None:
         """asyncssh refused a certificate we accepted (bad signature, source address...)."""
+        self._audited_refusal = True
         reason = (
             "signature verification failed"
             if signed
@@ -214,7 +227,8 @@ class _Conn:
         if not algorithm.endswith(_CERT_SUFFIX):
             raise _Refusal(
                 f"a plain {algorithm.decode(errors='replace')} key is not accepted: "
-                "a certificate signed by the cluster's user CA is required"
+                "a certificate signed by the cluster's user CA is required",
+                plain=True,
             )
         line = algorithm + b" " + base64.b64encode(key_data)
         try:
@@ -306,6 +320,20 @@ class _Conn:
         if missing:
             raise _Refusal(f"unknown role(s) {', '.join(missing)}", user=user)
         return [role for role in roles if role.name in names]
+
+    def closed(self) -> None:
+        """The connection ended: audit a failed login nothing else has explained."""
+        if not self.auth_started or self.identity is not None or self._audited_refusal:
+            return
+        if self._plain_keys_refused:
+            reason = (
+                f"no certificate offered ({self._plain_keys_refused} plain key(s) refused): "
+                "only certificates signed by the cluster's user CA are accepted"
+            )
+        else:
+            reason = "no certificate offered: only certificate authentication is accepted"
+        self.log.warning("login failed: %s", reason)
+        self.emit({"event": "auth.rejected", "reason": reason})
 
     # ------------------------------------------------------------------ forwarding
 
@@ -420,11 +448,13 @@ class _ServerHandler(asyncssh.SSHServer):
             return
         if ctx.conn is not None:
             ctx.node._connections.discard(ctx.conn)
+        ctx.closed()
         ctx.log.info("connection closed%s", f": {exc}" if exc else "")
 
     def begin_auth(self, username: str) -> bool:
         assert self.ctx is not None
         self.ctx.log.extra["login"] = username  # type: ignore[index]
+        self.ctx.auth_started = True
         return True
 
     def auth_completed(self) -> None:
@@ -562,14 +592,9 @@ class NodeSSHServer:
 
     def _new_connection(self) -> _NodeConnection:
         loop = asyncio.get_running_loop()
-        conn = _NodeConnection(loop, self._options, error_handler=self._handshake_failed)
+        conn = _NodeConnection(loop, self._options)
         conn.node_conn = _Conn(self, next(self._conn_ids))
         return conn
-
-    def _handshake_failed(self, conn: asyncssh.SSHServerConnection, exc: Exception) -> None:
-        ctx = getattr(conn, "node_conn", None)
-        log = ctx.log if ctx is not None else _LOG
-        log.info("connection failed before login: %s", exc)
 
     async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> int:  # noqa: S104
         """Listen on ``host:port`` (port 0: any free port); returns the bound port."""

@@ -271,7 +271,16 @@ async def test_refuses_plain_keys(node, os_login):
             WAIT,
         )
     event = await node.wait_event("auth.rejected")
-    assert "plain ssh-ed25519 key is not accepted" in event["reason"]
+    assert "no certificate offered (1 plain key(s) refused)" in event["reason"]
+    assert event["login"] == os_login
+
+
+async def test_plain_agent_keys_tried_first_are_not_audited(node, issue, os_login, ssh_agent):
+    key = issue([os_login])
+    async with await node.connect(os_login, key, agent_path=ssh_agent) as conn:
+        await run(conn, "true")
+    await node.wait_event("session.end")
+    assert node.find("auth.rejected") == []
 
 
 async def test_no_password_or_keyboard_interactive(node, os_login):
@@ -289,6 +298,8 @@ async def test_no_password_or_keyboard_interactive(node, os_login):
             ),
             WAIT,
         )
+    event = await node.wait_event("auth.rejected")
+    assert "no certificate offered: only certificate authentication" in event["reason"]
 
 
 async def test_trusted_user_ca_is_read_per_connection(node, issue, os_login, other_user_ca):
