@@ -23,6 +23,7 @@ from teleport_runtime.backend import Backend, open_backend
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.daemon.diag import DiagServer
 from teleport_runtime.node.service import NodeService
+from teleport_runtime.proxy.service import ProxyService
 
 log = logging.getLogger("teleport")
 
@@ -37,6 +38,7 @@ class TeleportProcess:
         self.auth_api: AuthAPI | None = None
         self.auth_port: int | None = None
         self.node: NodeService | None = None
+        self.proxy: ProxyService | None = None
         self.clients: list[AuthClient] = []
         self.diag: DiagServer | None = None
         self.ready = False
@@ -67,6 +69,10 @@ class TeleportProcess:
         if cfg.ssh.enabled or cfg.proxy.enabled:
             if cfg.auth.enabled and not cfg.auth_token:
                 await self._local_join_token()
+        if cfg.proxy.enabled:
+            identity = await ensure_identity(cfg, "proxy", self.host_addresses())
+            self.proxy = ProxyService(cfg, identity, self._client(identity))
+            await self.proxy.start()
         if cfg.ssh.enabled:
             identity = await ensure_identity(cfg, "node", self.host_addresses())
             client = self._client(identity)
@@ -119,6 +125,8 @@ class TeleportProcess:
         self.ready = False
         if self.node is not None:
             await self.node.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()
         for client in self.clients:
             await client.close()
         if self.auth_api is not None:
