@@ -48,7 +48,7 @@ from typing import Any
 import asyncssh
 from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
 
-from teleport_runtime.ca import UserCertInfo, parse_user_ssh_cert
+from teleport_runtime.ca import UserCertInfo, parse_host_ssh_cert, parse_user_ssh_cert
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.node.osuser import OSUser, can_switch_to, lookup_os_user
 from teleport_runtime.node.session import (
@@ -240,7 +240,12 @@ class _Conn:
         user = cert.username
         self.log.extra["user"] = user  # type: ignore[index]
         ca_key = _key_blob(cert.ca_public_key) or b""
-        trusted = {_key_blob(line) for line in self.node._trusted_user_ca_keys()}
+        try:
+            trusted = {_key_blob(entry) for entry in self.node._trusted_user_ca_keys()}
+            node_labels = self.node._node_labels()
+        except Exception as exc:
+            self.log.exception("cannot read the trusted user CA keys or the node labels")
+            raise _Refusal(f"node configuration unavailable: {exc}", user=user) from None
         if ca_key not in trusted:
             raise _Refusal(
                 f"certificate signed by an unknown certificate authority ({_fingerprint(ca_key)})",
@@ -275,7 +280,7 @@ class _Conn:
         roles = await self._roles(cert.roles, user)
         role_set = RoleSet(roles, cert.traits)
         try:
-            role_set.check_access_to_node(login, self.node._node_labels())
+            role_set.check_access_to_node(login, node_labels)
         except AccessDenied as exc:
             raise _Refusal(
                 f"denied by role: {exc.message}",
@@ -562,6 +567,10 @@ class NodeSSHServer:
             raise BadParameter(f"invalid node host key or certificate: {exc}") from exc
         if cert.key.public_data != key.public_data:
             raise BadParameter("the host certificate does not belong to the host key")
+        try:
+            parse_host_ssh_cert(host_cert)
+        except TeleportError as exc:
+            raise BadParameter(f"invalid node host certificate: {exc.message}") from exc
         return asyncssh.SSHServerConnectionOptions(
             server_factory=_ServerHandler,
             server_host_keys=[(key, cert)],

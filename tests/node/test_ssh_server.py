@@ -460,3 +460,33 @@ async def test_role_lookup_failure_refuses(node, issue, os_login):
     node.server._role_lookup = broken
     key = issue([os_login])
     await expect_refused(node, os_login, key, "cannot load roles access")
+
+
+def test_rejects_a_user_certificate_as_host_identity(issue):
+    key = issue(["root"])
+    with pytest.raises(BadParameter, match="invalid node host certificate"):
+        NodeSSHServer(
+            host_key=key.private_pem,
+            host_cert=key.cert,
+            trusted_user_ca_keys=list,
+            node_labels=dict,
+            role_lookup=None,  # type: ignore[arg-type]
+            cluster_name=CLUSTER,
+            nodename=NODENAME,
+            host_uuid=HOST_UUID,
+        )
+
+
+async def test_close_ends_running_sessions(node, issue, os_login):
+    key = issue([os_login])
+    conn = await node.connect(os_login, key)
+    proc = await conn.create_process("exec sleep 63", term_type="xterm")
+    await wait_until_running(conn, os_login, "sleep 63")
+    await asyncio.wait_for(node.server.close(), WAIT)
+    await asyncio.wait_for(proc.wait_closed(), WAIT)
+    conn.close()
+
+    def gone() -> bool:
+        return subprocess.run(["pgrep", "-u", os_login, "-fx", "sleep 63"], check=False).returncode == 1
+
+    await wait_until(gone, what="the session's process to end")
