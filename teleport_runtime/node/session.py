@@ -152,6 +152,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._pending_eof = False
         self._channel_paused = False
         self._stdin_full = False
+        self._output_paused = False
         self._recorder: SessionRecorder | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -185,6 +186,13 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
 
     def session_started(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._run_done)
+
+    def _run_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._ctx.log.error("session %s failed", self.session_id, exc_info=task.exception())
+            if self._chan is not None and not self._closed:
+                self._chan.close()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
         self._record("input", data)
@@ -220,10 +228,12 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         return False
 
     def pause_writing(self) -> None:
+        self._output_paused = True
         for transport in self._outputs:
             transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._output_paused = False
         for transport in self._outputs:
             transport.resume_reading()
 
@@ -300,6 +310,8 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 parent_fds.remove(fd)
                 self._open_outputs += 1
                 self._outputs.append(transport)
+                if self._output_paused:
+                    transport.pause_reading()
             stdin, _ = await loop.connect_write_pipe(
                 lambda: _InputProtocol(self), os.fdopen(write_fd, "wb", buffering=0)
             )
@@ -310,7 +322,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             for data in self._pending_input:
                 stdin.write(data)
             self._pending_input.clear()
-            if self._pending_eof and stdin.can_write_eof():
+            if self._pending_eof and tty_name is None and stdin.can_write_eof():
                 stdin.write_eof()
             executable, argv = self._argv()
             switch: dict[str, Any] = {}
