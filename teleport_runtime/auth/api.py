@@ -108,6 +108,8 @@ class AuthAPI:
         app.router.add_post("/v1/certs/user", self.sign_user)
         app.router.add_post("/v1/certs/host", self.sign_host)
         app.router.add_post("/v1/audit", self.emit_audit)
+        app.router.add_post("/v1/authorities/{type}/rotate", self.rotate)
+        app.router.add_get("/v1/authorities/rotation", self.rotation_state)
         app.router.add_get("/v1/audit", self.search_audit)
         return app
 
@@ -357,3 +359,19 @@ class AuthAPI:
         since = parse_duration(request.query.get("since", "1h"))
         types = [t for t in request.query.get("type", "").split(",") if t]
         return await self.auth.audit.search(datetime.now(UTC) - since, types=types or None)
+
+    # ------------------------------------------------------------------ CA rotation
+
+    @_route(("Admin",))
+    async def rotate(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        return await self.auth.rotation.rotate(
+            request.match_info["type"],
+            mode=body.get("mode") or "auto",
+            target_phase=body.get("phase"),
+            grace_period=body.get("grace_period"),
+        )
+
+    @_route(("Node", "Proxy", "Admin"))
+    async def rotation_state(self, _request: web.Request) -> dict[str, Any]:
+        return {t: await self.auth.rotation.view(t) for t in ("host", "user")}

@@ -21,6 +21,7 @@ from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.presence import Presence
+from teleport_runtime.auth.rotation import RotationManager, rotation_view
 from teleport_runtime.auth.tokens import TokenStore, mask
 from teleport_runtime.auth.users import UserStore
 from teleport_runtime.backend import Backend, Item
@@ -79,6 +80,7 @@ class AuthService:
         self.presence = Presence(backend, config.presence_ttl)
         self.audit = AuditLog(backend)
         self.users = UserStore(backend, "")
+        self.rotation = RotationManager(backend, _ca_key)
 
     # ------------------------------------------------------------------ start-up
 
@@ -109,6 +111,8 @@ class AuthService:
                     Item(key=_ca_key(ca_type), value=json.dumps(authority.to_dict(True)).encode())
                 )
                 log.info("created the %s certificate authority", ca_type.value)
+        # A rotation in auto mode resumes where its stored schedule says it should be.
+        await self.rotation.tick()
 
     async def get_ca(self, ca_type: CAType) -> CertAuthority:
         """A CA with its private keys: for use inside the auth service only."""
@@ -354,7 +358,7 @@ class AuthService:
                 {
                     "type": ca_type.value,
                     "created": ca.active.created.isoformat(),
-                    "rotation": _rotation_view(ca.rotation),
+                    "rotation": rotation_view(ca),
                 }
             )
         return {
@@ -363,17 +367,6 @@ class AuthService:
             "ca_pins": await self.ca_pins(),
             "cas": cas,
         }
-
-
-def _rotation_view(rotation: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "state": rotation.get("state", "standby"),
-        "phase": rotation.get("phase", "standby"),
-        "mode": rotation.get("mode", ""),
-        "started": rotation.get("started"),
-        "grace_period": rotation.get("grace_period"),
-        "last_rotated": rotation.get("last_rotated"),
-    }
 
 
 def _split_names(names: list[str]) -> tuple[list[str], list[str]]:

@@ -448,6 +448,34 @@ async def auth_sign(
     click.echo(f"The credentials have been written to {out}, {out}-cert.pub")
 
 
+ROTATION_PHASES = click.Choice(["init", "update_clients", "update_servers", "standby", "rollback"])
+
+
+@auth.command("rotate")
+@click.option("--type", "ca_type", type=click.Choice(["host", "user"]), required=True)
+@click.option("--manual", is_flag=True, help="Drive the phases yourself with --phase.")
+@click.option("--phase", type=ROTATION_PHASES, help="The phase to move to (manual mode, or rollback).")
+@click.option("--grace-period", help="Auto mode: how long the old CA stays trusted (default 30h).")
+@click.option("--format", "fmt", type=FORMATS, default="text")
+@run
+async def auth_rotate(
+    client: AuthClient, ca_type: str, manual: bool, phase: str | None, grace_period: str | None, fmt: str
+) -> None:
+    """Rotate a CA: auto with a grace period, or manual phase by phase."""
+    if manual and not phase:
+        raise ConfigError("--manual needs --phase: init, update_clients, update_servers, standby or rollback")
+    if manual and grace_period:
+        raise ConfigError("--grace-period applies to auto mode only; drop it or drop --manual")
+    view = await client.post(
+        f"/v1/authorities/{ca_type}/rotate",
+        {"mode": "manual" if manual else "auto", "phase": phase, "grace_period": grace_period},
+    )
+    if fmt == "json":
+        echo_json(view)
+    else:
+        click.echo(f"{ca_type} CA: rotation phase {view['phase']} ({view.get('mode') or 'auto'})")
+
+
 # ---------------------------------------------------------------------------- audit
 
 

@@ -19,13 +19,15 @@ from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import ensure_identity
 from teleport_runtime.auth.api import AuthAPI
 from teleport_runtime.auth.service import AuthService
-from teleport_runtime.backend import Backend, open_backend
+from teleport_runtime.backend import Backend, EventType, open_backend
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.daemon.diag import DiagServer
+from teleport_runtime.errors import TeleportError
 from teleport_runtime.node.service import NodeService
 from teleport_runtime.proxy.service import ProxyService
 
 log = logging.getLogger("teleport")
+ROTATION_TICK_SECONDS = 60.0
 
 
 class TeleportProcess:
@@ -44,6 +46,8 @@ class TeleportProcess:
         self.ready = False
         self.started = time.time()
         self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._auth_names: list[str] = []
 
     def host_addresses(self) -> list[str]:
         """Names and addresses this host is known by, for its certificates."""
@@ -96,8 +100,40 @@ class TeleportProcess:
         if cfg.auth.listen_addr.port == 0:  # tests: let local agents find the picked port
             cfg.auth.listen_addr = HostPort(cfg.auth.listen_addr.host, self.auth_port)
         await self.auth.write_admin_identity()
+        self._auth_names = names
+        loop = asyncio.get_running_loop()
+        self._tasks += [
+            loop.create_task(self._rotation_timer(), name="rotation-timer"),
+            loop.create_task(self._follow_authorities(), name="ca-watch"),
+        ]
         pins = await self.auth.ca_pins()
         log.info("auth service ready: cluster %s, CA pin %s", self.auth.cluster_name, pins[0])
+
+    async def _rotation_timer(self) -> None:
+        """Auto-mode rotations move on their schedule, checked every minute."""
+        assert self.auth is not None
+        while True:
+            await asyncio.sleep(ROTATION_TICK_SECONDS)
+            try:
+                moved = await self.auth.rotation.tick()
+                for ca_type, view in moved.items():
+                    log.info("%s CA rotation moved to phase %s", ca_type, view["phase"])
+            except TeleportError as exc:
+                log.warning("rotation timer: %s", exc.message)
+
+    async def _follow_authorities(self) -> None:
+        """Whenever a CA changes (a rotation step, here or on another auth server), serve the API
+        with the new trust and refresh the local admin identity tctl uses."""
+        assert self.auth is not None and self.backend is not None and self.auth_api is not None
+        watcher = await self.backend.new_watcher(["/authorities/"])
+        try:
+            async for event in watcher:
+                if event.type is not EventType.PUT:
+                    continue
+                await self.auth_api.reload_tls(self._auth_names)
+                await self.auth.write_admin_identity()
+        finally:
+            watcher.close()
 
     async def _local_join_token(self) -> None:
         assert self.auth is not None
@@ -123,6 +159,9 @@ class TeleportProcess:
     async def stop(self) -> None:
         """Ordered shutdown: agents first, then the auth API, then the backend."""
         self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.node is not None:
             await self.node.stop()
         if self.proxy is not None:
