@@ -73,6 +73,8 @@ __all__ = [
 DEFAULT_PORT = 3022
 #: Seconds a client has to authenticate.
 LOGIN_TIMEOUT = 60.0
+#: Audit events waiting for a slow ``audit`` sink; beyond this, new events are dropped (logged).
+AUDIT_QUEUE_SIZE = 10_000
 
 AuditFunc = Callable[[dict[str, Any]], Awaitable[None]]
 RoleLookup = Callable[[list[str]], Awaitable[list[Role]]]
@@ -553,7 +555,7 @@ class NodeSSHServer:
         self._conn_ids = itertools.count(1)
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
-        self._audit_queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._audit_queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(AUDIT_QUEUE_SIZE)
         self._audit_task: asyncio.Task[None] | None = None
         self._options = self._make_options(host_key, host_cert)
 
@@ -630,26 +632,29 @@ class NodeSSHServer:
         if server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
-        if self._audit_task is not None:
-            await self._audit_queue.put(None)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._audit_task, 5)
-            self._audit_task = None
+        task, self._audit_task = self._audit_task, None
+        if task is not None:
+            with contextlib.suppress(asyncio.QueueFull):
+                self._audit_queue.put_nowait(None)  # the worker stops after the queued events
+            await asyncio.wait({task}, timeout=5)
+            task.cancel()
 
     # ------------------------------------------------------------------ audit
 
     def _emit(self, event: dict[str, Any]) -> None:
         if self._audit is None:
             return
-        self._audit_queue.put_nowait(
-            {
-                "time": datetime.now(UTC).isoformat(),
-                "cluster_name": self.cluster_name,
-                "server_id": self.host_uuid,
-                "nodename": self.nodename,
-                **event,
-            }
-        )
+        event = {
+            "time": datetime.now(UTC).isoformat(),
+            "cluster_name": self.cluster_name,
+            "server_id": self.host_uuid,
+            "nodename": self.nodename,
+            **event,
+        }
+        try:
+            self._audit_queue.put_nowait(event)
+        except asyncio.QueueFull:
+            _LOG.warning("audit queue full: dropping %s event", event.get("event"))
 
     async def _audit_worker(self) -> None:
         while True:
