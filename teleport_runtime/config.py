@@ -296,8 +296,9 @@ def parse_static_token(spec: str, where: str) -> StaticToken:
     return StaticToken(roles=roles, value=read_token(value, where))
 
 
-def load_config_file(path: str | Path) -> Config:
-    """Read and validate a teleport.yaml."""
+def load_config_file(path: str | Path, check: bool = True) -> Config:
+    """Read and validate a teleport.yaml. ``check=False`` skips the cross-field checks, for
+    callers that apply command-line flags (such as ``--auth-server``) and validate after."""
     source = str(path)
     try:
         text = Path(path).read_text()
@@ -309,10 +310,12 @@ def load_config_file(path: str | Path) -> Config:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    return config_from_dict(data, source)
+    return config_from_dict(data, source, check)
 
 
-def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:  # noqa: C901
+def config_from_dict(  # noqa: C901
+    data: dict[str, Any], source: str = "config", check: bool = True
+) -> Config:
     """Validate a parsed teleport.yaml mapping."""
     r = _Reader(source)
     r.check_keys(data, "")
@@ -412,7 +415,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:  #
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{source}: {exc.message}") from exc
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 
@@ -524,12 +528,15 @@ def default_config() -> Config:
     return cfg
 
 
-def load(path: str | None) -> Config:
-    """Load ``path``, or /etc/teleport.yaml when it exists, or the embedded default."""
+def load(path: str | None, check: bool = True) -> Config:
+    """Load ``path``, or /etc/teleport.yaml when it exists, or the embedded default.
+
+    ``check=False``: leave the cross-field checks to :func:`apply_flags` (``teleport start``,
+    where ``--auth-server`` or ``--roles`` may complete a file that is not valid alone)."""
     if path:
-        return load_config_file(path)
+        return load_config_file(path, check)
     if os.path.exists(DEFAULT_CONFIG_PATH):
-        return load_config_file(DEFAULT_CONFIG_PATH)
+        return load_config_file(DEFAULT_CONFIG_PATH, check)
     return default_config()
 
 

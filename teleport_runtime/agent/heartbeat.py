@@ -54,10 +54,14 @@ class Heartbeat:
                     log.info("heartbeat delivered again after %d failures", failures)
                 failures = 0
                 delay = self.interval
-            except TeleportError as exc:
+            except Exception as exc:  # any failure is retried, never fatal
+                # Not only TeleportError: an unexpected answer or client error (say, the auth
+                # server dying mid-response) must not end the loop, or the node would run on
+                # while silently dropping out of presence.
                 failures += 1
                 delay = min(self.interval, 2.0 ** min(failures, 5))
-                log.warning("heartbeat failed (%s); retrying in %.0fs", exc.message, delay)
+                reason = exc.message if isinstance(exc, TeleportError) else repr(exc)
+                log.warning("heartbeat failed (%s); retrying in %.0fs", reason, delay)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)

@@ -39,7 +39,8 @@ class Presence:
         addr = str(report.get("addr") or "")
         host, _, port = addr.rpartition(":")
         if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - wildcard: use what we saw
-            addr = f"{remote_ip}:{port or 3022}"
+            seen = f"[{remote_ip}]" if ":" in remote_ip else remote_ip  # IPv6 needs brackets
+            addr = f"{seen}:{port or 3022}"
         static = validate_labels(dict(report.get("labels") or {}), "heartbeat labels")
         commands = validate_labels(dict(report.get("cmd_labels") or {}), "heartbeat command labels")
         now = datetime.now(UTC)

@@ -4,6 +4,7 @@ from ``auth_service.tokens`` (never expire). A token admits only the roles it na
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter, N
 
 DEFAULT_TOKEN_TTL = timedelta(minutes=30)
 _PREFIX = "/tokens/"
+_VALUE = re.compile(r"[A-Za-z0-9._~+=@:,-]{1,256}")
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,16 @@ class TokenStore:
         self, roles: list[str], ttl: timedelta | None = None, value: str | None = None
     ) -> JoinToken:
         roles_t = normalise_roles(roles)
-        ttl = ttl or DEFAULT_TOKEN_TTL
+        ttl = DEFAULT_TOKEN_TTL if ttl is None else ttl  # 0s is an error, not the default
         if ttl <= timedelta(0):
             raise BadParameter("token TTL must be positive, such as --ttl=5m")
         value = (value or secrets.token_hex(16)).strip()
-        if not value or "/" in value or len(value) > 256:
-            raise BadParameter("token value must be 1-256 characters without '/'")
+        if not _VALUE.fullmatch(value) or value in (".", ".."):
+            # The value is a path segment of DELETE /v1/tokens/<value>: a token that could not
+            # be named there could not be revoked before it expires.
+            raise BadParameter(
+                f"invalid token value {value!r}: use 1-256 letters, digits and . _ - ~ + = @ : ,"
+            )
         if any(t.value == value for t in self.static):
             raise AlreadyExists(f"token {mask(value)} is a static token from the auth config")
         token = JoinToken(value, roles_t, datetime.now(UTC) + ttl)

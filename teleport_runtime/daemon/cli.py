@@ -59,7 +59,7 @@ def start(
 ) -> None:
     """Start the services this host runs."""
     try:
-        cfg = config.load(config_path)
+        cfg = config.load(config_path, check=False)  # apply_flags validates the result
         cfg = config.apply_flags(
             cfg,
             roles=roles,

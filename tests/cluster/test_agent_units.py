@@ -1,0 +1,111 @@
+"""Unit tests of agent and presence behaviour that the end-to-end tests cannot provoke
+reliably: the heartbeat loop surviving any failure, and presence addresses (real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from teleport_runtime.agent.heartbeat import Heartbeat
+from teleport_runtime.auth.presence import Presence, heartbeat_interval
+from teleport_runtime.backend import open_backend
+from teleport_runtime.errors import BadParameter, ConnectionProblem
+
+
+class FlakyAuth:
+    """Answers heartbeats after failing with each of ``failures`` in turn."""
+
+    def __init__(self, failures):
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def post(self, path, body):
+        self.calls += 1
+        assert path == "/v1/heartbeat"
+        if self.failures:
+            raise self.failures.pop(0)
+        return {"heartbeat_interval": 0.01}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionProblem("cannot reach the auth server"),
+        RuntimeError("an unexpected client error"),
+        AttributeError("'NoneType' object has no attribute 'get'"),
+    ],
+)
+async def test_heartbeat_survives_failures(failure):
+    client = FlakyAuth([failure, failure])
+    heartbeat = Heartbeat(client, lambda: {"hostname": "n1"})
+    heartbeat.interval = 0.01  # retry at once
+    heartbeat.start()
+    try:
+        await asyncio.wait_for(heartbeat.ok.wait(), timeout=10)
+    finally:
+        await heartbeat.stop()
+    assert heartbeat.sent >= 1
+    assert client.calls >= 3
+
+
+@pytest.fixture
+async def presence(tmp_path):
+    backend = open_backend({"type": "sqlite"}, str(tmp_path))
+    try:
+        yield Presence(backend, timedelta(seconds=30))
+    finally:
+        await backend.close()
+
+
+@pytest.mark.parametrize(
+    ("reported", "remote", "expected"),
+    [
+        ("10.0.0.5:3022", "10.9.9.9", "10.0.0.5:3022"),
+        ("0.0.0.0:3022", "10.0.0.7", "10.0.0.7:3022"),
+        ("[::]:3022", "::1", "[::1]:3022"),
+        ("[::]:4022", "fe80::2", "[fe80::2]:4022"),
+        ("", "10.0.0.8", "10.0.0.8:3022"),
+        ("node1.example.com:3022", "10.0.0.9", "node1.example.com:3022"),
+    ],
+)
+async def test_presence_address(presence, reported, remote, expected):
+    await presence.heartbeat(role="Node", host_uuid="u1", report={"addr": reported},
+                             remote_ip=remote)
+    [record] = await presence.list("Node")
+    assert record["addr"] == expected
+
+
+async def test_presence_records(presence):
+    answer = await presence.heartbeat(
+        role="Node", host_uuid="u2",
+        report={"hostname": "b-node", "addr": "10.0.0.2:3022", "labels": {"env": "prod"},
+                "cmd_labels": {"arch": "x86_64", "env": "from-command"}},
+        remote_ip="10.0.0.2",
+    )
+    assert answer == {"heartbeat_interval": 3.0}
+    await presence.heartbeat(role="Node", host_uuid="u1", report={"hostname": "a-node"},
+                             remote_ip="10.0.0.1")
+    await presence.heartbeat(role="Proxy", host_uuid="p1", report={"hostname": "proxy"},
+                             remote_ip="10.0.0.3")
+    nodes = await presence.list("Node")
+    assert [n["hostname"] for n in nodes] == ["a-node", "b-node"]
+    assert nodes[1]["labels"] == {"env": "from-command", "arch": "x86_64"}
+    assert nodes[1]["static_labels"] == {"env": "prod"}
+    assert nodes[1]["roles"] == ["Node"]
+    assert [p["id"] for p in await presence.list("Proxy")] == ["p1"]
+    with pytest.raises(BadParameter):
+        await presence.heartbeat(role="Node", host_uuid="u3", report={"labels": {"bad key": 1}},
+                                 remote_ip="10.0.0.4")
+    with pytest.raises(BadParameter):
+        await presence.heartbeat(role="Auth", host_uuid="a1", report={}, remote_ip="10.0.0.5")
+
+
+@pytest.mark.parametrize(
+    ("ttl", "interval"),
+    [(timedelta(minutes=10), 60.0), (timedelta(seconds=2), 1.0), (timedelta(seconds=30), 3.0),
+     (timedelta(hours=2), 60.0)],
+)
+def test_heartbeat_interval(ttl, interval):
+    assert heartbeat_interval(ttl) == interval
