@@ -1,0 +1,341 @@
+"""Uploading completed recordings from the node's spool to the auth service.
+
+The :class:`Uploader` runs as one background task on the node. Each pass it
+
+1. completes what a crash left behind (:func:`~teleport_runtime.recording.spool.salvage_part`
+   for unlocked, idle ``.part`` files; :func:`~teleport_runtime.recording.spool.recover_cast`
+   for a ``.cast`` without its manifest);
+2. uploads every ready recording (a ``<id>.json`` manifest next to its ``<id>.cast``), oldest
+   first, one at a time;
+3. after each success deletes the manifest, then the ``.cast``.
+
+While uploads fail it retries with exponential backoff (capped, with jitter); a node restart
+resumes with whatever the spool holds. Nothing is uploaded twice in effect: the upload carries
+the session ID, size and sha256, and the auth service accepts a repeat with the same hash as
+success (so a crash between its answer and our delete is harmless) and refuses a different hash
+as a conflict. Refusals that retrying cannot fix (BadParameter, AlreadyExists) move the
+recording to ``<spool_dir>/rejected/`` with the reason: kept, not retried, not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from teleport_runtime.errors import AlreadyExists, BadParameter, ConnectionProblem
+from teleport_runtime.recording.asciicast import (
+    CAST_SUFFIX,
+    CONTENT_TYPE,
+    HEADER_MANIFEST,
+    HEADER_SHA256,
+    HEADER_SIZE,
+    MANIFEST_SUFFIX,
+    PART_SUFFIX,
+    check_session_id,
+)
+from teleport_runtime.recording.spool import (
+    DEFAULT_SALVAGE_GRACE,
+    fsync_dir,
+    read_manifest,
+    recover_cast,
+    reject,
+    salvage_part,
+    spool_paths,
+)
+
+if TYPE_CHECKING:
+    from teleport_runtime.agent.client import AuthClient
+
+log = logging.getLogger("teleport.recording.upload")
+
+#: ``upload(manifest, path)``: send one complete recording; raise to fail (retried unless the
+#: error is one of :data:`PERMANENT_ERRORS`).
+Upload = Callable[[dict[str, Any], Path], Awaitable[None]]
+
+#: Refusals that retrying cannot fix: the recording goes to ``rejected/``.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (BadParameter, AlreadyExists)
+
+#: The auth API refuses JSON bodies over 4 MiB; base64 inflates by 4/3.
+MAX_JSON_UPLOAD = 3 * 1024 * 1024 - 64 * 1024
+
+_rng = random.SystemRandom()
+
+
+class _Retry(Exception):
+    """An upload failed in a way worth retrying."""
+
+    def __init__(self, session_id: str, cause: BaseException) -> None:
+        super().__init__(f"{session_id}: {cause}")
+        self.session_id = session_id
+        self.cause = cause
+
+
+class Uploader:
+    """Uploads the spool's ready recordings in the background, retrying with backoff.
+
+    Args:
+        spool_dir: the node's recording spool.
+        upload: sends one recording (see :func:`make_upload`).
+        min_backoff, max_backoff: retry delays in seconds: ``min_backoff * 2**(n-1)`` after the
+            n-th consecutive failure, capped at ``max_backoff``, times a jitter in [0.8, 1].
+        rescan_interval: seconds between two passes when nothing calls :meth:`notify`.
+        salvage_grace: see :func:`~teleport_runtime.recording.spool.salvage_part`.
+    """
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        upload: Upload,
+        *,
+        min_backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        rescan_interval: float = 60.0,
+        salvage_grace: float = DEFAULT_SALVAGE_GRACE,
+    ) -> None:
+        if min_backoff <= 0 or max_backoff < min_backoff:
+            raise BadParameter("backoff must satisfy 0 < min_backoff <= max_backoff")
+        self.spool_dir = Path(spool_dir)
+        self._upload = upload
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.rescan_interval = rescan_interval
+        self.salvage_grace = salvage_grace
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        #: Session IDs uploaded by this instance, in order.
+        self.uploaded: list[str] = []
+        #: Consecutive failed passes (0 when the last pass succeeded).
+        self.failures = 0
+        #: The last upload error, for diagnostics.
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the background task; its first pass resumes whatever the spool holds."""
+        if self._task is not None and not self._task.done():
+            return
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._idle.clear()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="recording-uploader")
+
+    def notify(self, _manifest: dict[str, Any] | None = None) -> None:
+        """A session ended (its recording is ready): upload soon. Usable as ``on_close``.
+
+        While retrying after failures, the next attempt still waits for its backoff.
+        """
+        self._idle.clear()
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop the background task (an upload in flight is abandoned; it is retried, safely,
+        by the next start)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Wait until a pass has found nothing left to upload (and nothing was notified since)."""
+        await self._idle.wait()
+
+    def pending(self) -> list[str]:
+        """Session IDs of the ready recordings in the spool, oldest first."""
+        return [m["session_id"] for m in self._ready()]
+
+    # ------------------------------------------------------------------ one pass
+
+    async def run_once(self) -> int:
+        """Salvage, then upload every ready recording; return how many were uploaded.
+
+        Raises the cause of the first failure worth retrying (the rest wait for the next pass).
+        """
+        try:
+            return await self._pass()
+        except _Retry as exc:
+            raise exc.cause from None
+
+    async def _pass(self) -> int:
+        ready = await asyncio.to_thread(self._scan)
+        done = 0
+        for manifest in ready:
+            if await self._upload_one(manifest):
+                done += 1
+        return done
+
+    def _scan(self) -> list[dict[str, Any]]:
+        """Complete crash leftovers, then list the ready recordings (runs in a thread)."""
+        for part in sorted(self.spool_dir.glob(f"*{PART_SUFFIX}")):
+            try:
+                salvage_part(part, self.salvage_grace)
+            except Exception:
+                log.exception("recording spool: could not salvage %s", part.name)
+        for cast in sorted(self.spool_dir.glob(f"*{CAST_SUFFIX}")):
+            manifest = cast.with_name(cast.name[: -len(CAST_SUFFIX)] + MANIFEST_SUFFIX)
+            if not manifest.exists():
+                try:
+                    recover_cast(cast)
+                except Exception:
+                    log.exception("recording spool: could not recover %s", cast.name)
+        return self._ready()
+
+    def _ready(self) -> list[dict[str, Any]]:
+        ready = []
+        for path in self.spool_dir.glob(f"*{MANIFEST_SUFFIX}"):
+            if path.name.startswith("."):
+                continue
+            try:
+                manifest = read_manifest(path)
+            except (BadParameter, OSError) as exc:
+                with contextlib.suppress(OSError):
+                    reject(path, str(exc))
+                continue
+            if path.name != f"{manifest['session_id']}{MANIFEST_SUFFIX}":
+                with contextlib.suppress(OSError):
+                    reject(path, f"manifest names session {manifest['session_id']}, not its file name")
+                continue
+            _, cast, _ = spool_paths(self.spool_dir, manifest["session_id"])
+            if not cast.exists():
+                with contextlib.suppress(OSError):
+                    reject(path, "manifest without its recording")
+                continue
+            ready.append(manifest)
+        ready.sort(key=lambda m: (str(m.get("ended") or ""), m["session_id"]))
+        return ready
+
+    async def _upload_one(self, manifest: dict[str, Any]) -> bool:
+        session_id = manifest["session_id"]
+        _, cast, manifest_path = spool_paths(self.spool_dir, session_id)
+        try:
+            await self._upload(manifest, cast)
+        except PERMANENT_ERRORS as exc:
+            reason = getattr(exc, "message", str(exc))
+            log.error("recording %s refused by the auth service, kept in rejected/: %s", session_id, reason)
+            await asyncio.to_thread(self._reject_pair, manifest_path, cast, reason)
+            return False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _Retry(session_id, exc) from exc
+        await asyncio.to_thread(self._delete_pair, manifest_path, cast)
+        self.uploaded.append(session_id)
+        log.info("recording %s uploaded (%d bytes)", session_id, manifest.get("size", 0))
+        return True
+
+    @staticmethod
+    def _delete_pair(manifest_path: Path, cast: Path) -> None:
+        # Manifest first: a crash in between leaves a .cast that recover_cast re-manifests and
+        # that re-uploads as an idempotent repeat.
+        manifest_path.unlink(missing_ok=True)
+        cast.unlink(missing_ok=True)
+        fsync_dir(cast.parent)
+
+    @staticmethod
+    def _reject_pair(manifest_path: Path, cast: Path, reason: str) -> None:
+        for path in (manifest_path, cast):
+            if path.exists():
+                reject(path, reason)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _backoff(self) -> float:
+        delay = min(self.max_backoff, self.min_backoff * 2.0 ** min(self.failures - 1, 32))
+        return delay * _rng.uniform(0.8, 1.0)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._pass()
+            except _Retry as exc:
+                self.failures += 1
+                self.last_error = f"{exc.session_id}: {getattr(exc.cause, 'message', exc.cause)}"
+                delay = self._backoff()
+                log.warning(
+                    "recording upload failed (%s); %d attempt(s) so far, retrying in %.1fs",
+                    self.last_error, self.failures, delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recording upload pass failed")
+                self.failures += 1
+                await asyncio.sleep(self._backoff())
+                continue
+            if self.failures:
+                log.info("recording uploads resumed after %d failed attempt(s)", self.failures)
+            self.failures = 0
+            self.last_error = None
+            if not self._wake.is_set():
+                self._idle.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.rescan_interval)
+
+
+# ---------------------------------------------------------------------- the auth API side
+
+
+def upload_headers(manifest: dict[str, Any]) -> dict[str, str]:
+    """HTTP headers of a raw upload: size, sha256, and the manifest without its ``meta`` (the
+    session metadata travels inside the recording's own header line)."""
+    brief = {k: v for k, v in manifest.items() if k != "meta"}
+    encoded = base64.urlsafe_b64encode(json.dumps(brief, sort_keys=True).encode()).decode().rstrip("=")
+    return {
+        "Content-Type": CONTENT_TYPE,
+        HEADER_SIZE: str(manifest["size"]),
+        HEADER_SHA256: str(manifest["sha256"]),
+        HEADER_MANIFEST: encoded,
+    }
+
+
+def _read_checked(path: Path, manifest: dict[str, Any]) -> bytes:
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != manifest["size"] or digest != manifest["sha256"]:
+        raise BadParameter(
+            f"local recording {path.name} changed after it was completed: manifest says "
+            f"{manifest['size']} bytes sha256 {manifest['sha256']}, file has {len(data)} bytes "
+            f"sha256 {digest}"
+        )
+    return data
+
+
+def make_upload(client: AuthClient) -> Upload:
+    """An ``upload`` function for :class:`Uploader` over the auth API.
+
+    ``POST /v1/recordings/{session_id}``: with ``client.call_raw`` (preferred) the body is the
+    asciicast itself (``Content-Type: application/x-asciicast``) with the size, sha256 and
+    manifest in headers (see :func:`upload_headers`); without it, a first-version JSON body
+    ``{"manifest": ..., "data_b64": ...}``, which the auth API's 4 MiB body limit caps at about
+    3 MiB of recording (larger ones then wait in the spool, retried, until ``call_raw`` exists).
+    The file is checked against its manifest before it is sent.
+    """
+
+    async def upload(manifest: dict[str, Any], path: Path) -> None:
+        session_id = check_session_id(manifest["session_id"])
+        data = await asyncio.to_thread(_read_checked, path, manifest)
+        route = f"/v1/recordings/{session_id}"
+        call_raw = getattr(client, "call_raw", None)
+        if call_raw is not None:
+            await call_raw("POST", route, data, upload_headers(manifest))
+            return
+        if len(data) > MAX_JSON_UPLOAD:
+            raise ConnectionProblem(
+                f"recording {session_id} is {len(data)} bytes, too large for a JSON upload; it "
+                "stays in the spool until the auth client supports raw uploads (call_raw)"
+            )
+        body = {"manifest": manifest, "data_b64": base64.b64encode(data).decode("ascii")}
+        await client.call("POST", route, body)
+
+    return upload
