@@ -38,9 +38,10 @@ def format_labels(labels: dict[str, str]) -> str:
 
 
 def humanize_ttl(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return f"{int(seconds)} seconds"
-    if minutes < 120:
-        return f"{minutes} minute{'s' if minutes != 1 else ''}"
-    return f"{round(minutes / 60)} hours"
+    """``5 minutes``, ``1 hour``, ``30 seconds``: rounded to the nearest unit."""
+    seconds = max(0, round(seconds))
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if (seconds >= size and seconds % size == 0) or seconds >= 2 * size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import click
 import yaml
@@ -222,7 +222,7 @@ async def tokens_ls(client: AuthClient, fmt: str) -> None:
 
 
 async def _delete_token(client: AuthClient, token: str) -> None:
-    await client.delete(f"/v1/tokens/{token}")
+    await client.delete(f"/v1/tokens/{quote(token, safe='')}")
     click.echo(f"Token {token} has been deleted")
 
 
