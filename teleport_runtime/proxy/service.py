@@ -1,0 +1,243 @@
+"""The proxy service: every client reaches the cluster through it.
+
+- SSH on ``proxy_service.listen_addr`` (3023): the jump hop to registered nodes
+  (:mod:`teleport_runtime.proxy.ssh`).
+- HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
+  (:mod:`teleport_runtime.proxy.web`).
+- A heartbeat as a Proxy, so ``GET /v1/proxies`` lists it.
+
+Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
+:class:`~teleport_runtime.proxy.directory.NodeDirectory`), the public CAs (refreshed in the
+background, so a user CA rotation reaches the SSH listener and the web TLS trust without a
+restart), and the roles (for filtering ``/webapi/nodes``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import Any
+
+from teleport_runtime import __version__
+from teleport_runtime.agent.client import AuthClient
+from teleport_runtime.agent.heartbeat import Heartbeat
+from teleport_runtime.agent.identity import Identity
+from teleport_runtime.ca import parse_tls_identity
+from teleport_runtime.config import Config, HostPort
+from teleport_runtime.errors import TeleportError
+from teleport_runtime.proxy.directory import NodeDirectory
+from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
+from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
+from teleport_runtime.rbac import Role
+
+log = logging.getLogger("teleport.proxy")
+
+#: How often the public CAs are re-read (user CA rotation reaches the proxy within this).
+CA_REFRESH_INTERVAL = 10.0
+#: How long the role list is reused for ``/webapi/nodes``.
+ROLE_CACHE_SECONDS = 5.0
+_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - listen addresses, not binds
+
+
+def _format_host_port(host: str, port: int) -> str:
+    return str(HostPort(host, port))
+
+
+class ProxyService:
+    """The proxy role of a teleport process.
+
+    ``ssh_port`` and ``web_port`` are the bound ports once :meth:`start` returned (tests listen
+    on port 0).
+    """
+
+    def __init__(self, cfg: Config, identity: Identity, client: AuthClient) -> None:
+        self.cfg = cfg
+        self.identity = identity
+        self.client = client
+        self.cluster = parse_tls_identity(identity.tls_cert).cluster
+        self.directory = NodeDirectory(self._fetch_nodes, self.cluster)
+        self.heartbeat = Heartbeat(client, self.report)
+        self._cas: dict[str, Any] | None = None
+        self._roles: tuple[float, list[dict[str, Any]]] | None = None
+        host_key, host_cert = load_host_credentials(identity.ssh_key, identity.ssh_cert)
+        self.ssh = ProxySSHServer(
+            host_key=host_key,
+            host_cert=host_cert,
+            trusted_user_ca_keys=self.user_ca_keys,
+            directory=self.directory,
+            cluster=self.cluster,
+            audit=self.audit,
+        )
+        self.web = ProxyWeb(self)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ca_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def ssh_port(self) -> int | None:
+        return self.ssh.port
+
+    @property
+    def web_port(self) -> int | None:
+        return self.web.port
+
+    async def start(self) -> None:
+        """Load the CAs and nodes (best effort: the auth service may be away), listen, beat."""
+        with contextlib.suppress(TeleportError):
+            await self.refresh_cas()
+        await self.directory.start()
+        listen = self.cfg.proxy.listen_addr
+        await self.ssh.start(listen.host, listen.port)
+        web_listen = self.cfg.proxy.web_listen_addr
+        await self.web.start(web_listen.host, web_listen.port)
+        self._ca_task = asyncio.get_running_loop().create_task(self._ca_loop(), name="proxy-cas")
+        self.heartbeat.start()
+        log.info(
+            "proxy service ready: cluster %s, SSH on %s, web on %s",
+            self.cluster, _format_host_port(listen.host, self.ssh_port or 0),
+            _format_host_port(web_listen.host, self.web_port or 0),
+        )
+
+    async def stop(self) -> None:
+        await self.heartbeat.stop()
+        if self._ca_task is not None:
+            self._ca_task.cancel()
+            await asyncio.gather(self._ca_task, return_exceptions=True)
+            self._ca_task = None
+        await self.web.stop()
+        await self.ssh.stop()
+        await self.directory.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    def update_identity(self, identity: Identity) -> None:
+        """Serve a new identity (SSH host cert, web TLS cert) to new connections."""
+        self.identity = identity
+        self.ssh.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
+        self.web.reload_tls()
+
+    # ------------------------------------------------------------------ what the proxy says
+
+    def report(self) -> dict[str, Any]:
+        """The heartbeat: name, the SSH address clients dial, version."""
+        return {
+            "hostname": self.cfg.nodename,
+            "addr": self.ssh_addr(),
+            "ssh_addr": self.ssh_addr(),
+            "web_addr": self.web_addr(),
+            "labels": {},
+            "cmd_labels": {},
+            "version": __version__,
+        }
+
+    def ssh_addr(self, request_host: str | None = None) -> str:
+        """The proxy SSH address clients dial: ssh_public_addr, else the listen address (a
+        wildcard listen host becomes the host the client reached the web API with)."""
+        if self.cfg.proxy.ssh_public_addr is not None:
+            return str(self.cfg.proxy.ssh_public_addr)
+        listen = self.cfg.proxy.listen_addr
+        port = self.ssh_port or listen.port
+        host = listen.host
+        if host in _WILDCARDS:
+            host = _split_request_host(request_host) or self.cfg.advertise_ip or host
+        return _format_host_port(host, port)
+
+    def web_addr(self, request_host: str | None = None) -> str:
+        if self.cfg.proxy.public_addr is not None:
+            return str(self.cfg.proxy.public_addr)
+        listen = self.cfg.proxy.web_listen_addr
+        port = self.web_port or listen.port
+        host = listen.host
+        if host in _WILDCARDS:
+            host = _split_request_host(request_host) or self.cfg.advertise_ip or host
+        return _format_host_port(host, port)
+
+    def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "proxy": {
+                "ssh_addr": self.ssh_addr(request_host),
+                "web_addr": self.web_addr(request_host),
+            },
+            "auth": {"second_factor": "otp", "type": "local"},
+            "host_ca_certs": self.host_ca_certs(),
+            "version": __version__,
+        }
+
+    # ------------------------------------------------------------------ trust
+
+    def host_ca_certs(self) -> list[str]:
+        if self._cas is not None:
+            return list(self._cas.get("host_ca_certs") or [])
+        return [c.decode() for c in self.identity.ca_certs]
+
+    def user_ca_certs(self) -> list[str]:
+        return list((self._cas or {}).get("user_ca_certs") or [])
+
+    def user_ca_keys(self) -> list[str]:
+        """User CA SSH keys trusted for proxy SSH logins: the auth service's current list, or
+        the identity's until that is known."""
+        if self._cas is not None:
+            return list(self._cas.get("user_ca_keys") or [])
+        return list(self.identity.user_ca_keys or [])
+
+    def web_ssl_context(self) -> ssl.SSLContext:
+        return server_ssl_context(self.identity, self.user_ca_certs())
+
+    async def refresh_cas(self) -> None:
+        cas = await self.client.get("/v1/ca")
+        changed = self._cas is None or any(
+            cas.get(k) != self._cas.get(k) for k in ("host_ca_certs", "user_ca_certs", "user_ca_keys")
+        )
+        self._cas = cas
+        if changed and self.web.runner is not None:
+            log.info("cluster CAs changed; reloading the web TLS trust")
+            self.web.reload_tls()
+
+    async def _ca_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CA_REFRESH_INTERVAL if self._cas is not None else 1.0)
+            try:
+                await self.refresh_cas()
+            except TeleportError as exc:
+                log.warning("cannot refresh the cluster CAs (%s)", exc.message)
+
+    # ------------------------------------------------------------------ auth API
+
+    async def _fetch_nodes(self) -> list[dict[str, Any]]:
+        return await self.client.get("/v1/nodes")
+
+    async def roles(self, names: list[str]) -> list[Role]:
+        """The named roles, from a short-lived cache of ``GET /v1/roles``."""
+        now = time.monotonic()
+        if self._roles is None or now - self._roles[0] > ROLE_CACHE_SECONDS:
+            self._roles = (now, await self.client.get("/v1/roles"))
+        return parse_roles(self._roles[1], names)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Record an audit event with the auth service, without delaying the caller."""
+
+        async def send() -> None:
+            try:
+                await self.client.post("/v1/audit", {"event": event, **fields})
+            except TeleportError as exc:
+                log.warning("cannot record audit event %s: %s", event, exc.message)
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _split_request_host(value: str | None) -> str:
+    """The host part of an HTTP Host header."""
+    if not value:
+        return ""
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        return value.split(":")[0]
+    return value

@@ -1,0 +1,399 @@
+"""The proxy's SSH listener (default port 3023): the jump hop in front of every node.
+
+Clients authenticate with a user certificate signed by a trusted user CA and valid now, whatever
+SSH username they send: the proxy only routes, the node authorizes the login. Two ways through:
+
+- ``direct-tcpip`` channels (``ssh -J``, ``ProxyJump``, asyncssh ``tunnel=``): the destination is
+  resolved to a registered node and asyncssh's own forwarder relays the bytes to the node's
+  registered address.
+- the session subsystem ``proxy:HOST:PORT@CLUSTER`` (the ProxyCommand ``tsh config`` writes):
+  the channel is relayed to a TCP connection to the node in large chunks, with SSH flow control
+  on one side and asyncio stream back-pressure on the other.
+
+Anything else (a shell, a command) is refused with a message saying how to reach a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from teleport_runtime.ca import parse_user_ssh_cert
+from teleport_runtime.errors import TeleportError
+from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
+
+log = logging.getLogger("teleport.proxy.ssh")
+
+#: Relay chunk size for the subsystem path.
+CHUNK = 256 * 1024
+#: Bound on dialing a node.
+DIAL_TIMEOUT = 10.0
+SUBSYSTEM = re.compile(r"^proxy:(?P<host>\[[^\]]+\]|[^:@]+)(?::(?P<port>\d+))?(?:@(?P<cluster>.+))?$")
+
+Audit = Callable[..., None]
+
+
+def parse_proxy_subsystem(name: str) -> tuple[str, int | None, str | None]:
+    """``proxy:HOST:PORT@CLUSTER`` -> (host, port or None, cluster or None); ValueError if not."""
+    match = SUBSYSTEM.match(name)
+    if not match:
+        raise ValueError(
+            f"unknown subsystem {name!r}: expected proxy:HOST:PORT@CLUSTER"
+        )
+    host = match.group("host")
+    if host.startswith("["):
+        host = host[1:-1]
+    port = int(match.group("port")) if match.group("port") else None
+    return host, port, match.group("cluster")
+
+
+class _TrustedUserCAs:
+    """An authorized_keys stand-in for :meth:`SSHServerConnection.set_authorized_keys`: trusts
+    user certificates signed by one of the given CA keys, for any principal (the ``principals``
+    option makes asyncssh check the certificate's validity period but not the username)."""
+
+    def __init__(self, ca_keys: list[str]) -> None:
+        self._blobs: set[bytes] = set()
+        for line in ca_keys:
+            try:
+                self._blobs.add(asyncssh.import_public_key(line).public_data)
+            except (asyncssh.KeyImportError, ValueError):
+                log.warning("ignoring an unparsable user CA key: %.40s...", line)
+
+    def validate(
+        self,
+        key: asyncssh.SSHKey,
+        client_host: str,
+        client_addr: str,
+        cert_principals: Any = None,
+        ca: bool = False,
+    ) -> dict[str, Any] | None:
+        if ca and key.public_data in self._blobs:
+            return {"principals": ["*"]}
+        return None
+
+    def validate_x509(self, *_args: Any) -> tuple[None, None]:
+        return None, None
+
+
+def _cert_key_id(key_data: bytes) -> str:
+    """The key id (the Teleport user name) of an SSH user certificate in wire format."""
+    try:
+        (length,) = struct.unpack(">I", key_data[:4])
+        algorithm = key_data[4 : 4 + length].decode("ascii")
+        return parse_user_ssh_cert(f"{algorithm} {base64.b64encode(key_data).decode()}").username
+    except (struct.error, UnicodeDecodeError, TeleportError):
+        return ""
+
+
+class _BufferingForwarder(asyncssh.SSHForwarder):
+    """asyncssh's forwarder protocol (it relays in protocol callbacks, with flow control both
+    ways), minus a race: a node speaks first (its SSH version line), and asyncssh's own
+    ``forward_connection`` drops data that arrives before the channel side is connected. Here it
+    is kept and flushed once both sides are up."""
+
+    def __init__(self, peer: asyncssh.SSHForwarder | None = None) -> None:
+        self._pending: list[bytes] = []
+        self._pending_eof = False
+        super().__init__(peer)
+
+    def set_peer(self, peer: asyncssh.SSHForwarder) -> None:
+        super().set_peer(peer)
+        if self._inpbuf:  # received before there was a peer
+            peer.write(self._inpbuf)
+            self._inpbuf = b""
+        if self._eof_received:
+            peer.write_eof()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is None:
+            self._pending.append(data)
+        else:
+            super().write(data)
+
+    def write_eof(self) -> None:
+        if self._transport is None:
+            self._pending_eof = True
+        else:
+            super().write_eof()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            super().write(data)
+        if self._pending_eof:
+            super().write_eof()
+
+
+class _ProxyServerConnection(asyncssh.SSHServerConnection):
+    """asyncssh's server connection, remembering who logged in and treating the jump hop as
+    routing rather than port forwarding."""
+
+    async def validate_public_key(self, username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
+        ok = await super().validate_public_key(username, key_data, msg, signature)
+        owner = self.get_owner()
+        if ok and msg and isinstance(owner, _ProxyConnection):
+            owner.user = _cert_key_id(key_data)
+        return ok
+
+    def check_certificate_permission(self, permission: str) -> bool:
+        # A user whose certificate lacks permit-port-forwarding still reaches nodes through the
+        # proxy: direct-tcpip here only ever goes to a registered node (connection_requested).
+        if permission == "port-forwarding":
+            return True
+        return super().check_certificate_permission(permission)
+
+
+class _ProxyConnection(asyncssh.SSHServer):
+    """One client connection to the proxy."""
+
+    def __init__(self, server: ProxySSHServer) -> None:
+        self.server = server
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.peer = ""
+        self.login = ""
+        self.user = ""  # the Teleport user: the certificate's key id
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("", 0)
+        self.peer = str(peer[0])
+        self.server.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.server.connections.discard(self.conn)
+
+    def begin_auth(self, username: str) -> bool:
+        self.login = username
+        assert self.conn is not None
+        self.conn.set_authorized_keys(_TrustedUserCAs(self.server.trusted_user_ca_keys()))  # type: ignore[arg-type]
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def auth_completed(self) -> None:
+        log.info("%s (login %s) connected to the proxy from %s", self.user, self.login, self.peer)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # no remote forwarding on the proxy
+
+    async def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        """direct-tcpip: resolve to a registered node; asyncssh's forwarder protocol then relays
+        the bytes between the channel and the node's registered address."""
+        node = await self.server.route(self, dest_host, dest_port, "direct-tcpip")
+        try:
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                _, node_side = await asyncio.get_running_loop().create_connection(
+                    _BufferingForwarder, node.addr.host, node.addr.port
+                )
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED,
+                f"node {node.hostname} ({node.id}) is registered at {node.addr} but cannot be "
+                f"reached from the proxy: {reason}",
+            ) from None
+        log.info("%s: %s -> node %s at %s", self.user, dest_host, node.hostname, node.addr)
+        return _BufferingForwarder(node_side)
+
+
+class ProxySSHServer:
+    """The asyncssh listener and its routing."""
+
+    def __init__(
+        self,
+        *,
+        host_key: asyncssh.SSHKey,
+        host_cert: asyncssh.SSHCertificate,
+        trusted_user_ca_keys: Callable[[], list[str]],
+        directory: NodeDirectory,
+        cluster: str,
+        audit: Audit,
+    ) -> None:
+        self.host_key = host_key
+        self.host_cert = host_cert
+        self.trusted_user_ca_keys = trusted_user_ca_keys
+        self.directory = directory
+        self.cluster = cluster
+        self.audit = audit
+        self._server: asyncio.AbstractServer | None = None
+        self._conn_options: asyncssh.SSHServerConnectionOptions | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.port: int | None = None
+
+    def _options(self) -> asyncssh.SSHServerConnectionOptions:
+        return asyncssh.SSHServerConnectionOptions(
+            server_factory=lambda: _ProxyConnection(self),
+            server_host_keys=[(self.host_key, self.host_cert)],
+            server_version="Teleport-Proxy",
+            process_factory=self._session,
+            encoding=None,
+            public_key_auth=True,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_auth=False,
+            gss_kex=False,
+            allow_scp=False,
+            allow_pty=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            keepalive_interval=60,
+            login_timeout=60,
+        )
+
+    def _new_connection(self) -> _ProxyServerConnection:
+        return _ProxyServerConnection(asyncio.get_running_loop(), self._conn_options)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (port 0: any free port); returns the bound port."""
+        self._conn_options = self._options()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_connection, host or None, port, reuse_address=True)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("proxy SSH listening on %s:%s", host, self.port)
+        return self.port
+
+    def update_host_key(self, host_key: asyncssh.SSHKey, host_cert: asyncssh.SSHCertificate) -> None:
+        """Serve a new host certificate to new connections (after a host CA rotation)."""
+        self.host_key, self.host_cert = host_key, host_cert
+        self._conn_options = self._options()
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        self.connections.clear()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+
+    async def route(
+        self, conn: _ProxyConnection, host: str, port: int | None, how: str
+    ) -> NodeRecord:
+        """The registered node for a request; ChannelOpenError (and an audit event) otherwise."""
+        try:
+            return await self.directory.resolve(host)
+        except TeleportError as exc:
+            target = f"{host}:{port}" if port else host
+            log.warning(
+                "refused %s from %s (login %s, %s) to %s: %s",
+                how, conn.user or "?", conn.login, conn.peer, target, exc.message,
+            )
+            self.audit(
+                "proxy.connect.rejected",
+                user=conn.user,
+                login=conn.login,
+                remote_addr=conn.peer,
+                target=target,
+                via=how,
+                reason=exc.message,
+            )
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
+
+    async def _session(self, process: asyncssh.SSHServerProcess) -> None:
+        """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""
+        conn: _ProxyConnection = process.channel.get_connection().get_owner()
+        subsystem = process.subsystem
+        if not subsystem:
+            what = f"command {process.command!r}" if process.command else "a shell"
+            process.stderr.write(
+                f"ERROR: this is the proxy of cluster {self.cluster}: it does not run {what}. "
+                f"Reach a node with `tsh ssh LOGIN@NODE`, `ssh -J` or the config `tsh config` "
+                f"prints.\r\n".encode()
+            )
+            process.exit(1)
+            return
+        try:
+            host, port, cluster = parse_proxy_subsystem(subsystem)
+        except ValueError as exc:
+            process.stderr.write(f"ERROR: {exc}\r\n".encode())
+            process.exit(1)
+            return
+        if cluster and cluster != self.cluster:
+            process.stderr.write(
+                f"ERROR: this proxy serves cluster {self.cluster}, not {cluster}\r\n".encode()
+            )
+            process.exit(1)
+            return
+        try:
+            node = await self.route(conn, host, port, "subsystem")
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(node.addr.host, node.addr.port, limit=CHUNK),
+                DIAL_TIMEOUT,
+            )
+        except asyncssh.ChannelOpenError as exc:
+            process.stderr.write(f"ERROR: {exc.reason}\r\n".encode())
+            process.exit(1)
+            return
+        except (OSError, TimeoutError) as exc:
+            process.stderr.write(
+                f"ERROR: node {node.hostname} is registered at {node.addr} but cannot be reached "
+                f"from the proxy: {exc or 'timed out'}\r\n".encode()
+            )
+            process.exit(1)
+            return
+        log.info("%s: subsystem %s -> node %s at %s", conn.user, subsystem, node.hostname, node.addr)
+        await _relay(process, reader, writer)
+
+
+async def _relay(
+    process: asyncssh.SSHServerProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Copy both ways until the node side closes; EOFs are passed on."""
+
+    async def upstream() -> None:  # client -> node
+        try:
+            while data := await process.stdin.read(CHUNK):
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except (OSError, asyncssh.Error, asyncssh.BreakReceived, asyncssh.SignalReceived):
+            writer.close()
+
+    async def downstream() -> None:  # node -> client
+        with contextlib.suppress(OSError, asyncssh.Error):
+            while data := await reader.read(CHUNK):
+                process.stdout.write(data)
+                await process.stdout.drain()
+
+    up = asyncio.ensure_future(upstream())
+    try:
+        await downstream()
+    finally:
+        up.cancel()
+        await asyncio.gather(up, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        with contextlib.suppress(Exception):
+            process.exit(0)
+
+
+def load_host_credentials(ssh_key: bytes, ssh_cert: str) -> tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]:
+    """The proxy's SSH host key and certificate from its identity files' contents."""
+    return asyncssh.import_private_key(ssh_key), asyncssh.import_certificate(ssh_cert)
+

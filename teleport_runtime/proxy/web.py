@@ -1,0 +1,212 @@
+"""The proxy's web API over HTTPS (default port 3080): discovery, login, signup, node listing.
+
+TLS uses the proxy's own X.509 identity (issued by the host CA when the proxy joined), so a
+client that pinned the host CA (``tsh login --ca-pin``) can verify the proxy. Client
+certificates are optional at the TLS layer and verified against the user CA; the endpoints that
+need a user (``/webapi/nodes``) require one from this cluster's user CA.
+
+Endpoints (errors are ``{"error": {"code", "message"}}`` with the error's HTTP status, as in the
+auth API):
+
+- ``GET /webapi/ping`` (public): cluster name, proxy addresses, auth settings and the trusted
+  host CA certificates, so a client can check them against a CA pin.
+- ``POST /webapi/login`` (public): password + OTP, forwarded to the auth service with the
+  client's IP; answers the signed SSH and X.509 certificates.
+- ``GET /webapi/signup/{token}``, ``POST /webapi/signup`` (public): invitation sign-up.
+- ``GET /webapi/nodes`` (user certificate): the nodes some login of the user may reach.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from teleport_runtime.agent.identity import Identity, write_private
+from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
+from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
+from teleport_runtime.rbac import RoleSet, parse_role
+
+if TYPE_CHECKING:
+    from teleport_runtime.proxy.service import ProxyService
+
+log = logging.getLogger("teleport.proxy.web")
+
+Handler = Callable[[web.Request], Awaitable[Any]]
+#: Fields of a login request passed on to the auth service.
+LOGIN_FIELDS = ("user", "password", "otp", "ssh_public_key", "tls_public_key", "ttl")
+
+
+def server_ssl_context(identity: Identity, user_ca_certs: list[str]) -> ssl.SSLContext:
+    """Serve ``identity``; accept (not require) client certificates from the user CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        write_private(cert, identity.tls_cert)
+        write_private(key, identity.tls_key)
+        ctx.load_cert_chain(cert, key)
+    if user_ca_certs:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cadata="".join(user_ca_certs))
+    return ctx
+
+
+class ProxyWeb:
+    """HTTP handlers and the TLS listener."""
+
+    def __init__(self, service: ProxyService) -> None:
+        self.service = service
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._active_ssl: ssl.SSLContext | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
+        app.router.add_get("/webapi/ping", self.ping)
+        app.router.add_post("/webapi/login", self.login)
+        app.router.add_get("/webapi/signup/{token}", self.get_signup)
+        app.router.add_post("/webapi/signup", self.signup)
+        app.router.add_get("/webapi/nodes", self.nodes)
+        return app
+
+    async def start(self, host: str, port: int) -> int:
+        self._active_ssl = self.service.web_ssl_context()
+        outer = self.service.web_ssl_context()
+        outer.sni_callback = self._select_context
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host or None, port, ssl_context=outer, reuse_address=True)
+        await site.start()
+        sockets = site._server.sockets if site._server else []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("proxy web API listening on %s:%s", host, self.port)
+        return self.port
+
+    def reload_tls(self) -> None:
+        """New connections use the current identity and user CA trust."""
+        self._active_ssl = self.service.web_ssl_context()
+
+    def _select_context(self, sslobj: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._active_ssl is not None:
+            sslobj.context = self._active_ssl
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            result = await handler(request)
+            if isinstance(result, web.StreamResponse):
+                return result
+            return web.json_response(result)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return web.json_response(
+                    {"error": {"code": "not_found" if exc.status == 404 else "bad_parameter",
+                               "message": f"{request.method} {request.path}: {exc.reason}"}},
+                    status=exc.status,
+                )
+            raise
+        except TeleportError as exc:
+            return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+        except Exception:
+            log.exception("internal error in %s %s", request.method, request.path)
+            return web.json_response(
+                {"error": {"code": "internal", "message": "internal error, see the proxy log"}},
+                status=500,
+            )
+
+    @staticmethod
+    async def _json(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadParameter("request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadParameter("request body must be a JSON object")
+        return body
+
+    def _user(self, request: web.Request) -> TLSIdentity:
+        """The verified user certificate of the request; AccessDenied otherwise."""
+        sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj else None
+        hint = "log in with `tsh login --proxy=...`"
+        if not der:
+            raise AccessDenied(f"this endpoint needs your user certificate: {hint}")
+        identity = parse_tls_identity(der)
+        if identity.kind != "user":
+            raise AccessDenied(f"this endpoint needs a user certificate, not a {identity.kind} one")
+        if identity.cluster != self.service.cluster:
+            raise AccessDenied(
+                f"your certificate is for cluster {identity.cluster!r}, not {self.service.cluster!r}"
+            )
+        if not issuing_ca_matches(der, [c.encode() for c in self.service.user_ca_certs()]):
+            raise AccessDenied(f"your certificate is not signed by the cluster's user CA: {hint}")
+        return identity
+
+    # ------------------------------------------------------------------ handlers
+
+    async def ping(self, request: web.Request) -> dict[str, Any]:
+        return self.service.ping_info(request.host)
+
+    async def login(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        if not isinstance(body.get("user"), str) or not body["user"]:
+            raise BadParameter("login request needs a user")
+        forwarded = {k: body.get(k) for k in LOGIN_FIELDS}
+        forwarded["remote_addr"] = request.remote or ""
+        return await self.service.client.post("/v1/users/login", forwarded)
+
+    async def get_signup(self, request: web.Request) -> dict[str, Any]:
+        token = request.match_info["token"]
+        return await self.service.client.get(f"/v1/signup/{token}")
+
+    async def signup(self, request: web.Request) -> dict[str, Any]:
+        body = await self._json(request)
+        forwarded = {k: body.get(k) for k in ("token", "password", "otp")}
+        forwarded["remote_addr"] = request.remote or ""
+        return await self.service.client.post("/v1/signup", forwarded)
+
+    async def nodes(self, request: web.Request) -> list[dict[str, Any]]:
+        identity = self._user(request)
+        roles = await self.service.roles(identity.roles)
+        # The X.509 identity carries the expanded logins, not the user's traits: expand
+        # {{internal.logins}} with them (the node's own check is the authoritative one).
+        role_set = RoleSet(roles, {"logins": list(identity.logins)})
+        logins = [login for login in role_set.logins() if login in identity.logins]
+        visible = []
+        for node in self.service.directory.nodes:
+            if any(_can_reach(role_set, login, node.labels) for login in logins):
+                visible.append(node.to_dict())
+        return sorted(visible, key=lambda n: (n["hostname"], n["id"]))
+
+
+def _can_reach(role_set: RoleSet, login: str, labels: dict[str, str]) -> bool:
+    try:
+        role_set.check_access_to_node(login, labels)
+    except AccessDenied:
+        return False
+    return True
+
+
+def parse_roles(raw: list[dict[str, Any]], wanted: list[str]) -> list[Any]:
+    """The roles named ``wanted`` out of the auth service's role list (unparsable ones skipped)."""
+    out = []
+    for item in raw or []:
+        try:
+            role = parse_role(item)
+        except BadParameter as exc:
+            log.warning("ignoring a role the proxy cannot parse: %s", exc.message)
+            continue
+        if role.name in wanted:
+            out.append(role)
+    return out
