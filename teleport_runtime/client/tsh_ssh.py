@@ -1,0 +1,363 @@
+"""tsh's SSH side (asyncssh): through the proxy to nodes, commands, shells, forwarding, SFTP.
+
+Every connection goes to the proxy first (the user certificate, the proxy verified by the
+cluster's host CA) and then to the node over a ``direct-tcpip`` channel (asyncssh ``tunnel=``),
+the node verified by the host CA for the name the user typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import termios
+import threading
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncssh
+
+from teleport_runtime.client.tsh_profile import Profile
+from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError
+
+CHUNK = 64 * 1024
+NODE_PORT = 3022
+CONNECT_TIMEOUT = 30.0
+#: Exit status when the remote side ended without one (killed by a signal, connection lost).
+NO_EXIT_STATUS = 255
+
+
+@dataclass
+class Credentials:
+    """The stored key, certificate and trusted host CAs of a profile, ready for asyncssh."""
+
+    key: asyncssh.SSHKey
+    cert: asyncssh.SSHCertificate
+    host_cas: list[asyncssh.SSHKey]
+
+    @classmethod
+    def load(cls, profile: Profile) -> Credentials:
+        try:
+            key = asyncssh.read_private_key(str(profile.key_path))
+            cert = asyncssh.read_certificate(str(profile.cert_path))
+        except (OSError, asyncssh.KeyImportError) as exc:
+            raise BadParameter(
+                f"cannot read your key or certificate ({exc}): run "
+                f"`tsh login --proxy={profile.web_addr} --user={profile.user}`"
+            ) from None
+        host_cas = [asyncssh.import_public_key(k) for k in profile.host_ca_keys()]
+        if not host_cas:
+            raise BadParameter(
+                f"no trusted host CA for cluster {profile.cluster} in {profile.known_hosts_path}: "
+                f"run `tsh login --proxy={profile.web_addr} --user={profile.user}`"
+            )
+        return cls(key, cert, host_cas)
+
+    def known_hosts(self) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
+        return ([], self.host_cas, [])
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.DisconnectError):
+        return exc.reason
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return exc.reason
+    return str(exc) or type(exc).__name__
+
+
+async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHClientConnection:
+    """The SSH connection to the proxy (the jump hop)."""
+    try:
+        return await asyncio.wait_for(
+            asyncssh.connect(
+                profile.ssh_host,
+                profile.ssh_port,
+                username=profile.user,
+                client_keys=[(creds.key, creds.cert)],
+                known_hosts=creds.known_hosts(),
+                agent_path=None,
+                config=[],
+                preferred_auth="publickey",
+                keepalive_interval=30,
+            ),
+            CONNECT_TIMEOUT,
+        )
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise AccessDenied(
+            f"the proxy at {profile.ssh_addr} did not present a host certificate from cluster "
+            f"{profile.cluster} valid for {profile.ssh_host!r} ({exc.reason}); ask the admin to add "
+            f"{profile.ssh_host} to proxy_service.public_addr / ssh_public_addr"
+        ) from None
+    except asyncssh.PermissionDenied:
+        raise AccessDenied(
+            f"the proxy at {profile.ssh_addr} refused your certificate: it may have expired or the "
+            f"cluster's user CA changed; run `tsh login --proxy={profile.web_addr} --user={profile.user}`"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise ConnectionProblem(f"cannot connect to the proxy at {profile.ssh_addr}: {_describe(exc)}") from None
+
+
+async def connect_node(
+    proxy: asyncssh.SSHClientConnection,
+    profile: Profile,
+    creds: Credentials,
+    login: str,
+    host: str,
+    port: int = NODE_PORT,
+    *,
+    agent_forwarding: bool = False,
+    display: str | None = None,
+) -> asyncssh.SSHClientConnection:
+    """An SSH connection to ``host`` through the proxy, as ``login``."""
+    agent_path = None
+    if agent_forwarding:
+        agent_path = os.environ.get("SSH_AUTH_SOCK")
+        if not agent_path:
+            raise BadParameter("-A forwards your ssh-agent, but none is running (SSH_AUTH_SOCK is not set)")
+    try:
+        return await asyncio.wait_for(
+            asyncssh.connect(
+                host,
+                port,
+                tunnel=proxy,
+                username=login,
+                client_keys=[(creds.key, creds.cert)],
+                known_hosts=creds.known_hosts(),
+                agent_path=agent_path,
+                agent_forwarding=agent_forwarding,
+                config=[],
+                preferred_auth="publickey",
+                keepalive_interval=30,
+            ),
+            CONNECT_TIMEOUT,
+        )
+    except asyncssh.ChannelOpenError as exc:
+        raise ConnectionProblem(f"cannot reach {host}: {exc.reason}") from None
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise AccessDenied(
+            f"{host} did not present a host certificate from cluster {profile.cluster} valid for "
+            f"{host!r} ({exc.reason}); connect by the node's name or UUID as `tsh ls` shows it"
+        ) from None
+    except asyncssh.PermissionDenied:
+        logins = cert_logins(creds)
+        hint = (
+            f"your certificate allows the logins {', '.join(logins)}"
+            if logins else "your certificate allows no logins"
+        )
+        raise AccessDenied(
+            f"access denied to {login}@{host}: the node refused the login ({hint}; your roles may not "
+            f"allow {login!r} on this node, or the account does not exist there)"
+        ) from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise ConnectionProblem(f"cannot connect to {host}: {_describe(exc)}") from None
+
+
+def cert_logins(creds: Credentials) -> list[str]:
+    principals = getattr(creds.cert, "principals", ()) or ()
+    return [p for p in principals if not p.startswith("-teleport-nologin-")]
+
+
+# ---------------------------------------------------------------------------- local I/O
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [])
+            continue
+        view = view[written:]
+
+
+class StdinPump:
+    """Reads local stdin in a daemon thread (it works for terminals, pipes, files and
+    /dev/null alike, and never puts the shared descriptor in non-blocking mode) and feeds
+    the remote process; EOF is passed on."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int = 0) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._read, name="tsh-stdin", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.fd, CHUNK)
+            except OSError:
+                data = b""
+            fut = asyncio.run_coroutine_threadsafe(self.queue.put(data), self.loop)
+            try:
+                fut.result()
+            except (RuntimeError, asyncio.CancelledError, Exception):
+                return
+            if not data:
+                return
+
+    async def feed(self, writer: asyncssh.SSHWriter[bytes]) -> None:
+        while True:
+            data = await self.queue.get()
+            if not data:
+                with contextlib.suppress(Exception):
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+
+
+async def _drain_to(reader: asyncssh.SSHReader[bytes], fd: int, prefix: bytes = b"") -> None:
+    """Copy a remote stream to a local descriptor (optionally prefixing each line)."""
+    pending = b""
+    while True:
+        data = await reader.read(CHUNK)
+        if not data:
+            break
+        if prefix:
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            if lines:
+                _write_all(fd, b"".join(prefix + line + b"\n" for line in lines))
+        else:
+            _write_all(fd, data)
+    if prefix and pending:
+        _write_all(fd, prefix + pending + b"\n")
+
+
+def _exit_code(process: asyncssh.SSHClientProcess[bytes]) -> int:
+    status = process.exit_status
+    if status is None or status < 0:
+        return NO_EXIT_STATUS
+    return int(status)
+
+
+async def run_command(
+    conn: asyncssh.SSHClientConnection,
+    command: str | None,
+    *,
+    pty: bool,
+    stdin: bool = True,
+    prefix: bytes = b"",
+) -> int:
+    """Run ``command`` (a shell when None), streaming stdin/stdout/stderr; returns the remote
+    exit status. With ``pty`` the local terminal is put in raw mode (restored on exit) and
+    window-size changes are sent to the node."""
+    loop = asyncio.get_running_loop()
+    term_type = term_size = None
+    local_tty = pty and os.isatty(0)
+    if pty:
+        term_type = os.environ.get("TERM") or "xterm"
+        term_size = _terminal_size()
+    try:
+        process = await conn.create_process(
+            command,
+            term_type=term_type,
+            term_size=term_size,
+            request_pty="force" if pty else False,
+            encoding=None,
+            env=_forwarded_env(),
+        )
+    except asyncssh.ChannelOpenError as exc:
+        raise ConnectionProblem(f"the node refused the session: {exc.reason}") from None
+    saved: list[Any] | None = None
+    resize: Callable[[], None] | None = None
+    if local_tty:
+        saved = termios.tcgetattr(0)
+        tty.setraw(0)
+
+        def resize() -> None:
+            size = _terminal_size()
+            if size:
+                process.change_terminal_size(*size)
+
+        loop.add_signal_handler(signal.SIGWINCH, resize)
+    pump_task = None
+    try:
+        if stdin:
+            pump = StdinPump(loop)
+            pump.start()
+            pump_task = asyncio.ensure_future(pump.feed(process.stdin))
+        else:
+            process.stdin.write_eof()
+        await asyncio.gather(
+            _drain_to(process.stdout, 1, prefix),
+            _drain_to(process.stderr, 2, prefix),
+        )
+        await process.wait_closed()
+    finally:
+        if pump_task is not None:
+            pump_task.cancel()
+            await asyncio.gather(pump_task, return_exceptions=True)
+        if resize is not None:
+            loop.remove_signal_handler(signal.SIGWINCH)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    return _exit_code(process)
+
+
+def _terminal_size() -> tuple[int, int, int, int] | None:
+    for fd in (0, 1, 2):
+        try:
+            size = os.get_terminal_size(fd)
+        except OSError:
+            continue
+        return (size.columns, size.lines, 0, 0)
+    return (80, 24, 0, 0)
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Locale variables, like OpenSSH's default SendEnv."""
+    return {k: v for k, v in os.environ.items() if k in ("LANG", "LANGUAGE") or k.startswith("LC_")}
+
+
+async def local_forward(conn: asyncssh.SSHClientConnection, spec: str) -> asyncssh.SSHListener:
+    """``-L [BIND:]LPORT:HOST:RPORT``: listen locally, forward through the node."""
+    parts = spec.split(":")
+    if len(parts) == 3:
+        bind, (lport, host, rport) = "127.0.0.1", parts
+    elif len(parts) == 4:
+        bind, lport, host, rport = parts
+    else:
+        raise BadParameter(f"-L {spec}: expected LPORT:HOST:RPORT or BIND:LPORT:HOST:RPORT")
+    try:
+        return await conn.forward_local_port(bind, int(lport), host, int(rport))
+    except ValueError:
+        raise BadParameter(f"-L {spec}: ports must be numbers") from None
+    except asyncssh.ChannelOpenError as exc:
+        raise AccessDenied(f"-L {spec}: port forwarding refused: {exc.reason}") from None
+    except OSError as exc:
+        raise BadParameter(f"-L {spec}: cannot listen on {bind}:{lport}: {exc.strerror}") from None
+
+
+def print_error(message: str) -> None:
+    sys.stderr.write(f"ERROR: {message}\n")
+    sys.stderr.flush()
+
+
+async def close_all(*conns: asyncssh.SSHClientConnection | None) -> None:
+    for conn in conns:
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+
+
+__all__ = [
+    "Credentials",
+    "TeleportError",
+    "close_all",
+    "connect_node",
+    "connect_proxy",
+    "local_forward",
+    "run_command",
+]
