@@ -31,7 +31,7 @@ EXAMPLES = r"""
 - name: Wait until node1 is online with env=dev
   teleport_access.cluster.cluster_info:
   register: cluster
-  until: cluster.nodes | teleport_access.cluster.node_mismatches({'node1': {'env': 'dev'}}) | length == 0
+  until: "cluster.nodes | teleport_access.cluster.node_mismatches({'node1': {'env': 'dev'}}) | length == 0"
   retries: 30
   delay: 2
 """
