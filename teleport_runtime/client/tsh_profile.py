@@ -279,10 +279,8 @@ class ProfileStore:
 
 
 def known_hosts_patterns(proxy_host: str, cluster: str) -> str:
-    """Host patterns of the cluster's ``@cert-authority`` line. OpenSSH looks hosts on a port
-    other than 22 up as ``[host]:port``, so the bracketed forms are listed too."""
-    patterns = [proxy_host, cluster, f"*.{cluster}", f"[{proxy_host}]:*", f"[*.{cluster}]:*"]
-    return ",".join(dict.fromkeys(patterns))
+    """Host patterns of the cluster's ``@cert-authority`` line: the proxy and every node."""
+    return ",".join(dict.fromkeys([proxy_host, cluster, f"*.{cluster}"]))
 
 
 def _quote(path: Path) -> str:

@@ -43,7 +43,8 @@ async def test_login_with_pin_stores_private_files(setup: Setup) -> None:
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert (keys / "alice-cert.pub").read_text().startswith("ssh-ed25519-cert-v01@openssh.com ")
     known = (home / "known_hosts").read_text().splitlines()
-    assert known and all(line.startswith(f"@cert-authority {host},proxy.test,*.proxy.test,") for line in known)
+    prefix = f"@cert-authority {host},proxy.test,*.proxy.test ssh-ed25519 "
+    assert known and all(line.startswith(prefix) for line in known)
     assert (home / "current-profile").read_text().strip() == host
     assert "User:         alice" in result.stdout
 
