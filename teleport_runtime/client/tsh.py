@@ -55,7 +55,6 @@ from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, Telepo
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])
-#: Remote exit status used when tsh itself failed (as OpenSSH's ssh does).
 INSECURE_WARNING = (
     "WARNING: --insecure: the proxy's identity is not verified; a man-in-the-middle could read your "
     "password and one-time code. Prefer --ca-pin=sha256:... (printed by `tctl status`)."

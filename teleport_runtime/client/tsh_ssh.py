@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
-import sys
 import termios
 import threading
 import tty
@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 
 from teleport_runtime.client.tsh_profile import Profile
-from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError
+from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem
 
 CHUNK = 64 * 1024
 NODE_PORT = 3022
@@ -169,9 +169,7 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         try:
             written = os.write(fd, view)
-        except BlockingIOError:
-            import select
-
+        except BlockingIOError:  # someone made the shared descriptor non-blocking
             select.select([], [fd], [])
             continue
         view = view[written:]
@@ -200,7 +198,7 @@ class StdinPump:
             fut = asyncio.run_coroutine_threadsafe(self.queue.put(data), self.loop)
             try:
                 fut.result()
-            except (RuntimeError, asyncio.CancelledError, Exception):
+            except (Exception, asyncio.CancelledError):  # the loop is gone: tsh is exiting
                 return
             if not data:
                 return
@@ -339,11 +337,6 @@ async def local_forward(conn: asyncssh.SSHClientConnection, spec: str) -> asyncs
         raise BadParameter(f"-L {spec}: cannot listen on {bind}:{lport}: {exc.strerror}") from None
 
 
-def print_error(message: str) -> None:
-    sys.stderr.write(f"ERROR: {message}\n")
-    sys.stderr.flush()
-
-
 async def close_all(*conns: asyncssh.SSHClientConnection | None) -> None:
     for conn in conns:
         if conn is not None:
@@ -351,13 +344,3 @@ async def close_all(*conns: asyncssh.SSHClientConnection | None) -> None:
             with contextlib.suppress(Exception):
                 await conn.wait_closed()
 
-
-__all__ = [
-    "Credentials",
-    "TeleportError",
-    "close_all",
-    "connect_node",
-    "connect_proxy",
-    "local_forward",
-    "run_command",
-]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pexpect
+import pyotp
 import pytest
 
 from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip, require_binary, wait_for
@@ -35,6 +36,7 @@ class E2E:
     home: Path
     password_file: Path
     otp_file: Path
+    pin: str
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT")}
@@ -81,7 +83,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory):
         }
         home = root / "tsh-home"
         env = E2E(root, cluster, proxy, ip, f"{ip}:{web_port}", ssh_port, nodes, home,
-                  root / "password", root / "otp-secret")
+                  root / "password", root / "otp-secret", pin)
         env.password_file.write_text(PASSWORD + "\n")
         invite = cluster.tctl_json("users", "add", "alice", "--roles=access", "--logins=root,nobody")
         env.tsh("signup", f"--proxy={env.web}", f"--token={invite['token']}", f"--ca-pin={pin}",
@@ -304,3 +306,41 @@ def test_openssh_scp_and_sftp(e2e: E2E, tmp_path: Path) -> None:
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     assert down.read_text() == "via openssh\n"
+
+
+def test_interactive_signup_and_login(e2e: E2E, tmp_path: Path) -> None:
+    invite = e2e.cluster.tctl_json("users", "add", "carol", "--roles=access", "--logins=root")
+    env = e2e.env(TELEPORT_HOME=str(tmp_path / "carol-home"))
+    child = pexpect.spawn(TSH, ["signup", f"--proxy={e2e.web}", f"--token={invite['token']}", f"--ca-pin={e2e.pin}"],
+                          env=env, timeout=30, encoding="utf-8", dimensions=(60, 160))
+    try:
+        child.expect(r"or enter this URI: (otpauth://\S+)")
+        assert any(block in child.before for block in "\u2580\u2584\u2588")  # the QR code
+        totp = pyotp.parse_uri(child.match.group(1))
+        child.expect("Password: ")
+        child.sendline(PASSWORD)
+        child.expect("Confirm password: ")
+        child.sendline(PASSWORD)
+        child.expect("One-time code from your authenticator")
+        child.sendline(totp.now())
+        child.expect("User carol is ready")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+    child = pexpect.spawn(TSH, ["login", f"--proxy={e2e.web}", "--user=carol", f"--ca-pin={e2e.pin}"],
+                          env=env, timeout=30, encoding="utf-8")
+    try:
+        child.expect("Enter password for Teleport user carol: ")
+        child.sendline(PASSWORD)
+        child.expect("Enter your OTP token")
+        child.sendline(totp.now())
+        child.expect("User: +carol")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    result = subprocess.run([TSH, "ssh", "root@node1", "echo carol-ok"], env=env, capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.stdout == "carol-ok\n", result.stderr
