@@ -41,7 +41,7 @@ GOOD = {"teleport_auth": ["auth1"], "teleport_proxy": ["proxy1"], "teleport_node
 
 
 def test_a_good_inventory_passes_preflight(tmp_path):
-    rc, out = run_preflight(tmp_path, GOOD, {"node1": {"teleport_node_labels": {"env": "dev", "k8s.io/zone": "a"}}})
+    rc, out = run_preflight(tmp_path, GOOD, {"node1": {"node_labels": {"env": "dev", "k8s.io/zone": "a"}}})
     assert rc == 0, out
     assert "changed=1" not in out and "Build the wheelhouse" not in out
 
@@ -65,19 +65,19 @@ def test_host_in_two_service_groups(tmp_path):
 
 
 def test_invalid_label_key(tmp_path):
-    rc, out = run_preflight(tmp_path, GOOD, {"node2": {"teleport_node_labels": {"bad key!": "x"}}})
+    rc, out = run_preflight(tmp_path, GOOD, {"node2": {"node_labels": {"bad key!": "x"}}})
     assert rc != 0
-    assert 'node2: teleport_node_labels has an invalid key "bad key!"' in out
+    assert 'node2: node_labels has an invalid key "bad key!"' in out
 
 
 def test_invalid_command_label(tmp_path):
     commands = [{"name": "arch", "command": [], "period": "1h"}]
-    rc, out = run_preflight(tmp_path, GOOD, {"node1": {"teleport_node_commands": commands}})
+    rc, out = run_preflight(tmp_path, GOOD, {"node1": {"node_commands": commands}})
     assert rc != 0
-    assert "node1: teleport_node_commands[0]" in out
+    assert "node1: node_commands[0]" in out
 
 
 def test_labels_of_the_wrong_type(tmp_path):
-    rc, out = run_preflight(tmp_path, GOOD, {"node1": {"teleport_node_labels": ["env=dev"]}})
+    rc, out = run_preflight(tmp_path, GOOD, {"node1": {"node_labels": ["env=dev"]}})
     assert rc != 0
-    assert "node1" in out and "teleport_node_labels" in out
+    assert "node1" in out and "node_labels" in out

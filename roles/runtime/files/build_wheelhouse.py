@@ -52,7 +52,7 @@ def stage_source(source, staging):
 def build(args):
     source = os.path.realpath(args.source)
     if not os.path.exists(os.path.join(source, "pyproject.toml")):
-        raise SystemExit("%s has no pyproject.toml: set teleport_runtime_source to the runtime's source tree" % source)
+        raise SystemExit("%s has no pyproject.toml: set runtime_source to the runtime's source tree" % source)
     os.makedirs(args.cache, exist_ok=True)
     work = tempfile.mkdtemp(prefix="teleport-wheelhouse-")
     try:
