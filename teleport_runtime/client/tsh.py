@@ -572,7 +572,16 @@ async def scp(recursive: bool, preserve: bool, port: int | None, login: str | No
 
 
 def main() -> None:
+    """Entry point: usage mistakes and stray errors become one ``ERROR:`` line and exit 1 too."""
     try:
-        cli()
+        code = cli.main(prog_name="tsh", standalone_mode=False)
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "tsh"
+        fail(f"{exc.format_message()} (see `{where} --help`)")
+    except click.ClickException as exc:
+        fail(exc.format_message())
+    except click.Abort:
+        fail("aborted")
     except asyncssh.Error as exc:  # anything the command handlers did not translate
         fail(str(exc.reason))
+    sys.exit(code if isinstance(code, int) else 0)

@@ -67,25 +67,28 @@ class Profile:
     def key_dir(self) -> Path:
         return self.home / "keys" / _safe_component(self.proxy_host, "proxy host")
 
+    def _key_file(self, suffix: str) -> Path:
+        return self.key_dir / (_safe_component(self.user, "user name") + suffix)
+
     @property
     def key_path(self) -> Path:
-        return self.key_dir / _safe_component(self.user, "user name")
+        return self._key_file("")
 
     @property
     def pub_path(self) -> Path:
-        return self.key_dir / f"{self.user}.pub"
+        return self._key_file(".pub")
 
     @property
     def cert_path(self) -> Path:
-        return self.key_dir / f"{self.user}-cert.pub"
+        return self._key_file("-cert.pub")
 
     @property
     def x509_path(self) -> Path:
-        return self.key_dir / f"{self.user}-x509.pem"
+        return self._key_file("-x509.pem")
 
     @property
     def x509_key_path(self) -> Path:
-        return self.key_dir / f"{self.user}-x509-key.pem"
+        return self._key_file("-x509-key.pem")
 
     @property
     def ca_path(self) -> Path:
