@@ -313,7 +313,7 @@ def load_config_file(path: str | Path, check: bool = True) -> Config:
     return config_from_dict(data, source, check)
 
 
-def config_from_dict(  # noqa: C901
+def config_from_dict(
     data: dict[str, Any], source: str = "config", check: bool = True
 ) -> Config:
     """Validate a parsed teleport.yaml mapping."""
@@ -465,7 +465,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"{cfg.source}: auth_service.presence_ttl must be at least 1s")
 
 
-def apply_flags(  # noqa: C901
+def apply_flags(
     cfg: Config,
     *,
     roles: str | None = None,
