@@ -4,8 +4,9 @@ Clients authenticate with a user certificate signed by a trusted user CA and val
 SSH username they send: the proxy only routes, the node authorizes the login. Two ways through:
 
 - ``direct-tcpip`` channels (``ssh -J``, ``ProxyJump``, asyncssh ``tunnel=``): the destination is
-  resolved to a registered node and asyncssh's own forwarder relays the bytes to the node's
-  registered address.
+  resolved to a registered node and asyncssh's forwarder protocol relays the bytes to the node's
+  registered address in protocol callbacks (a subclass that keeps what the node sends before the
+  channel is up: asyncssh's ``forward_connection`` would drop the node's SSH version line then).
 - the session subsystem ``proxy:HOST:PORT@CLUSTER`` (the ProxyCommand ``tsh config`` writes):
   the channel is relayed to a TCP connection to the node in large chunks, with SSH flow control
   on one side and asyncio stream back-pressure on the other.
