@@ -29,7 +29,7 @@ options:
 seealso:
   - module: teleport_access.cluster.join_token
 author:
-  - teleport-access maintainers
+  - teleport-access maintainers (@teleport-access)
 """
 
 EXAMPLES = r"""

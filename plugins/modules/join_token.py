@@ -59,7 +59,7 @@ options:
 seealso:
   - module: teleport_access.cluster.cluster_info
 author:
-  - teleport-access maintainers
+  - teleport-access maintainers (@teleport-access)
 """
 
 EXAMPLES = r"""

@@ -50,7 +50,7 @@ options:
 seealso:
   - module: teleport_access.cluster.user
 author:
-  - teleport-access maintainers
+  - teleport-access maintainers (@teleport-access)
 """
 
 EXAMPLES = r"""

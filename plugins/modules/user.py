@@ -49,7 +49,7 @@ options:
 seealso:
   - module: teleport_access.cluster.role
 author:
-  - teleport-access maintainers
+  - teleport-access maintainers (@teleport-access)
 """
 
 EXAMPLES = r"""

@@ -44,13 +44,13 @@ class FakeCluster:
         self.roles: list[dict] = []
         self.nodes: list[dict] = []
         self.calls: list[list[str]] = []
-        self.fail_with: tuple[int, str] | None = None
+        self.fail_with: tuple[int, str] = (0, "")
 
     def __call__(self, module, args, **kwargs):  # AnsibleModule.run_command signature
         argv = list(args) if isinstance(args, list) else shlex.split(args)
         self.calls.append(argv)
-        if self.fail_with:
-            rc, msg = self.fail_with
+        rc, msg = self.fail_with
+        if rc:
             return rc, "", f"ERROR: {msg}\n"
         words = [a for a in argv[1:] if a != "--format=json"]
         while words and words[0] in ("--config", "--auth-server"):  # global options

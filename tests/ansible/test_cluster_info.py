@@ -17,7 +17,7 @@ def test_reports_name_pins_rotation_and_nodes(run_module, cluster):
 
 
 def test_nodes_can_be_left_out(run_module, cluster):
-    result, _ = run_module(cluster_info, {"nodes": False})
+    result, _failed = run_module(cluster_info, {"nodes": False})
     assert "nodes" not in result
     assert all(call[1:3] != ["nodes", "ls"] for call in cluster.calls)
 

@@ -29,7 +29,7 @@ def test_second_run_is_unchanged(run_module, cluster):
 
 def test_other_roles_replace_the_token(run_module, cluster):
     run_module(join_token, {"value": VALUE, "roles": ["node"]})
-    result, _ = run_module(join_token, {"value": VALUE, "roles": ["node", "proxy"]}, diff=True)
+    result, _failed = run_module(join_token, {"value": VALUE, "roles": ["node", "proxy"]}, diff=True)
     assert result["changed"] is True
     assert result["diff"]["before"]["roles"] == ["node"]
     assert result["diff"]["after"]["roles"] == ["node", "proxy"]
@@ -44,7 +44,7 @@ def test_check_mode_predicts_without_creating(run_module, cluster):
 
 
 def test_generated_token_is_returned(run_module, cluster):
-    result, _ = run_module(join_token, {"roles": ["node"]})
+    result, _failed = run_module(join_token, {"roles": ["node"]})
     assert result["changed"] is True
     assert result["token"] == "f" * 32
     assert result["join_command"].startswith("teleport start")
@@ -52,9 +52,9 @@ def test_generated_token_is_returned(run_module, cluster):
 
 def test_absent_removes_and_is_then_unchanged(run_module, cluster):
     run_module(join_token, {"value": VALUE})
-    result, _ = run_module(join_token, {"value": VALUE, "state": "absent"})
+    result, _failed = run_module(join_token, {"value": VALUE, "state": "absent"})
     assert result["changed"] is True and cluster.tokens == []
-    result, _ = run_module(join_token, {"value": VALUE, "state": "absent"})
+    result, _failed = run_module(join_token, {"value": VALUE, "state": "absent"})
     assert result["changed"] is False
 
 

@@ -18,14 +18,14 @@ def test_same_spec_is_unchanged_and_empty_values_compare_equal(run_module, clust
     run_module(role, {"name": "dev", "spec": SPEC})
     cluster.roles[0]["spec"]["options"] = {}
     cluster.calls.clear()
-    result, _ = run_module(role, {"name": "dev", "spec": SPEC})
+    result, _failed = run_module(role, {"name": "dev", "spec": SPEC})
     assert result["changed"] is False and cluster.mutations() == []
 
 
 def test_changed_spec_is_replaced_with_diff(run_module, cluster):
     run_module(role, {"name": "dev", "spec": SPEC})
     new = {"allow": {"logins": ["dev"], "node_labels": {"*": "*"}}}
-    result, _ = run_module(role, {"name": "dev", "spec": new}, diff=True)
+    result, _failed = run_module(role, {"name": "dev", "spec": new}, diff=True)
     assert result["changed"] is True
     assert result["diff"]["before"]["spec"]["deny"] == {"logins": ["root"]}
     assert "deny" not in result["diff"]["after"]["spec"]
@@ -33,13 +33,13 @@ def test_changed_spec_is_replaced_with_diff(run_module, cluster):
 
 
 def test_check_mode_changes_nothing(run_module, cluster):
-    result, _ = run_module(role, {"name": "dev", "spec": SPEC}, check=True)
+    result, _failed = run_module(role, {"name": "dev", "spec": SPEC}, check=True)
     assert result["changed"] is True and cluster.roles == []
 
 
 def test_absent(run_module, cluster):
     run_module(role, {"name": "dev", "spec": SPEC})
-    result, _ = run_module(role, {"name": "dev", "state": "absent"})
+    result, _failed = run_module(role, {"name": "dev", "state": "absent"})
     assert result["changed"] is True and cluster.roles == []
     assert cluster.mutations()[-1][1:] == ["rm", "role/dev"]
 
@@ -52,5 +52,5 @@ def test_cluster_normal_form_compares_equal(run_module, cluster):
     cluster.roles[0]["spec"] = {"allow": {"logins": ["dev"], "node_labels": {"env": "dev", "tier": ["a", "b"]}},
                                 "deny": {}, "options": {"max_session_ttl": "1h30m"}}
     cluster.calls.clear()
-    result, _ = run_module(role, {"name": "dev", "spec": spec})
+    result, _failed = run_module(role, {"name": "dev", "spec": spec})
     assert result["changed"] is False and cluster.mutations() == []

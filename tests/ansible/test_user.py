@@ -13,20 +13,20 @@ def test_creates_user_and_returns_invite(run_module, cluster):
 def test_same_roles_and_logins_in_any_order_is_unchanged(run_module, cluster):
     run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice", "root"]})
     cluster.calls.clear()
-    result, _ = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["root", "alice"]})
+    result, _failed = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["root", "alice"]})
     assert result["changed"] is False and cluster.mutations() == []
 
 
 def test_traits_form_is_understood(run_module, cluster):
     cluster.users = [{"name": "alice", "roles": ["access"], "traits": {"logins": ["alice"]}}]
-    result, _ = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice"]})
+    result, _failed = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice"]})
     assert result["changed"] is False
 
 
 def test_updates_roles_and_logins(run_module, cluster):
     run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice"]})
-    result, _ = run_module(user, {"name": "alice", "roles": ["access", "editor"], "logins": ["alice"]},
-                           diff=True)
+    args = {"name": "alice", "roles": ["access", "editor"], "logins": ["alice"]}
+    result, _failed = run_module(user, args, diff=True)
     assert result["changed"] is True
     assert result["diff"]["after"]["roles"] == ["access", "editor"]
     assert cluster.users[0]["roles"] == ["access", "editor"]
@@ -38,12 +38,12 @@ def test_roles_are_required_when_present(run_module, cluster):
 
 
 def test_check_mode_and_absent(run_module, cluster):
-    result, _ = run_module(user, {"name": "bob", "roles": ["access"]}, check=True)
+    result, _failed = run_module(user, {"name": "bob", "roles": ["access"]}, check=True)
     assert result["changed"] is True and cluster.users == []
     run_module(user, {"name": "bob", "roles": ["access"], "logins": ["bob"]})
-    result, _ = run_module(user, {"name": "bob", "state": "absent"}, check=True)
+    result, _failed = run_module(user, {"name": "bob", "state": "absent"}, check=True)
     assert result["changed"] is True and len(cluster.users) == 1
-    result, _ = run_module(user, {"name": "bob", "state": "absent"})
+    result, _failed = run_module(user, {"name": "bob", "state": "absent"})
     assert result["changed"] is True and cluster.users == []
-    result, _ = run_module(user, {"name": "bob", "state": "absent"})
+    result, _failed = run_module(user, {"name": "bob", "state": "absent"})
     assert result["changed"] is False

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: teleport-access maintainers
 # Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
 """Build the runtime's wheelhouse on the controller, as one reproducible archive.
