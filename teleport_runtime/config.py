@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from teleport_runtime.ca.pin import normalize_pin
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError
 
@@ -31,7 +32,6 @@ TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")
 LABEL_KEY = re.compile(r"^[a-zA-Z0-9/.\-_]+$")
-PIN = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 _KNOWN_KEYS: dict[str, set[str]] = {
     "": {"version", "teleport", "auth_service", "ssh_service", "proxy_service"},
@@ -260,13 +260,13 @@ def validate_labels(labels: dict[str, Any], where: str) -> dict[str, str]:
 
 def validate_pin(pin: str, where: str = "--ca-pin") -> str:
     """Normalise and check a CA pin's syntax."""
-    value = pin.strip().lower()
-    if not PIN.match(value):
+    try:
+        return normalize_pin(pin)
+    except BadParameter:
         raise BadParameter(
             f"{where}: invalid CA pin {pin!r}: expected sha256:<64 hex digits> "
             "as printed by `tctl status` on the auth server"
-        )
-    return value
+        ) from None
 
 
 def read_token(value: str, where: str) -> str:

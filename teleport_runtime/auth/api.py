@@ -24,6 +24,7 @@ from teleport_runtime.auth.service import AuthService, JoinRequest
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
+from teleport_runtime.httpjson import error_response, internal_error_response, read_object
 
 log = logging.getLogger("teleport.auth.api")
 
@@ -157,13 +158,10 @@ class AuthAPI:
         except web.HTTPException:
             raise
         except TeleportError as exc:
-            return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+            return error_response(exc)
         except Exception:
             log.exception("internal error in %s %s", request.method, request.path)
-            return web.json_response(
-                {"error": {"code": "internal", "message": "internal error, see the auth log"}},
-                status=500,
-            )
+            return internal_error_response("auth")
 
     async def _caller(self, request: web.Request) -> TLSIdentity:
         """The verified client identity; fail closed on anything unexpected."""
@@ -181,15 +179,6 @@ class AuthAPI:
             raise AccessDenied(f"{identity.kind} certificate not issued by the expected CA")
         return identity
 
-    @staticmethod
-    async def _json(request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise BadParameter("request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise BadParameter("request body must be a JSON object")
-        return body
 
     # ------------------------------------------------------------------ handlers
 
@@ -199,7 +188,7 @@ class AuthAPI:
 
     @_route(PUBLIC)
     async def join(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         try:
             req = JoinRequest(
                 token=str(body["token"]),
@@ -219,7 +208,7 @@ class AuthAPI:
         identity: TLSIdentity = request["identity"]
         if not identity.host_uuid:
             raise AccessDenied("heartbeat needs a host identity")
-        body = await self._json(request)
+        body = await read_object(request)
         return await self.auth.presence.heartbeat(
             role=identity.roles[0],
             host_uuid=identity.host_uuid,
@@ -245,7 +234,7 @@ class AuthAPI:
 
     @_route(("Admin",))
     async def create_token(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         ttl = parse_duration(body["ttl"]) if body.get("ttl") else None
         roles = body.get("roles") or ["node"]
         if not isinstance(roles, list):
@@ -270,7 +259,7 @@ class AuthAPI:
 
     @_route(("Admin",))
     async def upsert_role(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         role, existed = await self.auth.users.upsert_role(
             body.get("role") or {}, force=bool(body.get("force"))
         )
@@ -287,14 +276,14 @@ class AuthAPI:
 
     @_route(("Admin",))
     async def add_user(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         return await self.auth.users.add_user(
             str(body.get("name") or ""), list(body.get("roles") or []), list(body.get("logins") or [])
         )
 
     @_route(("Admin",))
     async def update_user(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         user = await self.auth.users.update_user(
             request.match_info["name"], body.get("roles"), body.get("logins")
         )
@@ -311,7 +300,7 @@ class AuthAPI:
 
     @_route(("Proxy",))
     async def login(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         return await self.auth.login(body, str(body.get("remote_addr") or request.remote or ""))
 
     @_route(("Proxy",))
@@ -320,7 +309,7 @@ class AuthAPI:
 
     @_route(("Proxy",))
     async def signup(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         user = await self.auth.users.complete_signup(
             str(body.get("token") or ""), str(body.get("password") or ""), str(body.get("otp") or "")
         )
@@ -328,7 +317,7 @@ class AuthAPI:
 
     @_route(("Admin",))
     async def sign_user(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         return await self.auth.sign_user(
             str(body.get("user") or ""),
             str(body.get("ssh_public_key") or ""),
@@ -338,7 +327,7 @@ class AuthAPI:
 
     @_route(("Admin",))
     async def sign_host(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         ttl = parse_duration(body["ttl"]) if body.get("ttl") else None
         cert = await self.auth.sign_openssh_host(
             list(body.get("names") or []), str(body.get("ssh_public_key") or ""), ttl
@@ -348,7 +337,7 @@ class AuthAPI:
     @_route(("Node", "Proxy"))
     async def emit_audit(self, request: web.Request) -> dict[str, Any]:
         identity: TLSIdentity = request["identity"]
-        body = await self._json(request)
+        body = await read_object(request)
         if not body.get("event"):
             raise BadParameter("an audit event needs an 'event' field")
         body["server_id"] = identity.host_uuid
@@ -364,7 +353,7 @@ class AuthAPI:
 
     @_route(("Admin",))
     async def rotate(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         return await self.auth.rotation.rotate(
             request.match_info["type"],
             mode=body.get("mode") or "auto",

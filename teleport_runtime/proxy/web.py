@@ -30,6 +30,7 @@ from aiohttp import web
 from teleport_runtime.agent.identity import Identity, write_private
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
+from teleport_runtime.httpjson import error_response, internal_error_response, read_object
 from teleport_runtime.rbac import RoleSet, parse_role
 
 if TYPE_CHECKING:
@@ -117,23 +118,11 @@ class ProxyWeb:
                 )
             raise
         except TeleportError as exc:
-            return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
+            return error_response(exc)
         except Exception:
             log.exception("internal error in %s %s", request.method, request.path)
-            return web.json_response(
-                {"error": {"code": "internal", "message": "internal error, see the proxy log"}},
-                status=500,
-            )
+            return internal_error_response("proxy")
 
-    @staticmethod
-    async def _json(request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise BadParameter("request body is not JSON") from None
-        if not isinstance(body, dict):
-            raise BadParameter("request body must be a JSON object")
-        return body
 
     def _user(self, request: web.Request) -> TLSIdentity:
         """The verified user certificate of the request; AccessDenied otherwise."""
@@ -159,7 +148,7 @@ class ProxyWeb:
         return self.service.ping_info(request.host)
 
     async def login(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         if not isinstance(body.get("user"), str) or not body["user"]:
             raise BadParameter("login request needs a user")
         forwarded = {k: body.get(k) for k in LOGIN_FIELDS}
@@ -171,7 +160,7 @@ class ProxyWeb:
         return await self.service.client.get(f"/v1/signup/{token}")
 
     async def signup(self, request: web.Request) -> dict[str, Any]:
-        body = await self._json(request)
+        body = await read_object(request)
         forwarded = {k: body.get(k) for k in ("token", "password", "otp")}
         forwarded["remote_addr"] = request.remote or ""
         return await self.service.client.post("/v1/signup", forwarded)
