@@ -350,7 +350,7 @@ def status(fmt: str) -> None:
               help="Read the new password from this file instead of prompting (automation).")
 @click.option("--otp-secret-out", type=click.Path(dir_okay=False),
               help="Write the TOTP secret to this file (mode 0600) and confirm with a computed code, "
-                   "instead of showing a QR code and prompting; use it with "
+                   "instead of showing a QR code and prompting for a code; use it with "
                    "`tsh login --otp-secret-file`.")
 @run
 async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: bool,
@@ -359,7 +359,7 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
 
     \b
     Interactive: shows the otpauth:// URI and a QR code for your authenticator app, asks for
-    the password twice and a code.
+    the password twice and a code. With --otp-secret-out the secret goes to a file instead.
     Non-interactive:
       tsh signup --proxy=HOST:3080 --token=TOKEN --password-file=FILE --otp-secret-out=FILE
     """
@@ -371,25 +371,22 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
         totp = pyotp.parse_uri(uri)
     except (ValueError, TypeError):
         raise BadParameter("the proxy's sign-up answer has no valid otpauth:// URI") from None
-    if otp_secret_out:
-        if not password_file:
-            raise BadParameter("--otp-secret-out needs --password-file (the non-interactive sign-up)")
-        password = _read_secret_file(password_file, "password")
-        write_private(Path(otp_secret_out), str(totp.secret) + "\n")
-        code = str(totp.now())
-    else:
+    if not otp_secret_out:
         click.echo(f"Signing up as {user}. Scan this QR code with your authenticator app:")
         segno.make(uri).terminal(compact=True)
         click.echo(f"or enter this URI: {uri}")
-        if password_file:
-            password = _read_secret_file(password_file, "password")
-        else:
-            password = getpass.getpass("Password: ")
-            if getpass.getpass("Confirm password: ") != password:
-                raise BadParameter("the passwords do not match; run tsh signup again")
-        code = click.prompt("One-time code from your authenticator", err=True)
+    if password_file:
+        password = _read_secret_file(password_file, "password")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Confirm password: ") != password:
+            raise BadParameter("the passwords do not match; run tsh signup again")
+    code = str(totp.now()) if otp_secret_out else click.prompt("One-time code from your authenticator", err=True)
     await client.post("/webapi/signup", {"token": token, "password": password, "otp": str(code).strip()})
-    click.echo(f"User {user} is ready. Log in with: tsh login --proxy={addr} --user={user}")
+    if otp_secret_out:
+        write_private(Path(otp_secret_out), str(totp.secret) + "\n")
+    pins = "".join(f" --ca-pin={pin}" for pin in ca_pins)
+    click.echo(f"User {user} is ready. Log in with: tsh login --proxy={addr} --user={user}{pins}")
 
 
 # ---------------------------------------------------------------------------- ls / config

@@ -8,11 +8,15 @@ for them, so there is one join path.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import time
 from datetime import timedelta
+
+import psutil
 
 from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity
@@ -28,6 +32,19 @@ from teleport_runtime.proxy.service import ProxyService
 
 log = logging.getLogger("teleport")
 ROTATION_TICK_SECONDS = 60.0
+
+
+def interface_addresses() -> list[str]:
+    """The host's own IP addresses, without loopback and link-local ones."""
+    out = []
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            ip = ipaddress.ip_address(addr.address.split("%")[0])
+            if not (ip.is_loopback or ip.is_link_local):
+                out.append(str(ip))
+    return out
 
 
 class TeleportProcess:
@@ -57,9 +74,14 @@ class TeleportProcess:
         for addr in (self.cfg.proxy.public_addr, self.cfg.proxy.ssh_public_addr):
             if addr:
                 out.append(addr.host)
-        for listen in (self.cfg.ssh.listen_addr, self.cfg.proxy.listen_addr):
-            if listen.host not in ("0.0.0.0", "::", ""):  # noqa: S104
+        wildcard = False
+        for listen in (self.cfg.ssh.listen_addr, self.cfg.proxy.listen_addr, self.cfg.proxy.web_listen_addr):
+            if listen.host in ("0.0.0.0", "::", ""):  # noqa: S104
+                wildcard = True
+            else:
                 out.append(listen.host)
+        if wildcard:  # reachable at every address of the host: clients may dial any of them
+            out.extend(interface_addresses())
         return list(dict.fromkeys(out))
 
     async def start(self) -> None:

@@ -81,3 +81,14 @@ def test_labels_of_the_wrong_type(tmp_path):
     rc, out = run_preflight(tmp_path, GOOD, {"node1": {"node_labels": ["env=dev"]}})
     assert rc != 0
     assert "node1" in out and "node_labels" in out
+
+
+def test_empty_proxy_public_addrs_pass(tmp_path):
+    rc, out = run_preflight(tmp_path, GOOD, {"proxy1": {"proxy_public_addr": "", "proxy_ssh_public_addr": ""}})
+    assert rc == 0, out
+
+
+def test_proxy_public_addr_without_port(tmp_path):
+    rc, out = run_preflight(tmp_path, GOOD, {"proxy1": {"proxy_ssh_public_addr": "proxy.example.com"}})
+    assert rc != 0
+    assert 'proxy1: proxy_ssh_public_addr="proxy.example.com" is not HOST:PORT' in out
