@@ -8,6 +8,7 @@ mode the auth service names in its heartbeat answers (remembered in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -18,13 +19,15 @@ from teleport_runtime.agent.identity import Identity, host_uuid
 from teleport_runtime.agent.roles import RoleCache
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
-from teleport_runtime.errors import TeleportError
+from teleport_runtime.errors import ConnectionProblem, TeleportError
 from teleport_runtime.node.labels import CommandLabels
 from teleport_runtime.node.ssh_server import NodeSSHServer
 from teleport_runtime.recording.node import ModeCache, NodeRecording, spool_dir
 
 #: Upload retries back off up to this many seconds while the auth service is unreachable.
 UPLOAD_MAX_BACKOFF = 15.0
+#: Audit events are retried as long as the auth service is unreachable, backing off up to this.
+AUDIT_MAX_BACKOFF = 15.0
 
 log = logging.getLogger("teleport.node")
 
@@ -68,16 +71,28 @@ class NodeService:
         self.ssh_port: int | None = None
 
     async def audit(self, event: dict[str, Any]) -> None:
-        """Send an audit event to the auth service; a lost event is logged, never fatal."""
-        try:
-            await self.client.post("/v1/audit", event)
-        except TeleportError as exc:
-            log.warning("audit event %s not delivered: %s", event.get("event"), exc.message)
+        """Send an audit event to the auth service. While the auth service is unreachable the
+        event is retried with backoff (the SSH server queues the events behind it, in order);
+        an event the auth service refuses is logged and dropped, never fatal."""
+        delay = 1.0
+        while True:
+            try:
+                await self.client.post("/v1/audit", event)
+                return
+            except ConnectionProblem as exc:
+                log.warning("audit event %s not delivered yet (%s); retrying in %.0fs",
+                            event.get("event"), exc.message, delay)
+            except TeleportError as exc:
+                log.warning("audit event %s refused: %s", event.get("event"), exc.message)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, AUDIT_MAX_BACKOFF)
 
     def _recording_mode(self) -> str:
         return self.recording_mode.update(self.heartbeat.answer.get("session_recording"))
 
     def report(self) -> dict[str, Any]:
+        self._recording_mode()  # remember the mode the last heartbeat answer named
         return {
             "hostname": self.cfg.nodename,
             "addr": advertised_addr(self.cfg, self.ssh_port),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.recording.active import ActiveSessionReporter
-from teleport_runtime.recording.spool import SessionRecorder
+from teleport_runtime.recording.spool import SessionRecorder, session_meta
 from teleport_runtime.recording.stream import RecordingStream
 from teleport_runtime.recording.uploader import Upload, Uploader, make_upload
 
@@ -191,7 +191,7 @@ class NodeRecording:
                     raise
                 stream.fail(f"cannot record the session at the node ({exc})")
         if self.reporter is not None:
-            self.reporter.started({**info, "recording": mode})
+            self.reporter.started({**session_meta(info), "session_id": session_id, "recording": mode})
         reporter = self.reporter
         return _Tracked(
             recorder, (lambda: reporter.ended(session_id)) if reporter else (lambda: None), stream
