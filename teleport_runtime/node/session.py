@@ -160,6 +160,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._output_paused = False
         self._recorder: SessionRecorder | None = None
         self._recording_failed = False
+        self._recording_done = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -492,6 +493,8 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             bind(self._end_unrecorded)
 
     def _record(self, method: str, *args: Any) -> None:
+        if method == "close":
+            self._recording_done = True
         recorder = self._recorder
         if recorder is None:
             return
@@ -505,8 +508,8 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
 
     def _end_unrecorded(self, reason: str) -> None:
         """A required recording failed: tell the user, audit it, end the session (SIGHUP)."""
-        if self._recording_failed:
-            return
+        if self._recording_failed or self._recording_done:
+            return  # a stream that fails after the session ended ends nothing
         self._recording_failed = True
         self._ctx.log.error("session %s: %s; ending the session", self.session_id, reason)
         self._emit("session.recording_failed", reason=reason, kind=self._kind)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from teleport_runtime.errors import TeleportError
+from teleport_runtime.errors import AlreadyExists, ConnectionProblem, TeleportError
 from teleport_runtime.recording.asciicast import CONTENT_TYPE, check_session_id
 
 if TYPE_CHECKING:
@@ -99,13 +99,13 @@ class RecordingStream:
 
     async def _append(self, chunk: bytes) -> None:
         path = f"/v1/recordings/{self.session_id}/stream?offset={self.offset}"
-        last: TeleportError | None = None
+        last: ConnectionProblem | None = None
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(self.retry_delay)
             try:
                 answer = await self.client.call_raw("POST", path, chunk, {"Content-Type": CONTENT_TYPE})
-            except TeleportError as exc:
+            except ConnectionProblem as exc:  # retried; a refusal is final at once
                 last = exc
                 continue
             self.offset = int((answer or {}).get("size", self.offset + len(chunk)))
@@ -123,6 +123,8 @@ class RecordingStream:
                 chunk = bytes(self._buffer[:MAX_APPEND])
                 try:
                     await self._append(chunk)
+                except AlreadyExists:
+                    return  # the complete recording was uploaded first: nothing left to stream
                 except TeleportError as exc:
                     self.fail(f"session recording cannot reach the auth service ({exc.message})")
                     return

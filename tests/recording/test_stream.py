@@ -179,3 +179,17 @@ async def test_audit_emit_fills_code_and_node_and_filters_by_type(tmp_path):
         assert [e["event"] for e in await audit.search(since, types=["user.login"])] == ["user.login"]
     finally:
         await backend.close()
+
+
+async def test_a_stream_overtaken_by_the_complete_upload_is_not_a_failure():
+    class Uploaded(StreamClient):
+        async def call_raw(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+            raise AlreadyExists(f"session {SID} is already recorded completely")
+
+    aborts: list[str] = []
+    stream = RecordingStream(Uploaded(), SID, batch_interval=0.001)
+    stream.bind(aborts.append)
+    stream.feed(b"last line\n")
+    stream.close()
+    await stream.wait_closed()
+    assert aborts == [] and stream.failure is None
