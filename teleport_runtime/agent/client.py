@@ -7,6 +7,7 @@ It verifies the auth server against the cluster's host CAs under the name
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from typing import Any
 
@@ -18,6 +19,8 @@ from teleport_runtime.errors import ConnectionProblem, TeleportError, error_from
 
 API_SERVER_NAME = "teleport.cluster.local"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+#: Raw bodies (session recordings) can be large: more time in total, same time to connect.
+RAW_TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10, sock_read=60)
 
 
 def insecure_ssl_context() -> ssl.SSLContext:
@@ -122,3 +125,41 @@ class AuthClient:
 
     async def delete(self, path: str) -> Any:
         return await self.call("DELETE", path)
+
+    async def call_raw(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        """One API call with a raw (non-JSON) body, such as a session recording upload or
+        download, under :data:`RAW_TIMEOUT`. Answers the body as bytes, or decoded JSON when the
+        server answers JSON; errors as :meth:`call`."""
+        session = self._get_session()
+        problems = []
+        for addr in self.addresses:
+            try:
+                async with session.request(
+                    method,
+                    f"https://{addr}{path}",
+                    data=body,
+                    headers=headers,
+                    timeout=RAW_TIMEOUT,
+                    server_hostname=API_SERVER_NAME if self.verify_name else None,
+                ) as resp:
+                    raw = await resp.read()
+                    is_json = resp.content_type == "application/json"
+                    try:
+                        data = json.loads(raw) if is_json and raw else None
+                    except ValueError:
+                        data = None
+                    if resp.status >= 400:
+                        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+                            raise error_from_dict(data["error"])
+                        raise TeleportError(f"auth server at {addr} answered HTTP {resp.status}")
+                    return data if is_json else raw
+            except aiohttp.ClientConnectorCertificateError as exc:
+                problems.append(f"{addr}: its certificate is not signed by the cluster's CA ({exc.certificate_error})")
+            except aiohttp.ClientSSLError as exc:
+                problems.append(f"{addr}: TLS handshake failed ({exc})")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problems.append(f"{addr}: {exc or type(exc).__name__}")
+        raise ConnectionProblem(
+            "cannot reach the auth server: " + "; ".join(problems)
+            + " — check --auth-server / teleport.auth_servers and that the auth service is running"
+        )

@@ -26,6 +26,8 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.ok = asyncio.Event()
+        #: The last answer: the interval and cluster settings such as ``session_recording``.
+        self.answer: dict[str, Any] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
@@ -42,6 +44,7 @@ class Heartbeat:
     async def beat(self) -> None:
         answer = await self.client.post("/v1/heartbeat", self.report())
         self.interval = float(answer.get("heartbeat_interval", self.interval))
+        self.answer = dict(answer)
         self.sent += 1
         self.ok.set()
 

@@ -9,6 +9,8 @@ admits (a node cannot create tokens). Errors cross this boundary once, as
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import ssl
 import tempfile
@@ -20,16 +22,24 @@ from typing import Any
 from aiohttp import web
 
 from teleport_runtime.agent.identity import write_private
+from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AuthService, JoinRequest
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
+from teleport_runtime.recording.asciicast import check_session_id
 
 log = logging.getLogger("teleport.auth.api")
 
 Handler = Callable[[web.Request], Awaitable[Any]]
 PUBLIC = ()
+#: The proxy forwards the user certificate a request came with (base64 DER), and the client's
+#: address, so the auth service decides for the user (``/webapi/recordings``...).
+HEADER_FORWARDED_USER = "X-Teleport-User-Cert"
+HEADER_FORWARDED_ADDR = "X-Teleport-Remote-Addr"
+#: Largest body of one ``node-sync`` stream append.
+MAX_STREAM_CHUNK = 1024 * 1024
 
 
 def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
@@ -112,6 +122,7 @@ class AuthAPI:
         app.router.add_post("/v1/authorities/{type}/rotate", self.rotate)
         app.router.add_get("/v1/authorities/rotation", self.rotation_state)
         app.router.add_get("/v1/audit", self.search_audit)
+        self._add_recording_routes(app)
         return app
 
     async def start(self, host: str, port: int, extra_names: list[str]) -> int:
@@ -343,8 +354,9 @@ class AuthAPI:
         body["server_id"] = identity.host_uuid
         return await self.auth.audit.emit(body)
 
-    @_route(("Admin",))
+    @_route(("Admin", "User", "Proxy"))
     async def search_audit(self, request: web.Request) -> list[dict[str, Any]]:
+        await self._authorize(request, "event", "list")
         since = parse_duration(request.query.get("since", "1h"))
         types = [t for t in request.query.get("type", "").split(",") if t]
         return await self.auth.audit.search(datetime.now(UTC) - since, types=types or None)
@@ -364,3 +376,105 @@ class AuthAPI:
     @_route(("Node", "Proxy", "Admin"))
     async def rotation_state(self, _request: web.Request) -> dict[str, Any]:
         return {t: await self.auth.rotation.view(t) for t in ("host", "user")}
+
+    # ------------------------------------------------------------------ recordings and sessions
+
+    def _add_recording_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/recordings", self.list_recordings)
+        app.router.add_get("/v1/recordings/{session_id}", self.get_recording)
+        app.router.add_post("/v1/recordings/{session_id}", self.upload_recording)
+        app.router.add_post("/v1/recordings/{session_id}/stream", self.stream_recording)
+        app.router.add_get("/v1/sessions/active", self.list_active_sessions)
+        app.router.add_post("/v1/sessions/active", self.start_active_session)
+        app.router.add_post("/v1/sessions/active/{session_id}/keepalive", self.keep_alive_session)
+        app.router.add_delete("/v1/sessions/active/{session_id}", self.end_active_session)
+
+    async def _forwarded_user(self, encoded: str) -> TLSIdentity:
+        """The user certificate a proxy forwards: checked as if the user had presented it."""
+        try:
+            der = base64.b64decode(encoded, validate=True)
+            identity = parse_tls_identity(der)
+        except (ValueError, binascii.Error, TeleportError):
+            raise AccessDenied("the forwarded user certificate cannot be read") from None
+        cas = await self.auth.public_cas()
+        if (
+            identity.kind != "user"
+            or identity.cluster != self.auth.cluster_name
+            or not issuing_ca_matches(der, [c.encode() for c in cas["user_ca_certs"]])
+        ):
+            raise AccessDenied("the forwarded certificate is not a user certificate of this cluster")
+        if identity.expires is not None and identity.expires <= datetime.now(UTC):
+            raise AccessDenied(f"the certificate of {identity.name} expired: run `tsh login` again")
+        return identity
+
+    async def _authorize(self, request: web.Request, resource: str, verb: str) -> TLSIdentity:
+        """Who a read of recordings, sessions or the audit log is for, once allowed: the caller,
+        or the user a proxy forwards. Refusals are audited (``access.denied``)."""
+        identity: TLSIdentity = request["identity"]
+        remote = request.remote or ""
+        if "Proxy" in system_roles(identity):
+            encoded = request.headers.get(HEADER_FORWARDED_USER)
+            if not encoded:
+                raise AccessDenied(f"{request.method} {request.path}: a proxy must forward the user's certificate")
+            identity = await self._forwarded_user(encoded)
+            remote = request.headers.get(HEADER_FORWARDED_ADDR) or remote
+        await self.auth.authorize_user(identity, resource, verb, remote)
+        return identity
+
+    @staticmethod
+    def _host(request: web.Request) -> str:
+        identity: TLSIdentity = request["identity"]
+        if not identity.host_uuid:
+            raise AccessDenied("this endpoint needs a host identity")
+        return identity.host_uuid
+
+    @_route(("Admin", "User", "Proxy"))
+    async def list_recordings(self, request: web.Request) -> list[dict[str, Any]]:
+        await self._authorize(request, "session", "list")
+        return await self.auth.recordings.list(parse_since(request.query.get("since")))
+
+    @_route(("Admin", "User", "Proxy"))
+    async def get_recording(self, request: web.Request) -> web.StreamResponse | dict[str, Any]:
+        await self._authorize(request, "session", "read")
+        return await download(self.auth.recordings, request.match_info["session_id"],
+                              request.query.get("encoding", ""))
+
+    @_route(("Node",))
+    async def upload_recording(self, request: web.Request) -> dict[str, Any]:
+        server_id = self._host(request)
+        upload = await read_upload(request, server_id)
+        record = await self.auth.store_recording(upload, server_id)
+        return {k: record.get(k) for k in ("session_id", "size", "sha256", "stored_at", "duplicate")}
+
+    @_route(("Node",))
+    async def stream_recording(self, request: web.Request) -> dict[str, Any]:
+        server_id = self._host(request)
+        session_id = check_session_id(request.match_info["session_id"])
+        try:
+            offset = int(request.query.get("offset", ""))
+        except ValueError:
+            raise BadParameter("a recording stream append needs ?offset=BYTES") from None
+        data = await request.content.read(MAX_STREAM_CHUNK + 1)
+        if len(data) > MAX_STREAM_CHUNK:
+            raise BadParameter(f"a recording stream append is at most {MAX_STREAM_CHUNK} bytes")
+        size = await self.auth.recordings.append_stream(session_id, offset, data, server_id)
+        return {"session_id": session_id, "size": size}
+
+    @_route(("Admin", "User", "Proxy"))
+    async def list_active_sessions(self, request: web.Request) -> list[dict[str, Any]]:
+        await self._authorize(request, "session", "list")
+        return await self.auth.sessions.list()
+
+    @_route(("Node",))
+    async def start_active_session(self, request: web.Request) -> dict[str, Any]:
+        return await self.auth.sessions.start(await read_object(request), self._host(request))
+
+    @_route(("Node",))
+    async def keep_alive_session(self, request: web.Request) -> dict[str, Any]:
+        return await self.auth.sessions.keep_alive(request.match_info["session_id"], self._host(request))
+
+    @_route(("Node",))
+    async def end_active_session(self, request: web.Request) -> dict[str, Any]:
+        session_id = request.match_info["session_id"]
+        await self.auth.sessions.end(session_id, self._host(request))
+        return {"ended": session_id}

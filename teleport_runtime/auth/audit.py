@@ -1,5 +1,18 @@
 """The audit log: structured events with a code and time, kept by the auth service in the
-backend under ``/events/<time>/<id>`` so a time range is a key range."""
+backend under ``/events/<time>/<id>`` so a time range is a key range.
+
+Every event has ``event`` (its type), ``code`` (see :data:`EVENT_CODES`; the reference's codes
+where it has one), ``time`` (ISO 8601 UTC), ``id``, and as far as they apply ``user`` (the
+Teleport user), ``login`` (the OS login), ``node`` (node name), ``server_id`` (host UUID),
+``session_id`` and ``remote_addr``. Who emits what:
+
+- the auth service: ``user.login`` (success ``T1000I``, failure ``T1000W``), ``session.upload``
+  (a recording was stored), ``access.denied`` (a user's request refused by the roles);
+- nodes: ``session.start``, ``session.end``, ``exec`` (with ``exit_status``), ``subsystem``,
+  ``port``, ``auth.rejected``, ``session.rejected``, ``port.rejected``, ``agent.rejected``,
+  ``subsystem.rejected``, ``session.recording_failed`` (node-sync: the session was ended);
+- the proxy: what its routing refuses.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +27,76 @@ from teleport_runtime.backend import Backend, Item
 log = logging.getLogger("teleport.audit")
 _PREFIX = "/events/"
 
+#: Event type -> code. ``user.login`` and ``exec``/``subsystem`` have a failure code too
+#: (:data:`FAILURE_CODES`).
+EVENT_CODES = {
+    "user.login": "T1000I",
+    "session.rejected": "T1006W",
+    "access.denied": "T1007W",
+    "session.start": "T2000I",
+    "session.end": "T2004I",
+    "session.upload": "T2005I",
+    "session.recording_failed": "T2006E",
+    "subsystem": "T3001I",
+    "exec": "T3002I",
+    "port": "T3003I",
+    "auth.rejected": "T3007W",
+    "port.rejected": "T3008W",
+    "agent.rejected": "T3009W",
+    "subsystem.rejected": "T3010W",
+}
+FAILURE_CODES = {"user.login": "T1000W", "exec": "T3002E", "subsystem": "T3001E"}
+UNKNOWN_CODE = "TCC00E"
+
+
+def event_code(event: dict[str, Any]) -> str:
+    """The code of an event: failures of ``user.login`` (``success`` false) and of ``exec`` and
+    ``subsystem`` (a non-zero ``exit_status`` or a ``signal``) have their own."""
+    kind = str(event.get("event") or "")
+    failed = event.get("success") is False or (
+        kind in ("exec", "subsystem") and (event.get("exit_status") not in (0, None) or event.get("signal"))
+    )
+    if failed and kind in FAILURE_CODES:
+        return FAILURE_CODES[kind]
+    return EVENT_CODES.get(kind, UNKNOWN_CODE)
+
+
+def _key_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 class AuditLog:
+    """Emit and search audit events in the backend."""
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
 
     async def emit(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Record ``event`` (must name ``event``); adds ``time`` and ``id``."""
+        """Record ``event`` (must name ``event``). Adds ``time`` (when not given), ``id``, the
+        ``code`` (when not given) and ``node`` from a node's ``nodename``."""
         now = datetime.now(UTC)
         record = {"time": now.isoformat(), "id": secrets.token_hex(8), **event}
-        key = f"{_PREFIX}{now.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}/{record['id']}"
-        await self.backend.put(Item(key=key, value=json.dumps(record).encode()))
-        log.info("%s", json.dumps(record, sort_keys=True))
+        record.setdefault("code", event_code(record))
+        if "node" not in record and record.get("nodename"):
+            record["node"] = record["nodename"]
+        key = f"{_PREFIX}{_key_time(now)}/{record['id']}"
+        await self.backend.put(Item(key=key, value=json.dumps(record, default=str).encode()))
+        log.info("%s", json.dumps(record, sort_keys=True, default=str))
         return record
 
     async def search(
         self, since: datetime, until: datetime | None = None, types: list[str] | None = None
     ) -> list[dict[str, Any]]:
-        start = f"{_PREFIX}{since.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
-        end = f"{_PREFIX}{until.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}" if until else _PREFIX + "~"
+        """Events recorded in ``[since, until)``, oldest first; only ``types`` when given (an
+        entry ending in ``.`` or ``*`` matches a prefix, such as ``session.``)."""
+        start = f"{_PREFIX}{_key_time(since)}"
+        end = f"{_PREFIX}{_key_time(until)}" if until else _PREFIX + "~"
         events = [json.loads(i.value) for i in await self.backend.get_range(start, end)]
         if types:
-            events = [e for e in events if e.get("event") in types]
+            exact = {t for t in types if not t.endswith(("*", "."))}
+            prefixes = tuple(t.rstrip("*") for t in types if t.endswith(("*", ".")))
+            events = [
+                e for e in events
+                if e.get("event") in exact or (prefixes and str(e.get("event", "")).startswith(prefixes))
+            ]
         return events

@@ -28,6 +28,8 @@ class Presence:
     def __init__(self, backend: Backend, ttl: timedelta) -> None:
         self.backend = backend
         self.ttl = ttl
+        #: Cluster-wide settings every heartbeat answer carries (``session_recording``).
+        self.cluster_settings: dict[str, Any] = {}
 
     async def heartbeat(
         self, *, role: str, host_uuid: str, report: dict[str, Any], remote_ip: str
@@ -63,7 +65,7 @@ class Presence:
         await self.backend.put(
             Item(key=prefix + host_uuid, value=json.dumps(record).encode(), expires=expires)
         )
-        return {"heartbeat_interval": heartbeat_interval(self.ttl)}
+        return {"heartbeat_interval": heartbeat_interval(self.ttl), **self.cluster_settings}
 
     async def list(self, role: str = "Node") -> list[dict[str, Any]]:
         """Live records, sorted by hostname, with static and command labels merged."""

@@ -49,6 +49,9 @@ MAX_RECORDING_SIZE = 1024 * 1024 * 1024
 #: Largest metadata object kept with a recording (bytes of JSON).
 MAX_META_SIZE = 64 * 1024
 
+#: Live streams of ``node-sync`` sessions, under the store's root.
+STREAMS_DIR = "streams"
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _STORE_FIELDS = ("session_id", "size", "sha256", "stored_at")
 
@@ -132,6 +135,18 @@ class RecordingStore(abc.ABC):
         """Metadata records of recordings whose session started at or after ``since`` (all when
         None), oldest first."""
 
+    @abc.abstractmethod
+    async def append_stream(self, session_id: str, offset: int, data: bytes, owner: str) -> int:
+        """Append ``data`` at ``offset`` to the live stream of a session (mode ``node-sync``);
+        return the stream's size. The first append (offset 0) makes ``owner`` (the node's host
+        UUID) the stream's owner; only the owner may append. A repeat of bytes already held is
+        accepted (a retried append); a gap or different bytes is BadParameter naming the size
+        held. The stream is dropped once the complete recording is :meth:`put`."""
+
+    @abc.abstractmethod
+    async def stream_size(self, session_id: str) -> int | None:
+        """Bytes held of a session's live stream; None when there is no stream."""
+
 
 class _KeyLock:
     """A per-session-ID lock with a count of its users, dropped when nobody uses it."""
@@ -207,7 +222,80 @@ class FileRecordingStore(RecordingStore):
         }
         _write_atomic(cast_path, data)
         _write_atomic(meta_path, json.dumps(record, sort_keys=True).encode())
+        for path in self._stream_paths(session_id):
+            path.unlink(missing_ok=True)  # the complete recording replaces the live stream
         return {**record, "duplicate": False}
+
+    # ------------------------------------------------------------------ live streams (node-sync)
+
+    def _stream_paths(self, session_id: str) -> tuple[Path, Path]:
+        check_session_id(session_id)
+        directory = self.root / STREAMS_DIR
+        return directory / f"{session_id}.cast.part", directory / f"{session_id}.owner"
+
+    async def append_stream(self, session_id: str, offset: int, data: bytes, owner: str) -> int:
+        check_session_id(session_id)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise BadParameter(f"recording stream {session_id}: bad offset {offset!r}")
+        if offset + len(data) > MAX_RECORDING_SIZE:
+            raise BadParameter(f"recording stream {session_id} would exceed {MAX_RECORDING_SIZE} bytes")
+        entry = self._locks.setdefault(session_id, _KeyLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                return await asyncio.to_thread(self._append, session_id, offset, data, owner)
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[session_id]
+
+    def _append(self, session_id: str, offset: int, data: bytes, owner: str) -> int:
+        part, owner_path = self._stream_paths(session_id)
+        if (self.root / f"{session_id}.json").exists():
+            raise AlreadyExists(f"session {session_id} is already recorded completely; no more stream data")
+        part.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        held = part.stat().st_size if part.exists() else None
+        if held is None:
+            if offset != 0:
+                raise BadParameter(
+                    f"recording stream {session_id}: no stream yet, so the first append must be at "
+                    f"offset 0, not {offset}"
+                )
+            owner_path.write_text(owner, encoding="utf-8")
+            held = 0
+        elif owner_path.read_text(encoding="utf-8") != owner:
+            raise AccessDenied(f"the recording stream of session {session_id} belongs to another server")
+        with part.open("ab" if held else "wb") as fh:
+            if offset > held:
+                raise BadParameter(
+                    f"recording stream {session_id}: append at offset {offset} would leave a gap; "
+                    f"the auth service holds {held} bytes"
+                )
+            if offset < held:  # a retried append: the overlap must be the same bytes
+                overlap = min(held - offset, len(data))
+                with part.open("rb") as existing:
+                    existing.seek(offset)
+                    if existing.read(overlap) != data[:overlap]:
+                        raise BadParameter(
+                            f"recording stream {session_id}: bytes at offset {offset} differ from "
+                            f"those held ({held} bytes)"
+                        )
+                data = data[overlap:]
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            return held + len(data)
+
+    async def stream_size(self, session_id: str) -> int | None:
+        part, _ = self._stream_paths(session_id)
+
+        def size() -> int | None:
+            try:
+                return part.stat().st_size
+            except FileNotFoundError:
+                return None
+
+        return await asyncio.to_thread(size)
 
     async def get(self, session_id: str) -> bytes:
         cast_path, meta_path = self._paths(session_id)

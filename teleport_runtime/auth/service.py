@@ -21,6 +21,13 @@ from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.presence import Presence
+from teleport_runtime.auth.recordings import (
+    ActiveSessions,
+    FileRecordingStore,
+    RecordingStore,
+    RecordingUpload,
+    recordings_dir,
+)
 from teleport_runtime.auth.rotation import RotationManager, rotation_view
 from teleport_runtime.auth.tokens import TokenStore, mask
 from teleport_runtime.auth.users import UserStore
@@ -49,6 +56,7 @@ USER_CERT_TTL = timedelta(hours=12)
 ADMIN_CERT_TTL = timedelta(days=365)
 JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
 _CLUSTER_NAME_KEY = "/cluster_configuration/name"
+_RESOURCE_NAMES = {"session": "session recordings and sessions", "event": "the audit log"}
 
 
 def _ca_key(ca_type: CAType) -> str:
@@ -81,6 +89,10 @@ class AuthService:
         self.audit = AuditLog(backend)
         self.users = UserStore(backend, "")
         self.rotation = RotationManager(backend, _ca_key)
+        self.recordings: RecordingStore = FileRecordingStore(recordings_dir(data_dir))
+        self.sessions = ActiveSessions(backend)
+        # Nodes learn the cluster's recording mode from their heartbeat answers.
+        self.presence.cluster_settings["session_recording"] = config.session_recording
 
     # ------------------------------------------------------------------ start-up
 
@@ -346,6 +358,50 @@ class AuthService:
             role="Node",
             extra_principals=names[1:],
             ttl=ttl,
+        )
+
+    # ------------------------------------------------------------------ recordings and audit access
+
+    async def store_recording(self, upload: RecordingUpload, server_id: str) -> dict[str, Any]:
+        """Keep a node's recording (size and hash checked by the store); audit
+        ``session.upload`` the first time, so a retried upload is a no-op."""
+        record = await self.recordings.put(upload.session_id, upload.data, upload.sha256, upload.meta)
+        if not record.get("duplicate"):
+            meta = upload.meta
+            await self.audit.emit({
+                "event": "session.upload", "session_id": upload.session_id,
+                "user": meta.get("user", ""), "login": meta.get("login", ""), "node": meta.get("node", ""),
+                "server_id": server_id, "remote_addr": meta.get("remote_addr", ""),
+                "size": record["size"], "sha256": record["sha256"],
+            })
+        return record
+
+    async def authorize_user(
+        self, identity: TLSIdentity, resource: str, verb: str, remote_addr: str = ""
+    ) -> None:
+        """Admins may; a user may when the roles in the certificate grant ``verb`` on
+        ``resource`` (the preset ``auditor`` grants list and read on ``session`` and ``event``).
+        Otherwise AccessDenied, and an ``access.denied`` audit event."""
+        if identity.kind == "admin":
+            return
+        reason = ""
+        if identity.kind != "user":
+            reason = f"a {identity.kind} certificate cannot {verb} {resource}"
+        else:
+            try:
+                roles = [await self.users.get_role(name) for name in identity.roles]
+                RoleSet(roles).check_rule(resource, verb)
+                return
+            except (AccessDenied, NotFound) as exc:
+                reason = exc.message
+        await self.audit.emit({
+            "event": "access.denied", "user": identity.name, "roles": list(identity.roles),
+            "resource": resource, "verb": verb, "remote_addr": remote_addr, "reason": reason,
+        })
+        raise AccessDenied(
+            f"user {identity.name} may not {verb} {_RESOURCE_NAMES.get(resource, resource)}: {reason}. "
+            f"A role that allows {verb} on {resource!r}, such as the preset auditor role, grants it: "
+            f"ask an administrator"
         )
 
     # ------------------------------------------------------------------ status

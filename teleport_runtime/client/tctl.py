@@ -27,6 +27,7 @@ from teleport_runtime.client.output import (
     humanize_ttl,
     table,
 )
+from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import ConfigError, TeleportError
 
 T = TypeVar("T")
@@ -486,21 +487,25 @@ def audit() -> None:
 
 @audit.command("ls")
 @click.option("--since", default="1h", show_default=True, help="How far back, such as 1h or 7d.")
-@click.option("--type", "types", default="", help="Event types, comma-separated.")
+@click.option("--type", "types", default="",
+              help="Event types, comma-separated, such as user.login,session.end; `session.` matches every "
+                   "session.* type.")
 @click.option("--format", "fmt", type=FORMATS, default="text")
 @run
 async def audit_ls(client: AuthClient, since: str, types: str, fmt: str) -> None:
-    """Audit events in a time range."""
+    """Audit events in a time range, oldest first: logins, sessions, commands, uploads, refusals."""
+    parse_duration(since)  # a typo fails here, naming the option
     events = await client.get("/v1/audit?" + urlencode({"since": since, "type": types}))
     if fmt == "json":
         echo_json(events)
         return
     rows = [
-        (e["time"][:19], e["event"], e.get("user", ""), e.get("login", ""),
-         e.get("server_id") or e.get("node", ""), e.get("remote_addr", ""))
+        (e["time"][:19].replace("T", " "), e["event"], e.get("code", ""), e.get("user", ""), e.get("login", ""),
+         e.get("node") or e.get("nodename") or e.get("server_id", ""), e.get("session_id", ""),
+         e.get("remote_addr", ""))
         for e in events
     ]
-    click.echo(table(["Time", "Event", "User", "Login", "Node", "Remote"], rows))
+    click.echo(table(["Time (UTC)", "Event", "Code", "User", "Login", "Node", "Session", "Remote"], rows))
 
 
 def main() -> None:

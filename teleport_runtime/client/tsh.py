@@ -33,6 +33,15 @@ from teleport_runtime.client.tsh_profile import (
     ProfileStore,
     ssh_config,
 )
+from teleport_runtime.client.tsh_recordings import (
+    PLAY_FORMATS,
+    fetch_recording,
+    list_recordings,
+    list_sessions,
+    play_recording,
+    recordings_table,
+    sessions_table,
+)
 from teleport_runtime.client.tsh_scp import check_local_sources, plan_copy, run_copy
 from teleport_runtime.client.tsh_ssh import (
     NODE_PORT,
@@ -52,6 +61,7 @@ from teleport_runtime.client.tsh_web import (
 from teleport_runtime.config import HostPort, parse_host_port
 from teleport_runtime.durations import format_duration, parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, TeleportError
+from teleport_runtime.recording import parse_speed
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])
@@ -566,6 +576,59 @@ async def scp(recursive: bool, preserve: bool, port: int | None, login: str | No
         await run_copy(node, plan, recursive=recursive, preserve=preserve)
     finally:
         await close_all(node, proxy)
+
+
+# ---------------------------------------------------------------------------- recordings, sessions
+
+
+@cli.group()
+def recordings() -> None:
+    """Recorded sessions (needs a role that allows reading them, such as auditor)."""
+
+
+@recordings.command(name="ls")
+@click.option("--since", help="Only sessions started since then: a duration such as 24h, or an ISO 8601 time.")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@run
+async def recordings_ls(since: str | None, fmt: str) -> None:
+    """List the recorded sessions, oldest first."""
+    records = await list_recordings(_user_web_client(_active_profile()), since)
+    if fmt == "json":
+        click.echo(json.dumps(records, indent=2))
+    else:
+        click.echo(recordings_table(records))
+
+
+@cli.command()
+@click.argument("session_id")
+@click.option("--speed", default="1x", show_default=True, help="Playback speed such as 2x or 0.5x.")
+@click.option("--skip-idle-time", "skip_idle", is_flag=True, help="Cut every pause to at most one second.")
+@click.option("--format", "fmt", type=click.Choice(PLAY_FORMATS), default="pty", show_default=True,
+              help="pty: replay in this terminal; json: the events as JSON; asciicast: the asciicast v2 "
+                   "file (asciinema play/cat open it).")
+@run
+async def play(session_id: str, speed: str, skip_idle: bool, fmt: str) -> None:
+    """Replay a recorded session (SESSION_ID as `tsh recordings ls` shows it)."""
+    parse_speed(speed)  # a typo fails before anything is fetched
+    data = await fetch_recording(_user_web_client(_active_profile()), session_id)
+    await play_recording(data, sys.stdout.buffer, fmt, speed, skip_idle)
+
+
+@cli.group()
+def sessions() -> None:
+    """Sessions in progress in the cluster."""
+
+
+@sessions.command(name="ls")
+@click.option("--format", "fmt", type=FORMATS, default="text", show_default=True)
+@run
+async def sessions_ls(fmt: str) -> None:
+    """List the interactive sessions in progress: who, where, since when."""
+    active = await list_sessions(_user_web_client(_active_profile()))
+    if fmt == "json":
+        click.echo(json.dumps(active, indent=2))
+    else:
+        click.echo(sessions_table(active))
 
 
 def main() -> None:

@@ -65,6 +65,11 @@ class SessionRecorder(Protocol):
         """The session ended (``exit_status`` None when it ended by a signal or a disconnect)."""
 
 
+#: A recorder may also have ``required = True`` (the session must not run unrecorded: a failing
+#: recorder ends it) and ``bind_session(abort)``, through which it ends the session itself
+#: (``abort(reason)``), such as when a ``node-sync`` stream to the auth service fails.
+
+
 RecorderFactory = Callable[[dict[str, Any]], SessionRecorder]
 
 
@@ -154,6 +159,8 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._stdin_full = False
         self._output_paused = False
         self._recorder: SessionRecorder | None = None
+        self._recording_failed = False
+        self._recording_done = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
 
@@ -343,7 +350,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         finally:
             for fd in child_fds + parent_fds:
                 os.close(fd)
-        if self._closed:
+        if self._closed or self._recording_failed:
             self._kill(signal.SIGHUP)
         self._update_channel_reading()
 
@@ -480,12 +487,36 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             self._recorder = factory(info)
         except Exception:
             self._ctx.log.exception("session %s: recorder factory failed", self.session_id)
+            return
+        bind = getattr(self._recorder, "bind_session", None)
+        if callable(bind):
+            bind(self._end_unrecorded)
 
     def _record(self, method: str, *args: Any) -> None:
-        if self._recorder is None:
+        if method == "close":
+            self._recording_done = True
+        recorder = self._recorder
+        if recorder is None:
             return
         try:
-            getattr(self._recorder, method)(*args)
-        except Exception:
+            getattr(recorder, method)(*args)
+        except Exception as exc:
             self._ctx.log.exception("session %s: recorder failed; recording stops", self.session_id)
             self._recorder = None
+            if getattr(recorder, "required", False) and method != "close":
+                self._end_unrecorded(f"the session recording failed ({exc})")
+
+    def _end_unrecorded(self, reason: str) -> None:
+        """A required recording failed: tell the user, audit it, end the session (SIGHUP)."""
+        if self._recording_failed or self._recording_done:
+            return  # a stream that fails after the session ended ends nothing
+        self._recording_failed = True
+        self._ctx.log.error("session %s: %s; ending the session", self.session_id, reason)
+        self._emit("session.recording_failed", reason=reason, kind=self._kind)
+        if self._chan is not None and not self._closed:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.write(
+                    f"\r\nteleport: {reason}; this cluster records every session "
+                    "(session_recording: node-sync), so the session ends\r\n".encode()
+                )
+        self._kill(signal.SIGHUP)

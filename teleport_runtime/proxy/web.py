@@ -14,24 +14,31 @@ auth API):
   client's IP; answers the signed SSH and X.509 certificates.
 - ``GET /webapi/signup/{token}``, ``POST /webapi/signup`` (public): invitation sign-up.
 - ``GET /webapi/nodes`` (user certificate): the nodes some login of the user may reach.
+- ``GET /webapi/recordings[?since=]``, ``GET /webapi/recordings/{session_id}`` (JSON, the
+  asciicast in ``data_b64``), ``GET /webapi/sessions/active`` (user certificate): passed to the
+  auth service with the user's certificate, and the auth service decides by the user's roles.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from aiohttp import web
 
 from teleport_runtime.agent.identity import Identity, write_private
+from teleport_runtime.auth.api import HEADER_FORWARDED_ADDR, HEADER_FORWARDED_USER
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
 from teleport_runtime.rbac import RoleSet, parse_role
+from teleport_runtime.recording.asciicast import check_session_id
 
 if TYPE_CHECKING:
     from teleport_runtime.proxy.service import ProxyService
@@ -74,6 +81,9 @@ class ProxyWeb:
         app.router.add_get("/webapi/signup/{token}", self.get_signup)
         app.router.add_post("/webapi/signup", self.signup)
         app.router.add_get("/webapi/nodes", self.nodes)
+        app.router.add_get("/webapi/recordings", self.recordings)
+        app.router.add_get("/webapi/recordings/{session_id}", self.recording)
+        app.router.add_get("/webapi/sessions/active", self.active_sessions)
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -177,6 +187,32 @@ class ProxyWeb:
             if any(_can_reach(role_set, login, node.labels) for login in logins):
                 visible.append(node.to_dict())
         return sorted(visible, key=lambda n: (n["hostname"], n["id"]))
+
+
+    # ------------------------------------------------------------------ recordings, sessions
+
+    async def _as_user(self, request: web.Request, path: str) -> Any:
+        """GET ``path`` on the auth API for the user of ``request`` (who must have a valid user
+        certificate): the auth service checks the forwarded certificate and the user's roles."""
+        self._user(request)
+        sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj else b""
+        headers = {
+            HEADER_FORWARDED_USER: base64.b64encode(der or b"").decode("ascii"),
+            HEADER_FORWARDED_ADDR: request.remote or "",
+        }
+        return await self.service.client.call_raw("GET", path, None, headers)
+
+    async def recordings(self, request: web.Request) -> Any:
+        since = request.query.get("since")
+        return await self._as_user(request, "/v1/recordings" + (f"?since={quote(since)}" if since else ""))
+
+    async def recording(self, request: web.Request) -> Any:
+        session_id = check_session_id(request.match_info["session_id"])
+        return await self._as_user(request, f"/v1/recordings/{session_id}?encoding=base64")
+
+    async def active_sessions(self, request: web.Request) -> Any:
+        return await self._as_user(request, "/v1/sessions/active")
 
 
 def _can_reach(role_set: RoleSet, login: str, labels: dict[str, str]) -> bool:

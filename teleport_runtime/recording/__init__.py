@@ -7,7 +7,9 @@
 - :mod:`.player`: reading and playing recordings back (``tsh play``);
 - :mod:`.client`: the auth API calls of ``tsh recordings ls`` / ``tsh play``;
 - :mod:`.active`: the node reporting its sessions in progress;
-- :mod:`.node`: :class:`NodeRecording`, all of the above wired for a node.
+- :mod:`.stream`: mode ``node-sync``, each session streamed to the auth service as it happens;
+- :mod:`.node`: :class:`NodeRecording`, all of the above wired for a node, and the remembered
+  cluster mode (:class:`~teleport_runtime.recording.node.ModeCache`).
 
 The auth side (storage, idempotent uploads, active sessions) is
 :mod:`teleport_runtime.auth.recordings`.

@@ -4,19 +4,23 @@
 :class:`~teleport_runtime.recording.uploader.Uploader` over the spool and (optionally) reports
 sessions in progress. The recording mode is the cluster's (``auth_service.session_recording``):
 pass it as a string or as a callable read at each session start (such as the last value the
-auth service sent).
+auth service sent, see :class:`ModeCache`). In ``node-sync`` each session's recording is also
+streamed to the auth service (:mod:`.stream`) and the session ends when that fails. A later
+``proxy`` mode (the proxy records) would make nodes record nothing, as ``off`` does here.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.recording.active import ActiveSessionReporter
-from teleport_runtime.recording.spool import SessionRecorder
+from teleport_runtime.recording.spool import SessionRecorder, session_meta
+from teleport_runtime.recording.stream import RecordingStream
 from teleport_runtime.recording.uploader import Upload, Uploader, make_upload
 
 if TYPE_CHECKING:
@@ -33,12 +37,60 @@ def spool_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "log" / "upload" / "sessions"
 
 
-class _Tracked:
-    """A recorder (or none, mode ``off``) that also reports the session's end."""
+class ModeCache:
+    """The cluster's recording mode as this node last heard it (from heartbeat answers), kept in
+    a file so that a node restarted while the auth service is away still records as told."""
 
-    def __init__(self, inner: SessionRecorder | None, on_end: Callable[[], None]) -> None:
+    def __init__(self, path: Path, default: str = "node") -> None:
+        self.path = Path(path)
+        try:
+            stored = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            stored = ""
+        self.mode = stored if stored in MODES else default
+
+    def update(self, mode: object) -> str:
+        """Take ``mode`` (None or unknown: keep the last one); return the mode in force."""
+        if isinstance(mode, str) and mode in MODES and mode != self.mode:
+            log.info("session recording mode is now %s", mode)
+            self.mode = mode
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                write_text_atomic(self.path, mode + "\n")
+            except OSError as exc:
+                log.warning("cannot keep the recording mode in %s: %s", self.path, exc)
+        elif isinstance(mode, str) and mode not in MODES:
+            log.warning("the auth service asks for recording mode %r, unknown here; keeping %s", mode, self.mode)
+        return self.mode
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file atomically (temp file and rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _Tracked:
+    """A session's recorder (none in mode ``off``), its live stream (mode ``node-sync``), and
+    the report of its end. In ``node-sync`` it is ``required``: the node ends the session when
+    it cannot be recorded (see :meth:`bind_session`)."""
+
+    def __init__(
+        self,
+        inner: SessionRecorder | None,
+        on_end: Callable[[], None],
+        stream: RecordingStream | None = None,
+    ) -> None:
         self.inner = inner
+        self.stream = stream
+        self.required = stream is not None
         self._on_end = on_end
+
+    def bind_session(self, abort: Callable[[str], None]) -> None:
+        """The node session's "end me" callback, called when a required recording fails."""
+        if self.stream is not None:
+            self.stream.bind(abort)
 
     def output(self, data: bytes) -> None:
         if self.inner is not None:
@@ -57,6 +109,8 @@ class _Tracked:
             if self.inner is not None:
                 self.inner.close(exit_status)
         finally:
+            if self.stream is not None:
+                self.stream.close()
             self._on_end()
 
 
@@ -92,8 +146,8 @@ class NodeRecording:
         self._mode = mode
         self.record_input = record_input
         self.uploader = Uploader(self.spool, upload, **uploader_options)
+        self.client = client
         self.reporter = ActiveSessionReporter(client) if (track_sessions and client is not None) else None
-        self._warned_sync = False
 
     @property
     def mode(self) -> str:
@@ -120,15 +174,25 @@ class NodeRecording:
         """The node SSH server's ``recorder_factory``: records the session per the mode."""
         session_id = str(info.get("session_id"))
         mode = self.mode
-        if mode == "node-sync" and not self._warned_sync:
-            self._warned_sync = True
-            log.warning("session_recording node-sync is not streamed yet; recording at the node")
+        stream = None
+        if mode == "node-sync":
+            if self.client is None:
+                raise BadParameter("session_recording node-sync needs the auth client")
+            stream = RecordingStream(self.client, session_id)
         recorder = None
         if mode != "off":
-            recorder = SessionRecorder(
-                self.spool, session_id, info, self.record_input, on_close=self.uploader.notify
-            )
+            try:
+                recorder = SessionRecorder(
+                    self.spool, session_id, info, self.record_input, on_close=self.uploader.notify,
+                    on_line=stream.feed if stream is not None else None,
+                )
+            except Exception as exc:
+                if stream is None:
+                    raise
+                stream.fail(f"cannot record the session at the node ({exc})")
         if self.reporter is not None:
-            self.reporter.started({**info, "recording": mode})
+            self.reporter.started({**session_meta(info), "session_id": session_id, "recording": mode})
         reporter = self.reporter
-        return _Tracked(recorder, (lambda: reporter.ended(session_id)) if reporter else (lambda: None))
+        return _Tracked(
+            recorder, (lambda: reporter.ended(session_id)) if reporter else (lambda: None), stream
+        )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncssh
 import pytest
@@ -20,7 +21,7 @@ from teleport_runtime.ca import (
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.node.ssh_server import NodeSSHServer
 
-from .conftest import CLUSTER, HOST_UUID, NODENAME, WAIT, access_role, make_role, wait_until
+from .conftest import CLUSTER, HOST_UUID, NODENAME, WAIT, FakeRecorder, access_role, make_role, wait_until
 
 
 async def run(conn: asyncssh.SSHClientConnection, command: str, **kwargs) -> asyncssh.SSHCompletedProcess:
@@ -490,3 +491,51 @@ async def test_close_ends_running_sessions(node, issue, os_login):
         return subprocess.run(["pgrep", "-u", os_login, "-fx", "sleep 63"], check=False).returncode == 1
 
     await wait_until(gone, what="the session's process to end")
+
+
+class RequiredRecorder(FakeRecorder):
+    """A recorder the session must not run without (mode node-sync): it can end the session."""
+
+    required = True
+
+    def __init__(self, info: dict[str, Any], fail_output: bool = False) -> None:
+        super().__init__(info)
+        self.abort: Any = None
+        self.fail_output = fail_output
+
+    def bind_session(self, abort: Any) -> None:
+        self.abort = abort
+
+    def output(self, data: bytes) -> None:
+        if self.fail_output and b"boom-" in bytes(self.output_data) + data:
+            raise OSError("No space left on device")
+        super().output(data)
+
+
+@pytest.mark.parametrize("how", ["abort", "failing recorder"])
+async def test_a_required_recording_that_fails_ends_the_session(node, issue, os_login, how):
+    recorders: list[RequiredRecorder] = []
+
+    def factory(info: dict[str, Any]) -> RequiredRecorder:
+        recorders.append(RequiredRecorder(info, fail_output=how == "failing recorder"))
+        return recorders[-1]
+
+    node.server._recorder_factory = factory
+    key = issue([os_login])
+    seen: list[str] = []
+    async with await node.connect(os_login, key) as conn:
+        proc = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        proc.stdin.write("echo up-$((1+1))\n")
+        await read_until(proc.stdout, "up-2", seen)
+        if how == "abort":
+            recorders[0].abort("session recording cannot reach the auth service (refused)")
+        else:
+            proc.stdin.write("echo boom-$((2+2))\n")
+        await read_until(proc.stdout, "so the session ends", seen)
+        result = await asyncio.wait_for(proc.wait(), WAIT)
+    assert result.exit_signal is not None and result.exit_signal[0] == "HUP"
+    failed = await node.wait_event("session.recording_failed")
+    assert failed["session_id"] == recorders[0].info["session_id"]
+    assert ("auth service" if how == "abort" else "No space left") in failed["reason"]
+    end = await node.wait_event("session.end", kind="shell")
+    assert end["signal"] == "HUP"

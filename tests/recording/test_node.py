@@ -104,11 +104,6 @@ async def test_mode_off_records_nothing_but_still_tracks(tmp_path):
     session.close(0)
     assert list((tmp_path / "spool").glob("*")) == []
     assert rec.reporter is not None and rec.reporter.live == {}
-    mode["value"] = "node-sync"  # not streamed yet: recorded at the node
-    session = rec.recorder_factory({"session_id": "synced", **META})
-    assert session.inner is not None
-    session.close(0)
-    await session.inner.wait_closed()
     mode["value"] = "bogus"
     assert rec.mode == "node"
 

@@ -1,0 +1,83 @@
+"""What ``tsh recordings ls``, ``tsh play`` and ``tsh sessions ls`` ask the proxy, and how they
+print it. The proxy passes each request to the auth service with the user's certificate; the
+auth service answers only users whose roles allow it (the preset ``auditor`` role does)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import timedelta
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+from teleport_runtime.client.output import table
+from teleport_runtime.client.tsh_web import ProxyWebClient
+from teleport_runtime.durations import format_duration
+from teleport_runtime.errors import BadParameter
+from teleport_runtime.recording import check_session_id, parse_speed, play_async, read_cast, to_json
+
+#: ``tsh play --format``.
+PLAY_FORMATS = ("pty", "json", "asciicast")
+
+
+async def list_recordings(client: ProxyWebClient, since: str | None = None) -> list[dict[str, Any]]:
+    """Recordings the cluster keeps, oldest first (``since``: ISO 8601 or a duration like 24h)."""
+    path = "/webapi/recordings" + (f"?since={quote(since)}" if since else "")
+    return list(await client.get(path) or [])
+
+
+async def fetch_recording(client: ProxyWebClient, session_id: str) -> bytes:
+    """A recording's asciicast v2 bytes."""
+    check_session_id(session_id)
+    answer = await client.get(f"/webapi/recordings/{session_id}")
+    try:
+        return base64.b64decode(str(answer["data_b64"]), validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise BadParameter(f"the proxy sent no recording data for session {session_id}") from None
+
+
+async def list_sessions(client: ProxyWebClient) -> list[dict[str, Any]]:
+    """Sessions in progress in the cluster."""
+    return list(await client.get("/webapi/sessions/active") or [])
+
+
+def _duration(seconds: object) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return ""
+    return format_duration(timedelta(seconds=round(seconds)))
+
+
+def recordings_table(records: list[dict[str, Any]]) -> str:
+    rows = [
+        [r.get("session_id", ""), r.get("user", ""), r.get("login", ""), r.get("node", ""),
+         str(r.get("started") or "")[:19].replace("T", " "), _duration(r.get("duration")),
+         "interrupted" if r.get("interrupted") else ""]
+        for r in records
+    ]
+    return table(["Session ID", "User", "Login", "Node", "Started (UTC)", "Duration", "Note"], rows)
+
+
+def sessions_table(sessions: list[dict[str, Any]]) -> str:
+    rows = [
+        [s.get("id", ""), s.get("user", ""), s.get("login", ""), s.get("node") or s.get("nodename", ""),
+         str(s.get("started") or "")[:19].replace("T", " "), s.get("remote_addr", ""), s.get("recording", "")]
+        for s in sessions
+    ]
+    return table(["Session ID", "User", "Login", "Node", "Started (UTC)", "From", "Recording"], rows)
+
+
+async def play_recording(data: bytes, out: BinaryIO, fmt: str, speed: str, skip_idle: bool) -> None:
+    """Write a recording to ``out``: replayed with its timing (``pty``), as one JSON document
+    (``json``) or as the asciicast file itself (``asciicast``, for asciinema's players)."""
+    if fmt not in PLAY_FORMATS:
+        raise BadParameter(f"unknown format {fmt!r}: expected one of {', '.join(PLAY_FORMATS)}")
+    factor = parse_speed(speed)
+    cast = read_cast(data)  # a damaged recording fails here, naming the line
+    if fmt == "asciicast":
+        out.write(data)
+    elif fmt == "json":
+        out.write((json.dumps(to_json(cast), indent=2) + "\n").encode())
+    else:
+        await play_async(cast, out, factor, skip_idle)
+    out.flush()
