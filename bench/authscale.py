@@ -259,7 +259,7 @@ def run(root: Path, node_counts: list[int], duration: float, joins: int, workers
                                    "tctl_nodes_ls_s": ls_s, "listed": listed}
             figures += [
                 Figure(SECTION, f"{count} nodes: sustained heartbeats/s", sustained["per_s"], "heartbeats/s",
-                       keygen, keygen_name, "higher", 2000, target_is_ratio=False,
+                       better="higher", target=2000, target_is_ratio=False,
                        note=f"{sustained['failed']} failed; auth CPU {sustained['auth_cpu_cores']:.2f} cores, "
                             f"{sustained['auth_cpu_ms_per_heartbeat']:.2f} ms/heartbeat"),
                 Figure(SECTION, f"{count} nodes: auth CPU while sustained", sustained["auth_cpu_cores"], "cores",
