@@ -2,10 +2,16 @@
 
 A record lives ``presence_ttl`` (10 min by default) after the last heartbeat; a host that stops
 reporting drops out of ``tctl nodes ls`` when its record expires.
+
+Heartbeats are written in groups: the ones that arrive within ``FLUSH_WINDOW`` of each other are
+stored in one backend transaction (one disk flush for all of them), and each is answered only
+after that transaction committed. With thousands of nodes the flush, not the request, would
+otherwise bound the heartbeats per second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +21,8 @@ from teleport_runtime.config import validate_labels
 from teleport_runtime.errors import BadParameter
 
 _KINDS = {"Node": "/nodes/", "Proxy": "/proxies/"}
+#: How long a heartbeat waits for others to share its write (seconds).
+FLUSH_WINDOW = 0.005
 
 
 def heartbeat_interval(presence_ttl: timedelta) -> float:
@@ -30,6 +38,8 @@ class Presence:
         self.ttl = ttl
         #: Cluster-wide settings every heartbeat answer carries (``session_recording``).
         self.cluster_settings: dict[str, Any] = {}
+        self._pending: list[tuple[Item, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def heartbeat(
         self, *, role: str, host_uuid: str, report: dict[str, Any], remote_ip: str
@@ -62,10 +72,31 @@ class Presence:
             "last_heartbeat": now.isoformat(),
             "expires": expires.isoformat(),
         }
-        await self.backend.put(
-            Item(key=prefix + host_uuid, value=json.dumps(record).encode(), expires=expires)
-        )
+        await self._store(Item(key=prefix + host_uuid, value=json.dumps(record).encode(), expires=expires))
         return {"heartbeat_interval": heartbeat_interval(self.ttl), **self.cluster_settings}
+
+    async def _store(self, item: Item) -> None:
+        """Queue ``item`` for the next group write and wait until it is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="presence-flush")
+        await asyncio.shield(done)  # a caller that gives up does not cancel the others' write
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await asyncio.sleep(FLUSH_WINDOW)
+            batch, self._pending = self._pending, []
+            try:
+                await self.backend.put_many([item for item, _ in batch])
+            except Exception as exc:  # every waiting heartbeat gets the error
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def list(self, role: str = "Node") -> list[dict[str, Any]]:
         """Live records, sorted by hostname, with static and command labels merged."""

@@ -312,6 +312,12 @@ class Backend(abc.ABC):
     async def put(self, item: Item) -> Item:
         """Store an item, replacing any existing one (upsert)."""
 
+    async def put_many(self, items: list[Item]) -> list[Item]:
+        """:meth:`put` each item, in order. A backend may store them in one transaction (one
+        disk flush for many small records, such as a burst of heartbeats); this default does
+        one put after another."""
+        return [await self.put(item) for item in items]
+
     @abc.abstractmethod
     async def update(self, item: Item) -> Item:
         """Replace an existing live item; NotFound if missing or expired."""

@@ -117,6 +117,18 @@ class BackendConformance:
         assert second.revision > first.revision
         assert await backend.get("/p") == second
 
+    async def test_put_many_stores_in_order_with_rising_revisions(self, backend):
+        await backend.put(Item("/m/a", b"old"))
+        watcher = await new_watcher(backend, ["/m/"])
+        stored = await backend.put_many([Item("/m/a", b"1"), Item("/m/b", b"2")])
+        events = await next_events(watcher, 2)
+        watcher.close()
+        assert [i.value for i in stored] == [b"1", b"2"]
+        assert stored[0].revision < stored[1].revision
+        assert [(e.type, e.item) for e in events] == [(EventType.PUT, i) for i in stored]
+        assert [i.value for i in await backend.get_range("/m/", "/m0")] == [b"1", b"2"]
+        assert await backend.put_many([]) == []
+
     async def test_put_can_clear_expiry(self, backend, clock):
         await backend.put(Item("/p", b"1", clock() + timedelta(seconds=5)))
         await backend.put(Item("/p", b"2"))

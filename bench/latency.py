@@ -1,0 +1,41 @@
+"""1. Connection latency: ``true`` on the node, from process start to exit, median of N runs.
+
+Compared: OpenSSH client -> sshd jump host (ProxyJump) -> sshd (the reference), OpenSSH client ->
+our proxy -> our node with the config ``tsh config`` prints (ProxyCommand with the proxy
+subsystem), the same with ``ssh -J`` (direct-tcpip), and ``tsh ssh`` -> our proxy -> our node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.env import CLASSIC_KEX, OpenSSH, OurCluster, clean_env
+from bench.figures import Figure, interleaved, median
+
+SECTION = "latency"
+
+
+def run(openssh: OpenSSH, ours: OurCluster, runs: int) -> tuple[list[Figure], dict[str, Any]]:
+    commands = {
+        "openssh_jump": ([*openssh.ssh(), "true"], clean_env()),
+        "openssh_jump_x25519": ([*openssh.ssh(classic_kex=True), "true"], clean_env()),
+        "openssh_via_proxy": ([*ours.ssh(), "true"], ours.env()),
+        "openssh_j_via_proxy": ([*ours.ssh_jump(), "true"], ours.env()),
+        "tsh_ssh": ([*ours.tsh_ssh(), "true"], ours.env()),
+    }
+    times = interleaved(commands, runs)
+    ref = median(times["openssh_jump"])
+    ms = {name: median(values) * 1000 for name, values in times.items()}
+    ref_name = f"OpenSSH -> sshd jump host -> sshd ({ms['openssh_jump']:.0f} ms)"
+    figures = [
+        Figure(SECTION, "OpenSSH -> proxy -> node (tsh config)", ms["openssh_via_proxy"], "ms",
+               ref * 1000, ref_name, "lower", 1.0),
+        Figure(SECTION, "OpenSSH -J proxy -> node", ms["openssh_j_via_proxy"], "ms",
+               ref * 1000, ref_name, "lower", 1.0),
+        Figure(SECTION, "tsh ssh -> proxy -> node", ms["tsh_ssh"], "ms", ref * 1000, ref_name, "lower", 1.2),
+        Figure(SECTION, "OpenSSH -> proxy -> node (tsh config), vs OpenSSH with curve25519 kex",
+               ms["openssh_via_proxy"], "ms", ms["openssh_jump_x25519"],
+               f"OpenSSH jump host, KexAlgorithms {CLASSIC_KEX} ({ms['openssh_jump_x25519']:.0f} ms)", "lower",
+               note="secondary reference: the same key exchange our side negotiates"),
+    ]
+    return figures, {"runs": runs, "seconds": times, "median_ms": ms}
