@@ -1,7 +1,9 @@
 """Local users, their roles, sign-up and login with password + TOTP.
 
-Passwords are kept as bcrypt hashes; TOTP secrets are enrolled at sign-up. Failed logins are
-rate limited per user and per client address and audited.
+Passwords are kept as bcrypt hashes; TOTP secrets are enrolled at sign-up. A one-time code is
+accepted once: the user record keeps the time step of the last accepted code, and a login moves it
+forward with a compare-and-swap, so a replayed code (or two logins racing with one code) fails.
+Failed logins are rate limited per user and per client address and audited.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from teleport_runtime.errors import (
     AccessDenied,
     AlreadyExists,
     BadParameter,
+    CompareFailed,
     LimitExceeded,
     NotFound,
 )
@@ -44,6 +47,8 @@ class User:
     password_hash: str = ""
     totp_secret: str = ""
     created: str = ""
+    #: Time step (Unix time // 30) of the last accepted one-time code; older or equal steps are refused.
+    totp_last_step: int = 0
 
     @property
     def status(self) -> str:
@@ -243,11 +248,13 @@ class UserStore:
         record = await self._signup_record(token)
         if len(password) < MIN_PASSWORD:
             raise BadParameter(f"password too short: use at least {MIN_PASSWORD} characters")
-        if not pyotp.TOTP(record["totp_secret"]).verify(str(otp).strip(), valid_window=1):
+        step = totp_step(record["totp_secret"], otp, after=0)
+        if step is None:
             raise AccessDenied("the one-time code does not match the enrolled secret; try the next code")
         user = await self.get_user(record["user"])
         user.password_hash = await _hash(password)
         user.totp_secret = record["totp_secret"]
+        user.totp_last_step = step
         await self._save(user)
         await self.backend.delete(SIGNUP + token)
         return user
@@ -261,14 +268,42 @@ class UserStore:
             user = None
         ok = False
         if user is not None and user.password_hash and user.totp_secret:
-            ok = await _check(password, user.password_hash) and pyotp.TOTP(user.totp_secret).verify(
-                str(otp).strip(), valid_window=1
-            )
+            password_ok = await _check(password, user.password_hash)
+            step = totp_step(user.totp_secret, otp, after=user.totp_last_step)
+            ok = password_ok and await self._use_totp_step(user, step)
         if not ok or user is None:
             self.failed.record(f"user {name}", f"address {remote_addr}")
             raise AccessDenied("invalid user name, password or one-time code")
         self.failed.clear(f"user {name}")
         return user
+
+    async def _use_totp_step(self, user: User, step: int | None) -> bool:
+        """Record ``step`` as used; False when another login used this step (or a later one) first."""
+        if step is None:
+            return False
+        key = USERS + user.name
+        current = await self.backend.get(key)
+        stored = User(**json.loads(current.value))
+        if stored.totp_last_step >= step:
+            return False
+        stored.totp_last_step = step
+        try:
+            await self.backend.compare_and_swap(current, Item(key=key, value=json.dumps(stored.__dict__).encode()))
+        except CompareFailed:
+            return False
+        user.totp_last_step = step
+        return True
+
+
+def totp_step(secret: str, code: str, *, after: int, now: float | None = None) -> int | None:
+    """The time step whose code is ``code``, within one step of ``now``, if later than ``after``."""
+    code = str(code).strip()
+    totp = pyotp.TOTP(secret)
+    current = int((time.time() if now is None else now) // totp.interval)
+    for step in (current - 1, current, current + 1):
+        if step > after and secrets.compare_digest(totp.at(step * totp.interval), code):
+            return step
+    return None
 
 
 async def _hash(password: str) -> str:

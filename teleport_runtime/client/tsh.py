@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -64,6 +66,7 @@ from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, Telepo
 from teleport_runtime.recording import parse_speed
 
 T = TypeVar("T")
+OTP_STEPS_FILE = "otp_steps.json"  # in the tsh home: the last one-time-code step used per secret
 FORMATS = click.Choice(["text", "json"])
 INSECURE_WARNING = (
     "WARNING: --insecure: the proxy's identity is not verified; a man-in-the-middle could read your "
@@ -128,13 +131,35 @@ def _read_secret_file(path: str, what: str) -> str:
 
 
 def _totp_from_file(path: str) -> str:
-    """The current code for the secret in ``path`` (base32, or an otpauth:// URI)."""
+    """A fresh code for the TOTP secret in ``path`` (base32, or an otpauth:// URI)."""
     secret = _read_secret_file(path, "OTP secret").strip()
     try:
         totp = pyotp.parse_uri(secret) if secret.startswith("otpauth://") else pyotp.TOTP(secret)
-        return str(totp.now())
+        totp.now()
     except (ValueError, TypeError) as exc:
         raise BadParameter(f"{path} does not hold a TOTP secret (base32 or otpauth:// URI): {exc}") from None
+    return _fresh_totp_code(totp)
+
+
+def _fresh_totp_code(totp: pyotp.TOTP) -> str:
+    """A code this tsh home has not used yet: the auth service accepts each code once, and the
+    codes of the current and the next 30 s step; when both were used, wait for the next step."""
+    steps_file = _store().home / OTP_STEPS_FILE
+    key = hashlib.sha256(str(totp.secret).encode()).hexdigest()[:32]
+    try:
+        used = json.loads(steps_file.read_text())
+    except (OSError, ValueError):
+        used = {}
+    last = int(used.get(key, 0)) if isinstance(used, dict) else 0
+    current = int(time.time() // totp.interval)
+    if last >= current + 1:
+        wait = last * totp.interval - time.time() + 0.5
+        click.echo(f"Waiting {wait:.0f}s for a one-time code not used yet...", err=True)
+        time.sleep(max(wait, 0))
+        current = int(time.time() // totp.interval)
+    step = max(current, last + 1)
+    write_private(steps_file, json.dumps({**(used if isinstance(used, dict) else {}), key: step}) + "\n")
+    return str(totp.at(step * totp.interval))
 
 
 def _proxy_addr(text: str) -> HostPort:
@@ -391,7 +416,7 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
         password = getpass.getpass("Password: ")
         if getpass.getpass("Confirm password: ") != password:
             raise BadParameter("the passwords do not match; run tsh signup again")
-    code = str(totp.now()) if otp_secret_out else click.prompt("One-time code from your authenticator", err=True)
+    code = _fresh_totp_code(totp) if otp_secret_out else click.prompt("One-time code from your authenticator", err=True)
     await client.post("/webapi/signup", {"token": token, "password": password, "otp": str(code).strip()})
     if otp_secret_out:
         write_private(Path(otp_secret_out), str(totp.secret) + "\n")

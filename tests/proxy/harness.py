@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -176,11 +177,13 @@ class LocalCluster:
         return UserKeys(ssh_key, ssh_public, ssh_cert, tls_key, tls_cert)
 
     async def add_user(self, name: str, roles: list[str], logins: list[str], password: str) -> str:
-        """A user who completed sign-up; returns the TOTP secret."""
+        """A user who completed sign-up; returns the TOTP secret. The sign-up uses the previous
+        step's code (accepted within the window), so the current code is still good for a login."""
         invite = await self.auth.users.add_user(name, roles, logins)
         info = await self.auth.users.signup_info(invite["token"])
-        secret = pyotp.parse_uri(info["otpauth_uri"]).secret
-        await self.auth.users.complete_signup(invite["token"], password, pyotp.TOTP(secret).now())
+        totp = pyotp.parse_uri(info["otpauth_uri"])
+        await self.auth.users.complete_signup(invite["token"], password, totp.at(time.time() - totp.interval))
+        secret = totp.secret
         return secret
 
     async def audit_events(self, event: str) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,25 +323,34 @@ def test_interactive_signup_and_login(e2e: E2E, tmp_path: Path) -> None:
         child.expect("Confirm password: ")
         child.sendline(PASSWORD)
         child.expect("One-time code from your authenticator")
-        child.sendline(totp.now())
+        signup_code = totp.now()
+        child.sendline(signup_code)
         child.expect("User carol is ready")
         child.expect(pexpect.EOF)
     finally:
         child.close()
     assert child.exitstatus == 0
 
-    child = pexpect.spawn(TSH, ["login", f"--proxy={e2e.web}", "--user=carol", f"--ca-pin={e2e.pin}"],
-                          env=env, timeout=30, encoding="utf-8")
-    try:
-        child.expect("Enter password for Teleport user carol: ")
-        child.sendline(PASSWORD)
-        child.expect("Enter your OTP token")
-        child.sendline(totp.now())
-        child.expect("User: +carol")
-        child.expect(pexpect.EOF)
-    finally:
-        child.close()
-    assert child.exitstatus == 0
+    def login(code: str, expect: str) -> int | None:
+        child = pexpect.spawn(TSH, ["login", f"--proxy={e2e.web}", "--user=carol", f"--ca-pin={e2e.pin}"],
+                              env=env, timeout=30, encoding="utf-8")
+        try:
+            child.expect("Enter password for Teleport user carol: ")
+            child.sendline(PASSWORD)
+            child.expect("Enter your OTP token")
+            child.sendline(code)
+            child.expect(expect)
+            child.expect(pexpect.EOF)
+        finally:
+            child.close()
+        return child.exitstatus
+
+    # A one-time code is good once: the sign-up's code is refused; the next step's code works.
+    assert login(signup_code, "invalid user name, password or one-time code") == 1
+    next_code = totp.at(time.time() + totp.interval)
+    if next_code == signup_code:  # the clock moved on since the sign-up: take the one after
+        next_code = totp.at(time.time() + 2 * totp.interval)
+    assert login(next_code, "User: +carol") == 0
     result = subprocess.run([TSH, "ssh", "root@node1", "echo carol-ok"], env=env, capture_output=True, text=True,
                             timeout=60, stdin=subprocess.DEVNULL)
     assert result.stdout == "carol-ok\n", result.stderr
