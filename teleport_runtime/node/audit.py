@@ -331,8 +331,8 @@ class AuditSender:
         Raises the first failure worth retrying."""
         done = 0
         while True:
-            dropped = await asyncio.to_thread(self.spool.take_dropped)
-            if dropped is not None:
+            # Drops are of events older than any still spooled: tell of them first.
+            while (dropped := await asyncio.to_thread(self.spool.take_dropped)) is not None:
                 await self._send({**self.common, **dropped})
                 await asyncio.to_thread(self.spool.acknowledge_dropped)
                 done += 1
