@@ -85,7 +85,7 @@ async def test_a_resend_after_a_crash_before_the_acknowledgement_is_stored_once(
     async def send(event: dict) -> dict:
         return await audit_log.emit({**event, "server_id": "node-uuid"})  # as the auth API does
 
-    seq, event = spool.oldest()
+    _, event = spool.oldest()
     await send(event)  # delivered, then the node dies before acknowledging it
     restarted = AuditSpool(tmp_path / "audit")
     sender = AuditSender(restarted, send)
