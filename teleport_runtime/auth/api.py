@@ -157,10 +157,13 @@ class AuthAPI:
                         "denied %s %s to %s (roles %s)",
                         request.method, request.path, identity.name, ",".join(identity.roles),
                     )
-                    raise AccessDenied(
-                        f"{request.method} {request.path} is not allowed for role "
-                        f"{','.join(identity.roles)}"
-                    )
+                    reason = f"{request.method} {request.path} is not allowed for role {','.join(identity.roles)}"
+                    await self.auth.audit.emit({
+                        "event": "access.denied", "user": identity.name, "roles": list(identity.roles),
+                        "resource": request.path, "verb": request.method, "remote_addr": request.remote or "",
+                        "reason": reason,
+                    })
+                    raise AccessDenied(reason)
                 request["identity"] = identity
             result = await handler(request)
             if isinstance(result, web.StreamResponse):

@@ -11,21 +11,32 @@ Teleport user), ``login`` (the OS login), ``node`` (node name), ``server_id`` (h
 - nodes: ``session.start``, ``session.end``, ``exec`` (with ``exit_status``), ``subsystem``,
   ``port``, ``auth.rejected``, ``session.rejected``, ``port.rejected``, ``agent.rejected``,
   ``subsystem.rejected``, ``session.recording_failed`` (node-sync: the session was ended);
-- the proxy: what its routing refuses.
+- the proxy: what its routing refuses;
+- the auth API itself: ``access.denied`` for a request its system-role check refuses too.
+
+Idempotent on the event ID: a node gives each event an ``id`` (and its ``time``) when it spools
+it, and may send it again after a crash; the event's key derives from both, so the second
+:meth:`AuditLog.emit` finds it stored and changes nothing. Events are keyed by their own time
+(the emitter's clock), so a node's events sent after an auth outage sort where they happened.
+A node whose spool overflowed sends ``audit.dropped`` (``count`` of the events it lost).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
 
 from teleport_runtime.backend import Backend, Item
+from teleport_runtime.errors import AlreadyExists, BadParameter
 
 log = logging.getLogger("teleport.audit")
 _PREFIX = "/events/"
+#: What an emitter's own event ID may look like.
+_ID_RE = re.compile(r"^[0-9a-f]{16,64}$")
 
 #: Event type -> code. ``user.login`` and ``exec``/``subsystem`` have a failure code too
 #: (:data:`FAILURE_CODES`).
@@ -44,6 +55,7 @@ EVENT_CODES = {
     "port.rejected": "T3008W",
     "agent.rejected": "T3009W",
     "subsystem.rejected": "T3010W",
+    "audit.dropped": "T9000W",
 }
 FAILURE_CODES = {"user.login": "T1000W", "exec": "T3002E", "subsystem": "T3001E"}
 UNKNOWN_CODE = "TCC00E"
@@ -61,6 +73,19 @@ def event_code(event: dict[str, Any]) -> str:
     return EVENT_CODES.get(kind, UNKNOWN_CODE)
 
 
+def _parse_time(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str) and value:
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    else:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _key_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -72,15 +97,43 @@ class AuditLog:
         self.backend = backend
 
     async def emit(self, event: dict[str, Any]) -> dict[str, Any]:
-        """Record ``event`` (must name ``event``). Adds ``time`` (when not given), ``id``, the
-        ``code`` (when not given) and ``node`` from a node's ``nodename``."""
-        now = datetime.now(UTC)
-        record = {"time": now.isoformat(), "id": secrets.token_hex(8), **event}
+        """Record ``event`` (must name ``event``); return the stored record. Adds the ``code``
+        (when not given) and ``node`` from a node's ``nodename``.
+
+        An event that brings its own ``id`` (16-64 hex digits) must bring its ``time`` too
+        (ISO 8601): it is stored once; sending it again returns the stored record with
+        ``"duplicate": True``. AlreadyExists if that ID and time belong to another server's
+        event. Without an ``id``, the event gets one, and ``time`` (when missing) is now.
+        """
+        record = {**event}
+        record.pop("duplicate", None)
+        if "id" in record:
+            event_id = str(record["id"])
+            if not _ID_RE.match(event_id):
+                raise BadParameter(f"audit event id {event_id!r}: expected 16 to 64 lower-case hex digits")
+            when = _parse_time(record.get("time"))
+            if when is None:
+                raise BadParameter(
+                    f"audit event {event_id} has no valid time {record.get('time')!r}: an event "
+                    "that brings its id brings its ISO 8601 time too"
+                )
+        else:
+            when = _parse_time(record.get("time")) or datetime.now(UTC)
+            record.setdefault("time", when.isoformat())
+            record["id"] = event_id = secrets.token_hex(8)
         record.setdefault("code", event_code(record))
         if "node" not in record and record.get("nodename"):
             record["node"] = record["nodename"]
-        key = f"{_PREFIX}{_key_time(now)}/{record['id']}"
-        await self.backend.put(Item(key=key, value=json.dumps(record, default=str).encode()))
+        key = f"{_PREFIX}{_key_time(when)}/{event_id}"
+        try:
+            await self.backend.create(Item(key=key, value=json.dumps(record, default=str).encode()))
+        except AlreadyExists:
+            stored = json.loads((await self.backend.get(key)).value)
+            if stored.get("server_id") != record.get("server_id"):
+                raise AlreadyExists(
+                    f"audit event {event_id} at {record['time']} is already stored for another server"
+                ) from None
+            return {**stored, "duplicate": True}
         log.info("%s", json.dumps(record, sort_keys=True, default=str))
         return record
 

@@ -160,7 +160,8 @@ class FileRecordingStore(RecordingStore):
     """Recordings as files under ``root`` (``<data_dir>/recordings/`` by default).
 
     Each recording is ``<id>.cast`` plus ``<id>.json``; both are written to a temp file, fsynced
-    and renamed, the data first: a recording exists once its metadata file does. File work runs
+    and renamed, the data first, and only after the size and hash were checked: a recording
+    exists once its metadata file does, and no reader ever sees a truncated one. File work runs
     in worker threads; puts of the same ID are serialised.
     """
 
@@ -213,6 +214,10 @@ class FileRecordingStore(RecordingStore):
                 f"{stored.get('sha256')}); this upload ({len(data)} bytes, sha256 {sha256}) differs"
             )
         # A .cast without metadata is a put that never completed (never acknowledged): replace.
+        # Temp files of a put killed mid-write are never read (their names start with "."):
+        # the retry of that put, which the node makes, removes them.
+        for stale in self.root.glob(f".{session_id}.*.tmp"):
+            stale.unlink(missing_ok=True)
         record = {
             **{k: v for k, v in meta.items() if k not in _STORE_FIELDS and k != "duplicate"},
             "session_id": session_id,
@@ -366,7 +371,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # ---------------------------------------------------------------------- the API's halves
 
 #: Manifest fields the auth service keeps from an upload (the rest comes from the cast header).
-_MANIFEST_FIELDS = ("started", "ended", "duration", "exit_status", "interrupted", "recovered", "format")
+_MANIFEST_FIELDS = (
+    "started", "ended", "duration", "exit_status", "interrupted", "complete", "recovered", "format",
+)
 
 
 @dataclass(frozen=True)
@@ -383,7 +390,8 @@ class RecordingUpload:
 def recording_meta(data: bytes, manifest: dict[str, Any], uploaded_by: str = "") -> dict[str, Any]:
     """The metadata kept with a recording: the session fields from the cast's own header
     (``"x-session"``: user, login, node, server_id, cluster, term, cols, rows...), the end fields
-    of the node's manifest, and ``uploaded_by`` (the uploading node's host UUID, from its cert).
+    of the node's manifest (``complete`` is false for a session cut short by a node crash or
+    kill), and ``uploaded_by`` (the uploading node's host UUID, from its cert).
 
     BadParameter if the data does not start with an asciicast v2 header.
     """
@@ -397,6 +405,8 @@ def recording_meta(data: bytes, manifest: dict[str, Any], uploaded_by: str = "")
         if key in manifest:
             meta[key] = manifest[key]
     meta.setdefault("format", "asciicast-v2")
+    # ``complete`` false: the node was killed during the session (salvaged from its spool).
+    meta["complete"] = meta.get("complete") is not False and not meta.get("interrupted")
     if uploaded_by:
         meta["uploaded_by"] = uploaded_by
     return meta

@@ -52,7 +52,7 @@ def recordings_table(records: list[dict[str, Any]]) -> str:
     rows = [
         [r.get("session_id", ""), r.get("user", ""), r.get("login", ""), r.get("node", ""),
          str(r.get("started") or "")[:19].replace("T", " "), _duration(r.get("duration")),
-         "interrupted" if r.get("interrupted") else ""]
+         "incomplete" if r.get("complete") is False or r.get("interrupted") else ""]
         for r in records
     ]
     return table(["Session ID", "User", "Login", "Node", "Started (UTC)", "Duration", "Note"], rows)

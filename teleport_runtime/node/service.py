@@ -1,5 +1,9 @@
 """The node service: labels, heartbeats, the SSH server on 3022 and session recording.
 
+Audit: every event is spooled on disk first (``<data_dir>/log/audit``) and sent to the auth
+service in order by :class:`~teleport_runtime.node.audit.AuditSender`, so a node crash or an auth
+outage loses none (see :mod:`teleport_runtime.node.audit`).
+
 Recording: interactive sessions are written to the spool (``<data_dir>/log/upload/sessions``)
 and uploaded to the auth service by :class:`~teleport_runtime.recording.NodeRecording`, in the
 mode the auth service names in its heartbeat answers (remembered in
@@ -9,6 +13,7 @@ mode the auth service names in its heartbeat answers (remembered in
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -19,7 +24,8 @@ from teleport_runtime.agent.identity import Identity, host_uuid
 from teleport_runtime.agent.roles import RoleCache
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
-from teleport_runtime.errors import ConnectionProblem, TeleportError
+from teleport_runtime.errors import TeleportError
+from teleport_runtime.node.audit import AuditSender, AuditSpool, audit_spool_dir
 from teleport_runtime.node.labels import CommandLabels
 from teleport_runtime.node.ssh_server import NodeSSHServer
 from teleport_runtime.recording.node import ModeCache, NodeRecording, spool_dir
@@ -28,6 +34,8 @@ from teleport_runtime.recording.node import ModeCache, NodeRecording, spool_dir
 UPLOAD_MAX_BACKOFF = 15.0
 #: Audit events are retried as long as the auth service is unreachable, backing off up to this.
 AUDIT_MAX_BACKOFF = 15.0
+#: Why a node's salvaged session has no proper end.
+KILLED_REASON = "the node stopped during the session (its recording was salvaged from the spool)"
 
 log = logging.getLogger("teleport.node")
 
@@ -56,6 +64,11 @@ class NodeService:
             spool_dir(cfg.data_dir), client, mode=self._recording_mode, max_backoff=UPLOAD_MAX_BACKOFF
         )
         tls = parse_tls_identity(identity.tls_cert)
+        self.audit_spool = AuditSpool(audit_spool_dir(cfg.data_dir))
+        self.audit_sender = AuditSender(
+            self.audit_spool, lambda event: client.post("/v1/audit", event),
+            common={"nodename": cfg.nodename, "cluster_name": tls.cluster}, max_backoff=AUDIT_MAX_BACKOFF,
+        )
         self.ssh = NodeSSHServer(
             host_key=identity.ssh_key,
             host_cert=identity.ssh_cert,
@@ -71,22 +84,19 @@ class NodeService:
         self.ssh_port: int | None = None
 
     async def audit(self, event: dict[str, Any]) -> None:
-        """Send an audit event to the auth service. While the auth service is unreachable the
-        event is retried with backoff (the SSH server queues the events behind it, in order);
-        an event the auth service refuses is logged and dropped, never fatal."""
-        delay = 1.0
-        while True:
+        """Spool an audit event on disk (durable before this returns) for the sender, which
+        delivers it to the auth service in order, retrying while the auth service is away."""
+        try:
+            await asyncio.to_thread(self.audit_spool.append, event)
+        except OSError as exc:
+            log.error("cannot spool audit event %s (%s); sending it once, without a copy on disk",
+                      event.get("event"), exc)
             try:
                 await self.client.post("/v1/audit", event)
-                return
-            except ConnectionProblem as exc:
-                log.warning("audit event %s not delivered yet (%s); retrying in %.0fs",
-                            event.get("event"), exc.message, delay)
-            except TeleportError as exc:
-                log.warning("audit event %s refused: %s", event.get("event"), exc.message)
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, AUDIT_MAX_BACKOFF)
+            except TeleportError as send_exc:
+                log.error("audit event lost (%s): %s", send_exc.message, json.dumps(event, default=str))
+            return
+        self.audit_sender.notify()
 
     def _recording_mode(self) -> str:
         return self.recording_mode.update(self.heartbeat.answer.get("session_recording"))
@@ -109,7 +119,11 @@ class NodeService:
 
     async def start(self) -> None:
         await self.command_labels.start()
-        await self.recording.start()  # resumes the uploads a previous run left in the spool
+        self.audit_sender.start()  # first what a previous run left undelivered
+        # Resumes the uploads a previous run left in the spool, and completes at once the
+        # recordings of sessions it was killed in; their sessions end in the audit log here.
+        for manifest in await self.recording.start():
+            await self.audit(_killed_session_end(manifest))
         listen = self.cfg.ssh.listen_addr
         self.ssh_port = await self.ssh.start(listen.host, listen.port)
         self.heartbeat.start()
@@ -118,4 +132,22 @@ class NodeService:
         await self.heartbeat.stop()
         await self.ssh.close()
         await self.recording.stop()
+        await self.audit_sender.stop()  # what is not delivered yet stays spooled
         await self.command_labels.stop()
+
+
+def _killed_session_end(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The ``session.end`` of a session the node was killed in (from its salvaged recording)."""
+    meta = manifest.get("meta") or {}
+    event = {
+        "event": "session.end", "session_id": manifest["session_id"], "exit_status": None, "signal": None,
+        "interrupted": True, "reason": KILLED_REASON, "time": manifest.get("ended"),
+    }
+    for key in ("user", "login", "remote_addr", "kind", "command"):
+        if meta.get(key) is not None:
+            event[key] = meta[key]
+    if meta.get("node"):
+        event["nodename"] = meta["node"]
+    if meta.get("cluster"):
+        event["cluster_name"] = meta["cluster"]
+    return event

@@ -71,6 +71,12 @@ class ActiveSessionReporter:
         if self.live.pop(session_id, None) is not None:
             self._queue.put_nowait(("end", session_id, None))
 
+    def gone(self, session_id: str) -> None:
+        """A session of an earlier run of this node (killed with it): drop its record now
+        rather than when it expires."""
+        self.live.pop(session_id, None)
+        self._queue.put_nowait(("end", check_session_id(session_id), None))
+
     async def _send(self, op: str, session_id: str, record: dict[str, Any] | None) -> None:
         if op == "start":
             await self.client.post("/v1/sessions/active", record)

@@ -158,11 +158,20 @@ class NodeRecording:
             return "node"
         return mode
 
-    async def start(self) -> None:
-        """Start uploading (resuming what the spool holds) and reporting sessions."""
+    async def start(self) -> list[dict[str, Any]]:
+        """Start uploading (resuming what the spool holds) and reporting sessions.
+
+        First completes, at once, the recordings of sessions a previous run was killed in (they
+        upload marked ``"complete": false``) and drops their records of sessions in progress.
+        Call it before the node accepts sessions. Returns the manifests of those recordings.
+        """
+        salvaged = await self.uploader.recover()
         self.uploader.start()
         if self.reporter is not None:
             self.reporter.start()
+            for manifest in salvaged:
+                self.reporter.gone(manifest["session_id"])
+        return salvaged
 
     async def stop(self) -> None:
         """Stop the background tasks; the spool keeps whatever is not uploaded yet."""

@@ -11,9 +11,10 @@ that marks it ready for the uploader; that final step runs in a worker thread wh
 is running.
 
 Crash safety: a live ``.part`` is held under an exclusive ``flock`` by its writer. After a node
-crash, :func:`salvage_part` turns an unlocked, idle ``.part`` into a complete recording (cut at
-the last whole event line, manifest marked ``interrupted``), and :func:`recover_cast` writes the
-manifest for a ``.cast`` whose manifest was never written, so nothing recorded is lost.
+crash, :func:`salvage_part` turns an unlocked, idle ``.part`` into a recording ready to upload
+(cut at the last whole event line, manifest marked ``interrupted`` and ``"complete": false``),
+and :func:`recover_cast` writes the manifest for a ``.cast`` whose manifest was never written,
+so nothing recorded is lost.
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def _manifest(
         "duration": duration,
         "exit_status": exit_status,
         "interrupted": interrupted,
+        "complete": not interrupted,
         "recovered": recovered,
     }
 
@@ -476,8 +478,9 @@ def salvage_part(part: Path, grace: float = DEFAULT_SALVAGE_GRACE) -> dict[str, 
     """Complete the ``.part`` of a session whose writer died (node crash or kill).
 
     Does nothing (returns None) while a writer holds the file's lock or it changed less than
-    ``grace`` seconds ago. Otherwise cuts the file after its last whole event line, renames it to
-    ``.cast`` and writes a manifest marked ``interrupted`` (exit status unknown); returns the
+    ``grace`` seconds ago (pass 0 when no writer of this process can exist yet, as at node start).
+    Otherwise cuts the file after its last whole event line, renames it to ``.cast`` and writes a
+    manifest marked ``interrupted`` and ``"complete": false`` (exit status unknown); returns the
     manifest. A file without a valid header is moved to ``rejected/``.
     """
     session_id = part.name[: -len(PART_SUFFIX)]
@@ -497,7 +500,7 @@ def salvage_part(part: Path, grace: float = DEFAULT_SALVAGE_GRACE) -> dict[str, 
         except BlockingIOError:
             return None  # a live session is writing it
         st = os.fstat(fd)
-        if time.time() - st.st_mtime < grace:
+        if grace > 0 and time.time() - st.st_mtime < grace:
             return None
         if not part.exists():
             return None  # renamed by its writer just before we locked it

@@ -3,7 +3,8 @@
 The :class:`Uploader` runs as one background task on the node. Each pass it
 
 1. completes what a crash left behind (:func:`~teleport_runtime.recording.spool.salvage_part`
-   for unlocked, idle ``.part`` files; :func:`~teleport_runtime.recording.spool.recover_cast`
+   for unlocked, idle ``.part`` files, and at node start for every unlocked one, see
+   :meth:`Uploader.recover`; :func:`~teleport_runtime.recording.spool.recover_cast`
    for a ``.cast`` without its manifest);
 2. uploads every ready recording (a ``<id>.json`` manifest next to its ``<id>.cast``), oldest
    first, one at a time;
@@ -128,6 +129,15 @@ class Uploader:
         self._idle.clear()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="recording-uploader")
 
+    async def recover(self) -> list[dict[str, Any]]:
+        """Complete what a previous run of this node left in the spool, now: the ``.part`` of
+        every session a crash or kill cut short (salvaged without waiting for the idle grace,
+        marked ``"complete": false``) and every ``.cast`` without its manifest. Call it before
+        the node records anything (a live writer's lock is still respected). Returns the
+        manifests of the salvaged sessions."""
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return await asyncio.to_thread(self._complete_leftovers, 0.0)
+
     def notify(self, _manifest: dict[str, Any] | None = None) -> None:
         """A session ended (its recording is ready): upload soon. Usable as ``on_close``.
 
@@ -174,11 +184,19 @@ class Uploader:
 
     def _scan(self) -> list[dict[str, Any]]:
         """Complete crash leftovers, then list the ready recordings (runs in a thread)."""
+        self._complete_leftovers(self.salvage_grace)
+        return self._ready()
+
+    def _complete_leftovers(self, grace: float) -> list[dict[str, Any]]:
+        salvaged = []
         for part in sorted(self.spool_dir.glob(f"*{PART_SUFFIX}")):
             try:
-                salvage_part(part, self.salvage_grace)
+                manifest = salvage_part(part, grace)
             except Exception:
                 log.exception("recording spool: could not salvage %s", part.name)
+                continue
+            if manifest is not None:
+                salvaged.append(manifest)
         for cast in sorted(self.spool_dir.glob(f"*{CAST_SUFFIX}")):
             manifest = cast.with_name(cast.name[: -len(CAST_SUFFIX)] + MANIFEST_SUFFIX)
             if not manifest.exists():
@@ -186,7 +204,7 @@ class Uploader:
                     recover_cast(cast)
                 except Exception:
                     log.exception("recording spool: could not recover %s", cast.name)
-        return self._ready()
+        return salvaged
 
     def _ready(self) -> list[dict[str, Any]]:
         ready = []

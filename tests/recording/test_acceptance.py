@@ -9,13 +9,17 @@ No timing assertions: waits are bounded polls for a condition.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,9 @@ import pexpect
 import pytest
 import yaml
 
-from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip, wait_for
+from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip, require_binary, wait_for
+
+from .conftest import Relay
 
 BIN = Path(sys.executable).parent
 TSH = str(BIN / "tsh")
@@ -107,8 +113,8 @@ class Env:
 class Shell:
     """An interactive `tsh ssh` session under pexpect, with a prompt we can wait for."""
 
-    def __init__(self, env: Env, user: str = "alice") -> None:
-        self.child = pexpect.spawn(TSH, ["ssh", "root@node1"], env=env.env(user, TERM="xterm-256color"),
+    def __init__(self, env: Env, user: str = "alice", host: str = "node1") -> None:
+        self.child = pexpect.spawn(TSH, ["ssh", f"root@{host}"], env=env.env(user, TERM="xterm-256color"),
                                    dimensions=(30, 100), timeout=30, encoding="utf-8")
         self.child.expect(r"[#$] ")  # the first prompt: the shell may drop what is typed before
         self.child.sendline("export PS1='READY''$ '")  # the echoed line does not match the prompt
@@ -278,6 +284,15 @@ def test_the_auth_service_killed_during_a_session(env: Env) -> None:
              what="the session.end event sent during the outage")
 
 
+def _spooled_events(node: Node) -> list[dict[str, Any]]:
+    """The audit events the node holds on disk, not yet delivered."""
+    events = []
+    for path in sorted((node.data_dir / "log" / "audit").glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            events.append(json.loads(path.read_text()))
+    return events
+
+
 def test_the_node_killed_with_an_upload_pending(env: Env) -> None:
     shell = Shell(env)
     try:
@@ -288,7 +303,9 @@ def test_the_node_killed_with_an_upload_pending(env: Env) -> None:
     finally:
         shell.close()
     wait_for(lambda: env.spool().joinpath(f"{sid}.json").exists(), what="the recording to wait in the spool")
-    env.node.kill()  # SIGKILL, with the upload pending
+    # the session's end, emitted while the auth service is away, is on the node's disk
+    wait_for(lambda: _events(_spooled_events(env.node), "session.end", sid), what="session.end in the audit spool")
+    env.node.kill()  # SIGKILL, with the upload and the audit events pending
     env.restart_auth()
     env.node.start(env.cluster.node_argv("node1"))  # rejoins with its stored identity
     wait_for(lambda: sid in env.recording_ids(), timeout=UPLOAD_WAIT, what="the recording to arrive")
@@ -296,6 +313,170 @@ def test_the_node_killed_with_an_upload_pending(env: Env) -> None:
     assert env.recording_ids().count(sid) == 1
     assert len(_events(env.audit("--type=session.upload", "--format=json"), "session.upload", sid)) == 1
     assert b"pending-upload" in env.tsh_bytes("alice", "play", sid, "--format=asciicast").stdout
+    # the events of the outage survived the kill and arrive once each
+    wait_for(lambda: not _spooled_events(env.node), timeout=UPLOAD_WAIT, what="the audit spool to empty")
+    audit = env.audit("--format=json")
+    assert len(_events(audit, "session.end", sid)) == 1
+    assert len(_events(audit, "session.start", sid)) == 1
+    assert _events(audit, "session.end", sid)[0]["node"] == "node1"
+
+
+def test_the_node_killed_during_a_session(env: Env) -> None:
+    shell = Shell(env)
+    try:
+        sid = shell.session_id
+        assert "typed-before-42" in shell.run("echo typed-before-$((6*7))")
+        part = env.spool() / f"{sid}.cast.part"
+        wait_for(lambda: part.exists() and b"typed-before-42" in part.read_bytes(),
+                 what="the output to reach the spool file")
+        env.node.kill()  # SIGKILL during the session
+        shell.child.expect(pexpect.EOF)
+    finally:
+        shell.close()
+    assert part.exists()  # nobody completed it: the node is dead
+    env.node.start(env.cluster.node_argv("node1"))
+    # the restart completes and uploads it at once, marked incomplete
+    wait_for(lambda: sid in env.recording_ids(), timeout=UPLOAD_WAIT, what="the partial recording to arrive")
+    wait_for(lambda: not list(env.spool().glob(f"{sid}.*")), what="the spool to drop it")
+    records = [r for r in env.recordings() if r["session_id"] == sid]
+    assert len(records) == 1
+    assert records[0]["complete"] is False and records[0]["exit_status"] is None
+    assert (records[0]["user"], records[0]["login"], records[0]["node"]) == ("alice", "root", "node1")
+    listed = next(line for line in env.tsh("alice", "recordings", "ls", check=True).stdout.splitlines() if sid in line)
+    assert "incomplete" in listed
+    played = env.tsh_bytes("alice", "play", sid, "--speed=50x", "--skip-idle-time")
+    assert played.returncode == 0, played.stderr
+    assert b"typed-before-42" in played.stdout
+    # the session ends in the audit log (once), and is no longer listed as in progress
+    ended = wait_for(lambda: _events(env.audit("--format=json"), "session.end", sid), timeout=UPLOAD_WAIT,
+                     what="the session.end of the killed session")
+    assert len(ended) == 1 and ended[0]["interrupted"] is True and "node stopped" in ended[0]["reason"]
+    assert (ended[0]["user"], ended[0]["login"], ended[0]["node"]) == ("alice", "root", "node1")
+    assert len(_events(env.audit("--type=session.upload", "--format=json"), "session.upload", sid)) == 1
+    wait_for(lambda: sid not in env.tsh("alice", "sessions", "ls").stdout, what="the session to leave tsh sessions ls")
+
+
+def test_the_auth_service_killed_during_a_large_upload(env: Env) -> None:
+    relay = Relay((env.cluster.host, env.cluster.port))
+    try:
+        token = env.cluster.add_token(roles="node")["token"]
+        node2 = env.cluster.start_node("node2", token=token, pins=(env.cluster.pin(),), auth_server=relay.addr)
+
+        def listed() -> bool:
+            out = env.tsh("alice", "ls", "--format=json")
+            return out.returncode == 0 and "node2" in {n["hostname"] for n in json.loads(out.stdout)}
+
+        wait_for(listed, what="tsh ls to show node2")
+        spool = node2.data_dir / "log" / "upload" / "sessions"
+        relay.arm(512 * 1024)  # hold the node's upload after its first 512 KiB
+        big = subprocess.run(
+            [TSH, "ssh", "-t", "root@node2", "seq 1 300000; echo END-$((40+2))"], env=env.env("alice"),
+            cwd=env.root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300,
+        )
+        assert big.returncode == 0, big.stderr
+        wait_for(relay.held.is_set, what="the upload to be in flight")
+        [manifest_path] = spool.glob("*.json")
+        manifest = json.loads(manifest_path.read_text())
+        sid = manifest["session_id"]
+        assert manifest["size"] > 2 * 1024 * 1024  # a few MB
+        env.cluster.auth.kill()  # SIGKILL with the upload half sent
+        relay.release()
+        env.restart_auth()
+        wait_for(lambda: sid in env.recording_ids(), timeout=UPLOAD_WAIT, what="the recording to arrive")
+        records = [r for r in env.recordings() if r["session_id"] == sid]
+        assert len(records) == 1
+        assert (records[0]["size"], records[0]["sha256"]) == (manifest["size"], manifest["sha256"])
+        data = env.tsh_bytes("alice", "play", sid, "--format=asciicast").stdout
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (manifest["size"], manifest["sha256"])
+        assert b"END-42" in data
+        stored = sorted(p.name for p in (env.cluster.data_dir / "recordings").iterdir() if sid in p.name)
+        assert stored == [f"{sid}.cast", f"{sid}.json"]  # one copy, no temp file left behind
+        assert len(_events(env.audit("--type=session.upload", "--format=json"), "session.upload", sid)) == 1
+        wait_for(lambda: not list(spool.glob(f"{sid}.*")), what="node2's spool to drop it")
+    finally:
+        relay.close()
+
+
+def _fields(event: dict[str, Any], *names: str) -> None:
+    """The event has a code, a time, a remote address and each named field (non-empty)."""
+    assert event["code"] and event["time"] and event["remote_addr"], event
+    for name in names:
+        assert event.get(name), (name, event)
+
+
+def test_exec_sftp_port_forwards_and_refusals_are_audited(env: Env, tmp_path: Path) -> None:
+    sftp = require_binary("sftp")
+    since = datetime.now(UTC).isoformat()
+    # exec: the command and its exit code
+    assert env.tsh("alice", "ssh", "root@node1", "echo audited; exit 5").returncode == 5
+    # the sftp subsystem, with the real OpenSSH client through the proxy (tsh config)
+    config = tmp_path / "ssh_config"
+    config.write_text(env.tsh("alice", "config", check=True).stdout)
+    local, remote = tmp_path / "up.txt", f"/tmp/rec-audit-{os.getpid()}-{tmp_path.name}.txt"
+    local.write_text("over sftp\n")
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {local} {remote}\nrm {remote}\n")
+    result = subprocess.run([sftp, "-F", str(config), "-o", "BatchMode=yes", "-b", str(batch),
+                             f"root@node1.{CLUSTER}"], env=env.env("alice"), capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    # a local port forward (tsh ssh -L: a direct-tcpip channel) to the node's own SSH port
+    lport = free_port()
+    dest = f"{env.node.ip}:{env.node.ssh_port}"
+    forward = subprocess.Popen([TSH, "ssh", "-L", f"{lport}:{dest}", "root@node1", "sleep 60"], env=env.env("alice"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def banner() -> bytes:
+            try:
+                with socket.create_connection(("127.0.0.1", lport), timeout=5) as sock:
+                    return sock.recv(64)
+            except OSError:
+                return b""
+
+        assert wait_for(banner, what="the forwarded port").startswith(b"SSH-2.0-")
+    finally:
+        forward.kill()
+        forward.wait()
+    # a session the role does not allow: alice may log in as root only
+    refused = env.tsh("alice", "ssh", "nobody@node1", "true")
+    assert refused.returncode != 0
+    # a failed authorization on the auth API: bob's roles do not grant reading recordings
+    assert env.tsh("bob", "recordings", "ls").returncode != 0
+
+    def recent() -> list[dict[str, Any]]:
+        return [e for e in env.audit("--format=json") if str(e.get("time")) >= since]
+
+    def found() -> list[dict[str, Any]] | None:
+        events = recent()
+        kinds = {e["event"] for e in events}
+        wanted = {"exec", "subsystem", "port", "auth.rejected", "access.denied"}
+        return events if wanted <= kinds and any(e.get("name") == "sftp" for e in events) else None
+
+    events = wait_for(found, timeout=UPLOAD_WAIT, what="the audit events of exec, sftp, -L and the refusals")
+    [run] = [e for e in events if e["event"] == "exec" and e.get("command") == "echo audited; exit 5"]
+    assert (run["exit_status"], run["code"]) == (5, "T3002E")
+    _fields(run, "user", "login", "node", "session_id", "server_id")
+    [sub] = [e for e in events if e["event"] == "subsystem" and e.get("name") == "sftp"]
+    assert (sub["exit_status"], sub["code"]) == (0, "T3001I")
+    _fields(sub, "user", "login", "node", "session_id")
+    assert [e for e in events if e["event"] == "session.start" and e.get("session_id") == sub["session_id"]
+            and e.get("kind") == "subsystem"]
+    [port] = [e for e in events if e["event"] == "port" and e.get("dest") == dest]
+    assert port["code"] == "T3003I"
+    _fields(port, "user", "login", "node")
+    rejected = [e for e in events if e["event"] == "auth.rejected" and e.get("login") == "nobody"]
+    assert rejected and rejected[0]["code"] == "T3007W" and rejected[0]["user"] == "alice"
+    _fields(rejected[0], "user", "login", "node", "reason")
+    denied = [e for e in events if e["event"] == "access.denied" and e.get("user") == "bob"]
+    assert denied and denied[0]["code"] == "T1007W"
+    assert (denied[0]["resource"], denied[0]["verb"]) == ("session", "list")
+    _fields(denied[0], "user", "reason")
+    for event in (run, sub, port, rejected[0]):
+        assert (event["user"], event["node"]) == ("alice", "node1")
+    assert (run["login"], sub["login"], port["login"]) == ("root", "root", "root")
+    # the JSON a script reads names each of them by type, too
+    exec_only = env.audit("--type=exec", "--format=json")
+    assert run["id"] in {e["id"] for e in exec_only} and {e["event"] for e in exec_only} == {"exec"}
 
 
 def test_node_sync_streams_and_ends_a_session_it_cannot_record(env: Env) -> None:

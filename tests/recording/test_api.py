@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.auth.api import HEADER_FORWARDED_USER
 from teleport_runtime.ca import CAType, new_cert_authority
-from teleport_runtime.errors import AccessDenied, BadParameter
+from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter
 from teleport_runtime.recording.client import fetch_recording, list_active_sessions, list_recordings
 from teleport_runtime.recording.uploader import make_upload, upload_headers
 from tests.proxy.harness import CLUSTER, LocalCluster
@@ -132,3 +133,24 @@ async def test_streams_sessions_and_the_mode_in_heartbeats(cluster):
     await node.post(f"/v1/sessions/active/{SID}/keepalive", {})
     await node.delete(f"/v1/sessions/active/{SID}")
     assert await list_active_sessions(auditor) == []
+
+
+async def test_refusals_by_system_role_are_audited_and_node_events_are_stored_once(cluster):
+    plain = await _user_client(cluster, "bob", ["access"])
+    with pytest.raises(AccessDenied, match="not allowed for role"):
+        await plain.get("/v1/tokens")  # an admin route
+    [denied] = [e for e in await cluster.audit_events("access.denied") if e["resource"] == "/v1/tokens"]
+    assert (denied["user"], denied["verb"], denied["code"]) == ("bob", "GET", "T1007W")
+    assert denied["remote_addr"] and denied["time"] and "not allowed" in denied["reason"]
+
+    node = await _node_client(cluster, "node1")
+    event = {"event": "exec", "id": "ab" * 16, "time": datetime.now(UTC).isoformat(), "command": "true",
+             "exit_status": 0, "nodename": "node1"}
+    first = await node.post("/v1/audit", event)
+    again = await node.post("/v1/audit", event)  # the node's resend after a crash
+    assert first.get("duplicate") is None and again["duplicate"] is True
+    stored = [e for e in await cluster.audit_events("exec") if e["id"] == event["id"]]
+    assert len(stored) == 1 and stored[0]["node"] == "node1" and stored[0]["code"] == "T3002I"
+    other = await _node_client(cluster, "node2")
+    with pytest.raises(AlreadyExists, match="another server"):
+        await other.post("/v1/audit", event)

@@ -117,6 +117,7 @@ def test_manifest_matches_file(spool, ticker):
     assert manifest["exit_status"] == 7
     assert manifest["duration"] == 3.0
     assert manifest["interrupted"] is False
+    assert manifest["complete"] is True
     assert manifest["meta"]["user"] == "alice"
     rec.close(0)  # idempotent
     rec.output(b"after close")  # ignored
@@ -207,6 +208,7 @@ def test_salvage_completes_a_dead_writers_part(spool, ticker):
     age(part)
     manifest = salvage_part(part, grace=10)
     assert manifest is not None and manifest["interrupted"] is True and manifest["exit_status"] is None
+    assert manifest["complete"] is False
     cast_path = spool / "crashed.cast"
     assert not part.exists() and cast_path.exists()
     data = cast_path.read_bytes()

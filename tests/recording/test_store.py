@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,36 @@ async def test_an_unacknowledged_partial_put_is_replaced(store):
     record = await store.put("s1", CAST, SHA, {})
     assert record["duplicate"] is False
     assert await store.get("s1") == CAST
+
+
+async def test_a_put_killed_mid_write_leaves_nothing_readable(store, monkeypatch):
+    """The data goes to a temp file, checked, fsynced and renamed: a put that dies before the
+    rename (here: the rename fails) stores nothing, and its retry stores it whole."""
+    real_replace = os.replace
+
+    def crash(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        await store.put("s1", CAST, SHA, {})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (store.root / "s1.cast").exists() and not (store.root / "s1.json").exists()
+    with pytest.raises(NotFound):
+        await store.get("s1")
+    assert await store.list() == []
+    (store.root / ".s1.cast.abc123.tmp").write_bytes(CAST[:10])  # what a SIGKILL mid-write leaves
+    assert await store.list() == []
+    record = await store.put("s1", CAST, SHA, {})
+    assert record["duplicate"] is False and record["size"] == len(CAST)
+    assert await store.get("s1") == CAST
+    assert sorted(p.name for p in store.root.iterdir()) == ["s1.cast", "s1.json"]
+
+
+async def test_a_truncated_upload_is_refused_and_not_kept(store):
+    with pytest.raises(BadParameter, match="size mismatch"):
+        await store.put("s1", CAST[:-5], SHA, {"size": len(CAST)})
+    assert not store.root.exists() or not list(store.root.iterdir())
 
 
 async def test_list_since_and_order(store):

@@ -170,6 +170,29 @@ async def test_an_interrupted_session_is_salvaged_and_uploaded(spool, tmp_path):
     assert b"work in progress" in await auth.store.get("node-crash")
 
 
+async def test_a_restart_completes_a_session_cut_short_at_once(spool, tmp_path):
+    rec = SessionRecorder(spool, "killed-now", META, False)
+    rec.output(b"typed before the kill\r\n")
+    kill_writer(rec)  # just now: a rescan would wait out the idle grace
+    live = SessionRecorder(spool, "still-live", META, False)  # a writer that holds its lock
+    auth = FakeAuth(tmp_path / "auth")
+    uploader = fast(spool, auth.upload, salvage_grace=3600)
+    assert await uploader.run_once() == 0  # the ordinary pass leaves the fresh .part alone
+    salvaged = await uploader.recover()
+    assert [m["session_id"] for m in salvaged] == ["killed-now"]
+    assert salvaged[0]["complete"] is False and salvaged[0]["interrupted"] is True
+    assert await uploader.run_once() == 1
+    record = await auth.store.stat("killed-now")
+    assert record["complete"] is False and record["exit_status"] is None
+    assert b"typed before the kill" in await auth.store.get("killed-now")
+    assert await uploader.recover() == [] and await uploader.run_once() == 0  # once
+    assert spool_files(spool) == ["still-live.cast.part"]
+    live.close(0)
+    await live.wait_closed()
+    assert await uploader.run_once() == 1
+    assert (await auth.store.stat("still-live"))["complete"] is True
+
+
 async def test_refused_recordings_are_kept_aside_and_do_not_block_others(spool, tmp_path):
     ticker = Ticker()
     await write_session(spool, "a-refused", ticker=ticker)
