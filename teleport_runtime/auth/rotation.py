@@ -394,6 +394,7 @@ def rotation_view(ca: CertAuthority) -> dict[str, Any]:
         "state": "standby" if phase is Phase.STANDBY else "in_progress",
         "phase": phase.value,
         "mode": rotation.get("mode") or "",
+        "id": rotation.get("current_id") or "",
         "current_id": rotation.get("current_id"),
         "started": rotation.get("started"),
         "grace_period": rotation.get("grace_period"),
@@ -401,6 +402,21 @@ def rotation_view(ca: CertAuthority) -> dict[str, Any]:
         "phase_changed": rotation.get("phase_changed"),
         "last_rotated": rotation.get("last_rotated"),
     }
+
+
+def longest_trusted(ca: CertAuthority) -> CAKeyPair:
+    """The key pair every agent has trusted the longest: the old key from ``init`` until the
+    rotation completes (in ``update_clients`` and ``update_servers`` it no longer signs but is
+    still trusted), the active key otherwise.
+
+    The auth API signs its own TLS certificate with it, so an agent that missed ``init`` (it was
+    down, or the admin moved on quickly) can still reach the API, learn the new key and follow.
+    """
+    phase = current_phase(ca)
+    if phase in (Phase.UPDATE_CLIENTS, Phase.UPDATE_SERVERS):
+        _check_shape(ca, phase)
+        return ca.additional_trusted[0]
+    return ca.active
 
 
 def due_transition(ca: CertAuthority, now: datetime) -> str | None:

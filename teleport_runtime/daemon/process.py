@@ -75,12 +75,12 @@ class TeleportProcess:
                 await self._local_join_token()
         if cfg.proxy.enabled:
             identity = await ensure_identity(cfg, "proxy", self.host_addresses())
-            self.proxy = ProxyService(cfg, identity, self._client(identity))
+            self.proxy = ProxyService(cfg, identity, self._client(identity), self.host_addresses())
             await self.proxy.start()
         if cfg.ssh.enabled:
             identity = await ensure_identity(cfg, "node", self.host_addresses())
             client = self._client(identity)
-            self.node = NodeService(cfg, identity, client)
+            self.node = NodeService(cfg, identity, client, self.host_addresses())
             await self.node.start()
         self.ready = True
         log.info("teleport is running: %s", ", ".join(cfg.roles))

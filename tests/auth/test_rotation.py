@@ -96,6 +96,7 @@ def test_fresh_ca_view_is_standby(ca):
         "state": "standby",
         "phase": "standby",
         "mode": "",
+        "id": "",
         "current_id": None,
         "started": None,
         "grace_period": None,
