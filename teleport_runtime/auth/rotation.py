@@ -442,6 +442,18 @@ def due_transition(ca: CertAuthority, now: datetime) -> str | None:
     return None
 
 
+def next_deadline(ca: CertAuthority) -> datetime | None:
+    """When the auto schedule next moves the CA (None: manual, or nothing scheduled)."""
+    if ca.rotation.get("mode") != Mode.AUTO.value:
+        return None
+    phase = current_phase(ca)
+    schedule = ca.rotation.get("schedule") or {}
+    for waiting, following, _ in _AUTO_STEPS:
+        if phase is waiting and schedule.get(following.value):
+            return _parse_time(schedule[following.value], f"schedule.{following.value}")
+    return None
+
+
 def is_rotation_due(ca: CertAuthority, max_age: timedelta, now: datetime) -> bool:
     """True when the CA is in standby and its signing key is at least ``max_age`` old.
 
@@ -564,6 +576,11 @@ class RotationManager:
 
         updated = await self._update(ca_type, step)
         return None if updated is None else rotation_view(updated)
+
+    async def next_deadline(self) -> datetime | None:
+        """The earliest time an auto rotation of either CA is due to move (None: none is)."""
+        deadlines = [d for d in [next_deadline((await self._load(t))[1]) for t in (CAType.HOST, CAType.USER)] if d]
+        return min(deadlines) if deadlines else None
 
     async def tick(self, now: datetime | None = None) -> dict[str, dict[str, Any]]:
         """:meth:`apply_due` for both CA types; returns the views of the CAs that moved."""

@@ -136,7 +136,7 @@ class AuthService:
 
     async def authority_state(self) -> dict[str, Any]:
         """What agents follow CA rotations with: both CAs' rotation views, the public CA
-        material, the key each CA signs with now, and a ``revision`` that changes whenever
+        material, the host CA cert that signs now, and a ``revision`` that changes whenever
         either CA record changes (the watch compares it)."""
         items = {t: await self.backend.get(_ca_key(t)) for t in (CAType.HOST, CAType.USER)}
         cas = {t: CertAuthority.from_dict(json.loads(item.value)) for t, item in items.items()}
@@ -151,7 +151,7 @@ class AuthService:
                 "host_ca_keys": host.trusted_ssh_public_keys(),
                 "user_ca_keys": user.trusted_ssh_public_keys(),
             },
-            "signing": {"host_ca_cert": host.active.tls_cert.decode(), "user_ca_key": user.active.ssh_public_key},
+            "signing": {"host_ca_cert": host.active.tls_cert.decode()},
         }
 
     async def issue_server_identity(self, extra_names: list[str]) -> Identity:
