@@ -61,6 +61,11 @@ class Credentials:
         return ([], self.host_cas, [])
 
 
+def _relogin_hint(profile: Profile) -> str:
+    return (f"; if the cluster's host CA is being rotated, run `tsh login --proxy={profile.web_addr} "
+            f"--user={profile.user}` to trust the new host CA")
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncssh.DisconnectError):
         return exc.reason
@@ -90,7 +95,7 @@ async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHCli
         raise AccessDenied(
             f"the proxy at {profile.ssh_addr} did not present a host certificate from cluster "
             f"{profile.cluster} valid for {profile.ssh_host!r} ({exc.reason}); ask the admin to add "
-            f"{profile.ssh_host} to proxy_service.public_addr / ssh_public_addr"
+            f"{profile.ssh_host} to proxy_service.public_addr / ssh_public_addr{_relogin_hint(profile)}"
         ) from None
     except asyncssh.PermissionDenied:
         raise AccessDenied(
@@ -141,6 +146,7 @@ async def connect_node(
         raise AccessDenied(
             f"{host} did not present a host certificate from cluster {profile.cluster} valid for "
             f"{host!r} ({exc.reason}); connect by the node's name or UUID as `tsh ls` shows it"
+            f"{_relogin_hint(profile)}"
         ) from None
     except asyncssh.PermissionDenied:
         logins = cert_logins(creds)

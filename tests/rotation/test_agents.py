@@ -123,7 +123,9 @@ def test_rollback_restores_access_with_the_old_ca(rotation_env: Callable[..., Ro
     env.login()
     env.step("host", "update_clients")
     env.step("host", "update_servers")
-    assert env.ssh("node1", home=old_home).returncode != 0  # the node serves the new host cert
+    refused = env.ssh("node1", home=old_home)  # the proxy and node serve new-CA host certs
+    assert refused.returncode != 0
+    assert "tsh login" in refused.stderr and "host CA" in refused.stderr
 
     env.step("host", "rollback")
     assert signing_ca(env.nodes["node1"].identity_dir() / "ssh_cert") == old_host_ca
