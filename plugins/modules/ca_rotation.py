@@ -49,8 +49,8 @@ options:
     type: str
   grace_period:
     description:
-      - With O(max_age), start the rotation in auto mode with this grace period (such as V(30h)):
-        the auth service then moves the phases by itself, C(update_clients) after a third of it,
+      - With O(max_age), start the rotation in auto mode with this grace period, such as V(30h).
+        The auth service then moves the phases by itself, C(update_clients) after a third of it,
         C(update_servers) after two thirds and C(standby) at its end.
       - Without it the rotation is manual, and each phase is set with O(phase).
     type: str
@@ -64,8 +64,8 @@ options:
   state:
     description:
       - V(present) applies O(max_age) or O(phase).
-      - V(rollback) rolls back a rotation in C(init), C(update_clients) or C(update_servers):
-        the old key signs again and both stay trusted until the rollback is completed with
+      - V(rollback) rolls back a rotation in C(init), C(update_clients) or C(update_servers).
+        The old key signs again and both stay trusted until the rollback is completed with
         O(phase=standby). In C(standby) or C(rollback) there is nothing to do.
     type: str
     choices: [present, rollback]
