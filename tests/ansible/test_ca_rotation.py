@@ -89,8 +89,8 @@ def test_check_mode_predicts_the_phase_without_rotating(run_module, cluster):
 
 
 def test_check_mode_prediction_matches_the_real_run(run_module, cluster):
-    predicted, _ = run_module(ca_rotation, {"type": "user", "phase": "update_clients"}, check=True, diff=True)
-    real, _ = run_module(ca_rotation, {"type": "user", "phase": "update_clients"}, diff=True)
+    predicted, _failed = run_module(ca_rotation, {"type": "user", "phase": "update_clients"}, check=True, diff=True)
+    real, _failed = run_module(ca_rotation, {"type": "user", "phase": "update_clients"}, diff=True)
     assert (predicted["changed"], predicted["phase"]) == (real["changed"], real["phase"])
     assert predicted["diff"] == real["diff"]
 
