@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -202,8 +203,8 @@ def node2_down():
 
 
 def test_a_node_down_stops_the_rotation_which_is_rolled_back(status, node2_down):
-    done = playbook("rotate_ca.yml", "-e", "teleport_rotation_max_age=0s", "-e", '{"teleport_rotation_types": ["host"]}',
-                    "-e", "teleport_rotation_wait_retries=5")
+    done = playbook("rotate_ca.yml", "-e", "teleport_rotation_max_age=0s",
+                    "-e", '{"teleport_rotation_types": ["host"]}', "-e", "teleport_rotation_wait_retries=5")
     output = " ".join(done.stdout.split())
     assert done.returncode != 0
     assert f"The host CA rotation stopped at init: after 5 checks, {node2_down} is at standby, not init" in output, \
@@ -284,3 +285,44 @@ def test_a_new_node_joins_with_the_pin_from_the_pins_file(status, node3):
     assert config["teleport"]["ca_pin"] == status["ca_pins"]
     cert = h.check_output("ssh-keygen -L -f /var/lib/teleport/identity/node/ssh_cert")
     assert "Signing CA" in cert
+
+
+# ------------------------------------------------------------------------------ later runs
+
+
+def user_ca(state: dict) -> dict:
+    (ca,) = [ca for ca in state["cas"] if ca["type"] == "user"]
+    return ca["rotation"]
+
+
+def test_an_interrupted_rotation_is_finished_by_the_next_run(status):
+    """A manual rotation left in update_clients (a run that died) is walked to the end by a
+    scheduled run, although no CA is due."""
+    auth = host(AUTH)
+    auth.check_output("tctl auth rotate --type=user --manual --phase=init")
+    auth.check_output("tctl auth rotate --type=user --manual --phase=update_clients")
+    started = user_ca(tctl_json("status"))
+    done = playbook("rotate_ca.yml")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Move the CA to the phase: user CA, update_servers" in done.stdout
+    after = user_ca(tctl_json("status"))
+    assert after["phase"] == "standby" and after["id"] == started["id"]
+    assert after["last_rotated"] > user_ca(status)["last_rotated"]
+
+
+def test_proceed_with_lagging_goes_on_and_the_node_follows_when_back(node2_down):
+    done = playbook("rotate_ca.yml", "-e", "teleport_rotation_max_age=0s",
+                    "-e", '{"teleport_rotation_types": ["user"]}', "-e", "teleport_rotation_wait_retries=3",
+                    "-e", "teleport_rotation_proceed_with_lagging=true")
+    output = " ".join(done.stdout.split())
+    assert done.returncode == 0, output[-3000:]
+    assert f"going on although {node2_down} is at standby, not init" in output
+    rotation = user_ca(tctl_json("status"))
+    assert rotation["phase"] == "standby"
+    host(node2_down).run("systemctl start teleport")
+    for _ in range(60):
+        (node,) = [n for n in tctl_json("nodes", "ls") if n["hostname"] == node2_down]
+        if node["rotation"]["user"] == {"phase": "standby", "id": rotation["id"]}:
+            break
+        time.sleep(2)
+    assert node["rotation"]["user"] == {"phase": "standby", "id": rotation["id"]}
