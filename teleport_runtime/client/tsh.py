@@ -43,8 +43,15 @@ from teleport_runtime.client.tsh_ssh import (
     local_forward,
     run_command,
 )
+from teleport_runtime.client.tsh_trust import (
+    HostCARefresh,
+    refresh_host_cas,
+    rotation_missed,
+    untrusted_warning,
+)
 from teleport_runtime.client.tsh_web import (
     ProxyWebClient,
+    UntrustedProxy,
     first_contact,
     insecure_context,
     trusting_context,
@@ -167,6 +174,14 @@ def _user_web_client(profile: Profile) -> ProxyWebClient:
         ) from None
     ctx = trusting_context(profile.host_ca_certs(), cert, key)
     return ProxyWebClient(profile.web_addr, ctx, profile.cluster)
+
+
+def _refresh_now(profile: Profile) -> None:
+    """Keep the trusted host CAs current (tsh_trust) for a command that does not connect
+    anywhere itself; warns when the proxy is no longer verifiable."""
+    warning = untrusted_warning(profile, refresh_host_cas(_store(), profile))
+    if warning:
+        click.echo(warning, err=True)
 
 
 def _active_profile() -> Profile:
@@ -325,6 +340,7 @@ def status(fmt: str) -> None:
     """Show who you are logged in as; exits 1 when not logged in or the certificate expired."""
     try:
         profile = _store().load()
+        _refresh_now(profile)
         if fmt == "json":
             data = _status_json(profile)
             click.echo(json.dumps(data, indent=2))
@@ -412,7 +428,10 @@ def _matches(node: dict[str, Any], selector: dict[str, str]) -> bool:
 
 
 async def _nodes(profile: Profile, selector: dict[str, str]) -> list[dict[str, Any]]:
-    nodes = await _user_web_client(profile).get("/webapi/nodes")
+    try:
+        nodes = await _user_web_client(profile).get("/webapi/nodes")
+    except UntrustedProxy:
+        raise rotation_missed(profile) from None
     return [n for n in nodes or [] if _matches(n, selector)]
 
 
@@ -423,7 +442,11 @@ async def _nodes(profile: Profile, selector: dict[str, str]) -> list[dict[str, A
 async def ls(labels: tuple[str, ...], fmt: str) -> None:
     """List the nodes you can reach, optionally only those with labels k=v."""
     profile = _active_profile()
-    nodes = await _nodes(profile, _parse_selector(labels))
+    refresh = HostCARefresh(_store(), profile).start()
+    try:
+        nodes = await _nodes(profile, _parse_selector(labels))
+    finally:
+        await refresh.outcome()
     if fmt == "json":
         click.echo(json.dumps(
             [{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {}}
@@ -444,6 +467,7 @@ def config() -> None:
         profile = _store().load()
     except TeleportError as exc:
         fail(exc.message)
+    _refresh_now(profile)
     click.echo(ssh_config(profile), nl=False)
 
 
@@ -483,22 +507,29 @@ async def ssh(port: int | None, login: str | None, forwards: tuple[str, ...], fo
     user, host = _split_destination(destination, login)
     cmd = " ".join(command) if command else None
     creds = Credentials.load(profile)
-    if "=" in host:
-        code = await _ssh_selector(profile, creds, user, host, cmd, port)
-    else:
-        pty = bool(force_tty or (cmd is None and not no_tty and os.isatty(0)))
-        if no_tty:
-            pty = False
-        code = await _ssh_one(profile, creds, user, host, port or NODE_PORT, cmd, pty, forwards, forward_agent)
+    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
+    try:
+        if "=" in host:
+            code = await _ssh_selector(profile, creds, refresh, user, host, cmd, port)
+        else:
+            pty = bool(force_tty or (cmd is None and not no_tty and os.isatty(0)))
+            if no_tty:
+                pty = False
+            code = await _ssh_one(profile, creds, refresh, user, host, port or NODE_PORT, cmd, pty, forwards,
+                                  forward_agent)
+    finally:
+        await refresh.outcome()
     sys.exit(code)
 
 
-async def _ssh_one(profile: Profile, creds: Credentials, login: str, host: str, port: int, cmd: str | None,
-                   pty: bool, forwards: tuple[str, ...], forward_agent: bool) -> int:
+async def _ssh_one(profile: Profile, creds: Credentials, refresh: HostCARefresh, login: str, host: str, port: int,
+                   cmd: str | None, pty: bool, forwards: tuple[str, ...], forward_agent: bool) -> int:
     proxy = node = None
     try:
-        proxy = await connect_proxy(profile, creds)
-        node = await connect_node(proxy, profile, creds, login, host, port, agent_forwarding=forward_agent)
+        proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
+        node = await refresh.verified(
+            lambda: connect_node(proxy, profile, creds, login, host, port, agent_forwarding=forward_agent)
+        )
         for spec in forwards:
             await local_forward(node, spec)
         return await run_command(node, cmd, pty=pty)
@@ -506,22 +537,24 @@ async def _ssh_one(profile: Profile, creds: Credentials, login: str, host: str, 
         await close_all(node, proxy)
 
 
-async def _ssh_selector(profile: Profile, creds: Credentials, login: str, selector_text: str,
-                        cmd: str | None, port: int | None) -> int:
+async def _ssh_selector(profile: Profile, creds: Credentials, refresh: HostCARefresh, login: str,
+                        selector_text: str, cmd: str | None, port: int | None) -> int:
     if cmd is None:
         raise BadParameter(f"{selector_text}: a label selector runs a command on every match; give a COMMAND")
     selector = _parse_selector([selector_text])
     nodes = await _nodes(profile, selector)
     if not nodes:
         raise NotFound(f"no node you can reach matches {selector_text}; see `tsh ls`")
-    proxy = await connect_proxy(profile, creds)
+    proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
     limit = asyncio.Semaphore(16)
 
     async def one(node: dict[str, Any]) -> tuple[str, int | str]:
         async with limit:
             conn = None
             try:
-                conn = await connect_node(proxy, profile, creds, login, node["id"], port or NODE_PORT)
+                conn = await refresh.verified(
+                    lambda: connect_node(proxy, profile, creds, login, node["id"], port or NODE_PORT)
+                )
                 code = await run_command(conn, cmd, pty=False, stdin=False,
                                          prefix=f"[{node['hostname']}] ".encode())
                 return node["hostname"], code
@@ -560,15 +593,18 @@ async def scp(recursive: bool, preserve: bool, port: int | None, login: str | No
     profile = _active_profile()
     creds = Credentials.load(profile)
     remote = plan.remote
+    assert remote.host is not None
+    host = remote.host
     user = remote.login or login or getpass.getuser()
+    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
     proxy = node = None
     try:
-        proxy = await connect_proxy(profile, creds)
-        assert remote.host is not None
-        node = await connect_node(proxy, profile, creds, user, remote.host, port or NODE_PORT)
+        proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
+        node = await refresh.verified(lambda: connect_node(proxy, profile, creds, user, host, port or NODE_PORT))
         await run_copy(node, plan, recursive=recursive, preserve=preserve)
     finally:
         await close_all(node, proxy)
+        await refresh.outcome()
 
 
 def main() -> None:

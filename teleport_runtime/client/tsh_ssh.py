@@ -58,12 +58,16 @@ class Credentials:
         return cls(key, cert, host_cas)
 
     def known_hosts(self) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
-        return ([], self.host_cas, [])
+        return ([], list(self.host_cas), [])
+
+    def trust_host_cas(self, keys: list[str]) -> None:
+        """Verify hosts with these host CA keys from now on (connections made after the call)."""
+        self.host_cas = [asyncssh.import_public_key(k) for k in keys]
 
 
-def _relogin_hint(profile: Profile) -> str:
-    return (f"; if the cluster's host CA is being rotated, run `tsh login --proxy={profile.web_addr} "
-            f"--user={profile.user}` to trust the new host CA")
+class HostNotVerified(AccessDenied):
+    """The proxy or node presented no host certificate tsh can verify with its trusted host CAs
+    for the name it dialled (an unknown CA, or a name the certificate does not list)."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -92,10 +96,10 @@ async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHCli
             CONNECT_TIMEOUT,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise AccessDenied(
+        raise HostNotVerified(
             f"the proxy at {profile.ssh_addr} did not present a host certificate from cluster "
             f"{profile.cluster} valid for {profile.ssh_host!r} ({exc.reason}); ask the admin to add "
-            f"{profile.ssh_host} to proxy_service.public_addr / ssh_public_addr{_relogin_hint(profile)}"
+            f"{profile.ssh_host} to proxy_service.public_addr / ssh_public_addr"
         ) from None
     except asyncssh.PermissionDenied:
         raise AccessDenied(
@@ -143,10 +147,9 @@ async def connect_node(
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionProblem(f"cannot reach {host}: {exc.reason}") from None
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise AccessDenied(
+        raise HostNotVerified(
             f"{host} did not present a host certificate from cluster {profile.cluster} valid for "
             f"{host!r} ({exc.reason}); connect by the node's name or UUID as `tsh ls` shows it"
-            f"{_relogin_hint(profile)}"
         ) from None
     except asyncssh.PermissionDenied:
         logins = cert_logins(creds)

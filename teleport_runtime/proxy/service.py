@@ -173,6 +173,7 @@ class ProxyService:
             },
             "auth": {"second_factor": "otp", "type": "local"},
             "host_ca_certs": self.host_ca_certs(),
+            "host_ca_keys": self.host_ca_keys(),
             "version": __version__,
         }
 
@@ -182,6 +183,13 @@ class ProxyService:
         if self._cas is not None:
             return list(self._cas.get("host_ca_certs") or [])
         return [c.decode() for c in self.identity.ca_certs]
+
+    def host_ca_keys(self) -> list[str]:
+        """Host CA SSH keys the cluster trusts (both during a host CA rotation): what clients put
+        in known_hosts."""
+        if self._cas is not None:
+            return list(self._cas.get("host_ca_keys") or [])
+        return list(self.identity.host_ca_keys or [])
 
     def user_ca_certs(self) -> list[str]:
         return list((self._cas or {}).get("user_ca_certs") or [])
