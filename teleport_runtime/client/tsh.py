@@ -462,7 +462,10 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
 @cli.command()
 def config() -> None:
     """Print an OpenSSH client config for the cluster (append it to ~/.ssh/config, or use
-    `ssh -F FILE node1.CLUSTER`)."""
+    `ssh -F FILE node1.CLUSTER`).
+
+    OpenSSH then trusts the host CAs in tsh's known_hosts, which every tsh command keeps
+    current: run tsh now and then (any command) and OpenSSH follows a host CA rotation."""
     try:
         profile = _store().load()
     except TeleportError as exc:

@@ -12,6 +12,9 @@ The proxy serves its own X.509 identity, signed by the cluster's host CA. tsh tr
 Host names are not checked: the cluster's own CA and the Proxy role identify the proxy, so a
 proxy reached by an IP or name missing from its certificate still works. ``--insecure`` skips
 every check (first contact only; tsh warns).
+
+Through a host CA rotation the stored CA certificates are kept current from the proxy's ping
+over a connection verified this way (:mod:`teleport_runtime.client.tsh_trust`).
 """
 
 from __future__ import annotations
