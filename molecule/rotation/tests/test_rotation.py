@@ -265,6 +265,7 @@ def test_a_new_node_joins_with_the_pin_from_the_pins_file(status, node3):
             "ansible_python_interpreter": "/usr/bin/python3",
             # the scenario's wheelhouse (inventory/podman-rotation/group_vars/all.yml)
             "runtime_build_dir": str(Path.home() / ".cache" / "teleport_access" / f"{REPO.name}-rotation"),
+            "runtime_source": str(EPHEMERAL / "runtime-source"),  # molecule/rotation/prepare.yml
             "node_labels": {"env": "rotation", "tier": "new"},
         }}},
     }}}))
