@@ -14,7 +14,8 @@ def rotation_by_type(cas):
 
 
 class ClusterInfo(TctlModule):
-    """Cluster name, version, CA pins, rotation state per CA and (optionally) the nodes online."""
+    """Cluster name, version, CA pins, rotation state per CA and (optionally) the agents online:
+    nodes and proxies, each with the rotation phase it has applied per CA."""
 
     def run(self):
         status = self.tctl.run(["status"])
@@ -29,4 +30,5 @@ class ClusterInfo(TctlModule):
         )
         if self.module.params["nodes"]:
             result["nodes"] = self.tctl.run(["nodes", "ls"])
+            result["proxies"] = self.tctl.run(["get", "proxies"])
         return result

@@ -23,7 +23,8 @@ attributes:
 options:
   nodes:
     description:
-      - Also list the nodes online in the cluster, with their labels and rotation state.
+      - Also list the nodes and proxies online in the cluster, with their labels and the
+        rotation phase each has applied per CA.
     type: bool
     default: true
 seealso:
@@ -67,14 +68,20 @@ cas:
   type: list
   elements: dict
 rotation:
-  description: Rotation state per CA type (C(host), C(user)) with state, phase, mode, started,
-    grace_period and last_rotated.
+  description: Rotation state per CA type (C(host), C(user)) with state, phase, mode, current_id
+    (the rotation's id), started, grace_period, phase_changed and last_rotated.
   returned: always
   type: dict
   sample: {"host": {"state": "standby", "phase": "standby"}, "user": {"state": "standby"}}
 nodes:
   description: Nodes online (C(tctl nodes ls)) with id, hostname, addr, labels, static_labels,
-    command_labels, roles, rotation, expires and version.
+    command_labels, roles, rotation (per CA type, the C(phase) and rotation C(id) the node has
+    applied), expires and version.
+  returned: when O(nodes=true)
+  type: list
+  elements: dict
+proxies:
+  description: Proxies online (C(tctl get proxies)) with id, hostname, addr, rotation, expires and version.
   returned: when O(nodes=true)
   type: list
   elements: dict

@@ -21,6 +21,8 @@ API_SERVER_NAME = "teleport.cluster.local"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 #: Raw bodies (session recordings) can be large: more time in total, same time to connect.
 RAW_TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10, sock_read=60)
+#: How long a session replaced by a new identity lives on for the requests still using it.
+RETIRED_SESSION_SECONDS = 90.0
 
 
 def insecure_ssl_context() -> ssl.SSLContext:
@@ -54,6 +56,7 @@ class AuthClient:
         self.ssl_context = ssl_context
         self.verify_name = verify_name
         self._session: aiohttp.ClientSession | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @classmethod
     def for_identity(cls, addresses: list[HostPort], identity: Identity) -> AuthClient:
@@ -66,16 +69,30 @@ class AuthClient:
         await self.close()
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def set_ssl_context(self, ctx: ssl.SSLContext) -> None:
-        """Use a new identity or trust from the next request on (rotation, re-registration)."""
+        """Use a new identity or trust from the next request on (rotation, re-registration).
+
+        Requests already under way finish on the old session, which is closed later."""
         self.ssl_context = ctx
         if self._session is not None:
-            asyncio.get_running_loop().create_task(self._session.close())
+            task = asyncio.get_running_loop().create_task(self._retire(self._session))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
             self._session = None
+
+    @staticmethod
+    async def _retire(session: aiohttp.ClientSession) -> None:
+        try:
+            await asyncio.sleep(RETIRED_SESSION_SECONDS)
+        finally:
+            await session.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -83,9 +100,12 @@ class AuthClient:
             self._session = aiohttp.ClientSession(connector=connector, timeout=DEFAULT_TIMEOUT)
         return self._session
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; TeleportError as the server sent it, ConnectionProblem if unreachable."""
+    async def call(self, method: str, path: str, body: Any = None, *, time_limit: float | None = None) -> Any:
+        """One API call; TeleportError as the server sent it, ConnectionProblem if unreachable.
+
+        ``time_limit`` (seconds) replaces the default total timeout, for long polls."""
         session = self._get_session()
+        limit = DEFAULT_TIMEOUT if time_limit is None else aiohttp.ClientTimeout(total=time_limit, connect=10)
         problems = []
         for addr in self.addresses:
             url = f"https://{addr}{path}"
@@ -94,6 +114,7 @@ class AuthClient:
                     method,
                     url,
                     json=body,
+                    timeout=limit,
                     server_hostname=API_SERVER_NAME if self.verify_name else None,
                 ) as resp:
                     try:
@@ -117,8 +138,8 @@ class AuthClient:
         )
 
     # Convenience wrappers keep call sites readable.
-    async def get(self, path: str) -> Any:
-        return await self.call("GET", path)
+    async def get(self, path: str, *, time_limit: float | None = None) -> Any:
+        return await self.call("GET", path, time_limit=time_limit)
 
     async def post(self, path: str, body: Any) -> Any:
         return await self.call("POST", path, body)

@@ -59,7 +59,11 @@ async def join_cluster(
         try:
             check_ca_pins(ca_certs, ca_pins)
         except AccessDenied as exc:
-            raise AccessDenied(f"refusing to join: {exc.message}") from None
+            hint = ""
+            if len(ca_certs) > 1:
+                hint = (" (the cluster's host CA is being rotated and both its old and new CA are "
+                        "trusted: pass --ca-pin once for each pin `tctl status` prints)")
+            raise AccessDenied(f"refusing to join: {exc.message}{hint}") from None
     else:
         warn(NO_PIN_WARNING)
     ssh_key, ssh_public = generate_ssh_keypair()

@@ -9,6 +9,7 @@ admits (a node cannot create tokens). Errors cross this boundary once, as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -24,6 +25,7 @@ from aiohttp import web
 from teleport_runtime.agent.identity import write_private
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AuthService, JoinRequest
+from teleport_runtime.backend import EventType
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
@@ -40,6 +42,8 @@ HEADER_FORWARDED_USER = "X-Teleport-User-Cert"
 HEADER_FORWARDED_ADDR = "X-Teleport-Remote-Addr"
 #: Largest body of one ``node-sync`` stream append.
 MAX_STREAM_CHUNK = 1024 * 1024
+#: The longest an agent's CA watch is held open (``GET /v1/authorities/watch?wait=``).
+MAX_WATCH_SECONDS = 60.0
 
 
 def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
@@ -66,6 +70,7 @@ class AuthAPI:
         self.runner: web.AppRunner | None = None
         self._ssl: ssl.SSLContext | None = None
         self._active_ssl: ssl.SSLContext | None = None
+        self._closing = asyncio.Event()
 
     # ------------------------------------------------------------------ TLS
 
@@ -98,6 +103,7 @@ class AuthAPI:
         app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
         app.router.add_get("/v1/ca", self.get_ca)
         app.router.add_post("/v1/join", self.join)
+        app.router.add_post("/v1/reregister", self.reregister)
         app.router.add_post("/v1/heartbeat", self.heartbeat)
         app.router.add_get("/v1/nodes", self.list_nodes)
         app.router.add_get("/v1/proxies", self.list_proxies)
@@ -121,6 +127,7 @@ class AuthAPI:
         app.router.add_post("/v1/audit", self.emit_audit)
         app.router.add_post("/v1/authorities/{type}/rotate", self.rotate)
         app.router.add_get("/v1/authorities/rotation", self.rotation_state)
+        app.router.add_get("/v1/authorities/watch", self.watch_authorities)
         app.router.add_get("/v1/audit", self.search_audit)
         self._add_recording_routes(app)
         return app
@@ -140,6 +147,7 @@ class AuthAPI:
         return bound
 
     async def close(self) -> None:
+        self._closing.set()  # open CA watches answer now rather than hold the shutdown
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -216,6 +224,16 @@ class AuthAPI:
         except KeyError as exc:
             raise BadParameter(f"join request is missing {exc.args[0]}") from None
         return await self.auth.register(req, request.remote or "unknown")
+
+    @_route(("Node", "Proxy"))
+    async def reregister(self, request: web.Request) -> dict[str, Any]:
+        body = await read_object(request)
+        return await self.auth.reregister(
+            request["identity"],
+            str(body.get("ssh_public_key") or ""),
+            str(body.get("tls_public_key") or "").encode(),
+            tuple(str(a) for a in body.get("addresses") or ()),
+        )
 
     @_route(("Node", "Proxy"))
     async def heartbeat(self, request: web.Request) -> dict[str, Any]:
@@ -481,3 +499,34 @@ class AuthAPI:
         session_id = request.match_info["session_id"]
         await self.auth.sessions.end(session_id, self._host(request))
         return {"ended": session_id}
+    @_route(("Node", "Proxy", "Admin"))
+    async def watch_authorities(self, request: web.Request) -> dict[str, Any]:
+        """The CA state agents follow (:meth:`AuthService.authority_state`), as a long poll:
+        with ``revision`` equal to the current one, the answer waits up to ``wait`` seconds for
+        a CA to change; otherwise (or with no ``wait``) it comes at once."""
+        known = request.query.get("revision", "")
+        try:
+            wait = min(float(request.query.get("wait") or 0), MAX_WATCH_SECONDS)
+        except ValueError:
+            raise BadParameter(f"wait must be a number of seconds, got {request.query.get('wait')!r}") from None
+        watcher = await self.auth.backend.new_watcher(["/authorities/"])
+        try:
+            state = await self.auth.authority_state()
+            if state["revision"] != known or wait <= 0:
+                return state
+
+            async def changed() -> None:
+                async for event in watcher:
+                    if event.type is not EventType.INIT:
+                        return
+
+            waits = [asyncio.ensure_future(changed()), asyncio.ensure_future(self._closing.wait())]
+            try:
+                await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+            return await self.auth.authority_state()
+        finally:
+            watcher.close()

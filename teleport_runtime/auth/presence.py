@@ -30,6 +30,17 @@ def heartbeat_interval(presence_ttl: timedelta) -> float:
     return max(1.0, min(60.0, presence_ttl.total_seconds() / 10))
 
 
+def _rotation_report(value: Any) -> dict[str, dict[str, str]]:
+    """The CA rotation phases a host says it has applied: ``{"host": {"phase", "id"}, "user":
+    {...}}`` (standby with no id for what it does not report)."""
+    given = value if isinstance(value, dict) else {}
+    out = {}
+    for ca_type in ("host", "user"):
+        entry = given.get(ca_type) if isinstance(given.get(ca_type), dict) else {}
+        out[ca_type] = {"phase": str(entry.get("phase") or "standby"), "id": str(entry.get("id") or "")}
+    return out
+
+
 class Presence:
     """Node and proxy records keyed by host UUID."""
 
@@ -64,7 +75,7 @@ class Presence:
             "static_labels": static,
             "command_labels": commands,
             "roles": [role],
-            "rotation": report.get("rotation") or {"phase": "standby", "state": "standby"},
+            "rotation": _rotation_report(report.get("rotation")),
             "version": str(report.get("version") or ""),
             # proxies also report where clients reach them (tctl prints it in sign-up commands)
             "web_addr": str(report.get("web_addr") or ""),

@@ -394,6 +394,7 @@ def rotation_view(ca: CertAuthority) -> dict[str, Any]:
         "state": "standby" if phase is Phase.STANDBY else "in_progress",
         "phase": phase.value,
         "mode": rotation.get("mode") or "",
+        "id": rotation.get("current_id") or "",
         "current_id": rotation.get("current_id"),
         "started": rotation.get("started"),
         "grace_period": rotation.get("grace_period"),
@@ -401,6 +402,21 @@ def rotation_view(ca: CertAuthority) -> dict[str, Any]:
         "phase_changed": rotation.get("phase_changed"),
         "last_rotated": rotation.get("last_rotated"),
     }
+
+
+def longest_trusted(ca: CertAuthority) -> CAKeyPair:
+    """The key pair every agent has trusted the longest: the old key from ``init`` until the
+    rotation completes (in ``update_clients`` and ``update_servers`` it no longer signs but is
+    still trusted), the active key otherwise.
+
+    The auth API signs its own TLS certificate with it, so an agent that missed ``init`` (it was
+    down, or the admin moved on quickly) can still reach the API, learn the new key and follow.
+    """
+    phase = current_phase(ca)
+    if phase in (Phase.UPDATE_CLIENTS, Phase.UPDATE_SERVERS):
+        _check_shape(ca, phase)
+        return ca.additional_trusted[0]
+    return ca.active
 
 
 def due_transition(ca: CertAuthority, now: datetime) -> str | None:
@@ -423,6 +439,18 @@ def due_transition(ca: CertAuthority, now: datetime) -> str | None:
                     f"the {ca.type.value} CA's auto rotation has no scheduled time for {following.value}"
                 )
             return following.value if now >= _parse_time(at, f"schedule.{following.value}") else None
+    return None
+
+
+def next_deadline(ca: CertAuthority) -> datetime | None:
+    """When the auto schedule next moves the CA (None: manual, or nothing scheduled)."""
+    if ca.rotation.get("mode") != Mode.AUTO.value:
+        return None
+    phase = current_phase(ca)
+    schedule = ca.rotation.get("schedule") or {}
+    for waiting, following, _ in _AUTO_STEPS:
+        if phase is waiting and schedule.get(following.value):
+            return _parse_time(schedule[following.value], f"schedule.{following.value}")
     return None
 
 
@@ -548,6 +576,11 @@ class RotationManager:
 
         updated = await self._update(ca_type, step)
         return None if updated is None else rotation_view(updated)
+
+    async def next_deadline(self) -> datetime | None:
+        """The earliest time an auto rotation of either CA is due to move (None: none is)."""
+        deadlines = [d for d in [next_deadline((await self._load(t))[1]) for t in (CAType.HOST, CAType.USER)] if d]
+        return min(deadlines) if deadlines else None
 
     async def tick(self, now: datetime | None = None) -> dict[str, dict[str, Any]]:
         """:meth:`apply_due` for both CA types; returns the views of the CAs that moved."""

@@ -28,7 +28,7 @@ from teleport_runtime.auth.recordings import (
     RecordingUpload,
     recordings_dir,
 )
-from teleport_runtime.auth.rotation import RotationManager, rotation_view
+from teleport_runtime.auth.rotation import RotationManager, longest_trusted, rotation_view
 from teleport_runtime.auth.tokens import TokenStore, mask
 from teleport_runtime.auth.users import UserStore
 from teleport_runtime.backend import Backend, Item
@@ -146,14 +146,37 @@ class AuthService:
         host = await self.get_ca(CAType.HOST)
         return [ca_pin(c) for c in host.trusted_tls_certs()]
 
+    async def authority_state(self) -> dict[str, Any]:
+        """What agents follow CA rotations with: both CAs' rotation views, the public CA
+        material, the host CA cert that signs now, and a ``revision`` that changes whenever
+        either CA record changes (the watch compares it)."""
+        items = {t: await self.backend.get(_ca_key(t)) for t in (CAType.HOST, CAType.USER)}
+        cas = {t: CertAuthority.from_dict(json.loads(item.value)) for t, item in items.items()}
+        host, user = cas[CAType.HOST], cas[CAType.USER]
+        return {
+            "revision": f"{items[CAType.HOST].revision}.{items[CAType.USER].revision}",
+            "rotation": {t.value: rotation_view(ca) for t, ca in cas.items()},
+            "cas": {
+                "cluster": self.cluster_name,
+                "host_ca_certs": [c.decode() for c in host.trusted_tls_certs()],
+                "user_ca_certs": [c.decode() for c in user.trusted_tls_certs()],
+                "host_ca_keys": host.trusted_ssh_public_keys(),
+                "user_ca_keys": user.trusted_ssh_public_keys(),
+            },
+            "signing": {"host_ca_cert": host.active.tls_cert.decode()},
+        }
+
     async def issue_server_identity(self, extra_names: list[str]) -> Identity:
-        """The auth API's own TLS identity, valid for ``teleport.cluster.local`` and its names."""
+        """The auth API's own TLS identity, valid for ``teleport.cluster.local`` and its names.
+
+        Signed by the host key every agent has trusted the longest (the old key until a rotation
+        completes, see :func:`~teleport_runtime.auth.rotation.longest_trusted`)."""
         host = await self.get_ca(CAType.HOST)
         key, public = generate_tls_keypair()
         names = [API_SERVER_NAME, "localhost", socket.gethostname(), *extra_names]
         dns, ips = _split_names(names)
         cert = generate_tls_identity_cert(
-            host.active,
+            longest_trusted(host),
             public,
             TLSIdentity(name=f"auth.{self.cluster_name}", kind="host", roles=["Auth"],
                         cluster=self.cluster_name),
@@ -220,6 +243,28 @@ class AuthService:
             addresses=req.addresses,
         )
         log.info("%s %s (%s) joined from %s", req.role, req.nodename, req.host_uuid, remote_addr)
+        return identity
+
+    async def reregister(
+        self, caller: TLSIdentity, ssh_public_key: str, tls_public_key: bytes, addresses: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """A joined host asks for a new identity with the one it holds (no token): during a host
+        CA rotation this is how agents get certificates signed by the key that signs now. Who it
+        is (UUID, name, role) comes from its verified certificate, never from the request."""
+        role = caller.roles[0] if caller.roles else ""
+        if caller.kind != "host" or role not in JOIN_ROLES.values() or not caller.host_uuid:
+            raise AccessDenied("re-registration needs a node or proxy identity issued by the host CA")
+        if not ssh_public_key or not tls_public_key:
+            raise BadParameter("re-registration needs ssh_public_key and tls_public_key")
+        identity = await self.issue_host_identity(
+            host_uuid=caller.host_uuid,
+            nodename=caller.nodename or caller.host_uuid,
+            role=role,
+            ssh_public_key=ssh_public_key,
+            tls_public_key=tls_public_key,
+            addresses=addresses,
+        )
+        log.info("%s %s (%s) re-registered", role.lower(), caller.nodename, caller.host_uuid)
         return identity
 
     async def issue_host_identity(

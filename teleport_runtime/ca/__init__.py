@@ -36,6 +36,7 @@ from teleport_runtime.ca.tls import (
     TLSIdentity,
     ca_type_for_kind,
     generate_tls_identity_cert,
+    is_ca_cert,
     issuing_ca_matches,
     parse_tls_identity,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "generate_tls_identity_cert",
     "generate_tls_keypair",
     "generate_user_ssh_cert",
+    "is_ca_cert",
     "issuing_ca_matches",
     "new_cert_authority",
     "normalize_pin",

@@ -264,6 +264,15 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def is_ca_cert(data: bytes | str) -> bool:
+    """True when ``data`` is exactly one X.509 certificate (PEM or DER) with CA:TRUE."""
+    try:
+        certs = load_certs(data)
+    except BadParameter:
+        return False
+    return len(certs) == 1 and _is_ca(certs[0])
+
+
 def issuing_ca_matches(
     cert: bytes | x509.Certificate, ca_certs: Iterable[bytes | x509.Certificate]
 ) -> bool:

@@ -99,7 +99,13 @@ def cli(ctx: click.Context, config_path: str | None, auth_server: str | None, da
 def rotation_text(ca: dict[str, Any]) -> str:
     rotation = ca["rotation"]
     if rotation.get("state") == "in_progress":
-        return f"rotation in progress (phase {rotation.get('phase')}, mode {rotation.get('mode')})"
+        text = f"rotation in progress (phase {rotation.get('phase')}, mode {rotation.get('mode')})"
+        due = (rotation.get("schedule") or {})
+        following = {"init": "update_clients", "update_clients": "update_servers",
+                     "update_servers": "standby"}.get(str(rotation.get("phase")))
+        if following and due.get(following):
+            text += f", {following} {format_expiry(due[following])}"
+        return text
     if rotation.get("last_rotated"):
         return f"rotated {format_expiry(rotation['last_rotated'])}"
     return "never updated"
@@ -117,6 +123,7 @@ async def status(client: AuthClient, fmt: str) -> None:
     rows = [("Cluster", data["cluster"]), ("Version", data["version"])]
     for ca in data["cas"]:
         rows.append((f"{ca['type'].capitalize()} CA", rotation_text(ca)))
+    # During a host CA rotation both pins are valid: joining hosts pass every one (--ca-pin twice).
     rows += [("CA pin", pin) for pin in data["ca_pins"]]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -371,12 +378,13 @@ async def create(client: AuthClient, force: bool, filename: str) -> None:
 @click.option("--format", "fmt", type=RESOURCE_FORMATS, default="yaml")
 @run
 async def get(client: AuthClient, resource: str, fmt: str) -> None:
-    """Print resources: roles, users, nodes, tokens (or role/NAME)."""
+    """Print resources: roles, users, nodes, proxies, tokens (or role/NAME)."""
     kind, _, name = resource.partition("/")
     paths = {"roles": "/v1/roles", "role": "/v1/roles", "users": "/v1/users", "user": "/v1/users",
-             "nodes": "/v1/nodes", "node": "/v1/nodes", "tokens": "/v1/tokens", "token": "/v1/tokens"}
+             "nodes": "/v1/nodes", "node": "/v1/nodes", "proxies": "/v1/proxies", "proxy": "/v1/proxies",
+             "tokens": "/v1/tokens", "token": "/v1/tokens"}
     if kind not in paths:
-        raise ConfigError(f"unknown resource {kind!r}: expected roles, users, nodes or tokens")
+        raise ConfigError(f"unknown resource {kind!r}: expected roles, users, nodes, proxies or tokens")
     records = await client.get(paths[kind])
     if name:
         records = [r for r in records if name in (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import hashlib
 import json
 import os
 import sys
@@ -54,8 +53,15 @@ from teleport_runtime.client.tsh_ssh import (
     local_forward,
     run_command,
 )
+from teleport_runtime.client.tsh_trust import (
+    HostCARefresh,
+    refresh_host_cas,
+    rotation_missed,
+    untrusted_warning,
+)
 from teleport_runtime.client.tsh_web import (
     ProxyWebClient,
+    UntrustedProxy,
     first_contact,
     insecure_context,
     trusting_context,
@@ -66,7 +72,7 @@ from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, Telepo
 from teleport_runtime.recording import parse_speed
 
 T = TypeVar("T")
-OTP_STEPS_FILE = "otp_steps.json"  # in the tsh home: the last one-time-code step used per secret
+OTP_STEP_SUFFIX = ".last-step"  # beside a TOTP secret file: the last one-time-code step used
 FORMATS = click.Choice(["text", "json"])
 INSECURE_WARNING = (
     "WARNING: --insecure: the proxy's identity is not verified; a man-in-the-middle could read your "
@@ -138,19 +144,19 @@ def _totp_from_file(path: str) -> str:
         totp.now()
     except (ValueError, TypeError) as exc:
         raise BadParameter(f"{path} does not hold a TOTP secret (base32 or otpauth:// URI): {exc}") from None
-    return _fresh_totp_code(totp)
+    return _fresh_totp_code(totp, path)
 
 
-def _fresh_totp_code(totp: pyotp.TOTP) -> str:
-    """A code this tsh home has not used yet: the auth service accepts each code once, and the
-    codes of the current and the next 30 s step; when both were used, wait for the next step."""
-    steps_file = _store().home / OTP_STEPS_FILE
-    key = hashlib.sha256(str(totp.secret).encode()).hexdigest()[:32]
+def _fresh_totp_code(totp: pyotp.TOTP, secret_file: str) -> str:
+    """A code not used yet with this secret: the auth service accepts each code once, and the
+    codes of the current and the next 30 s step; when both were used, wait for the next step.
+    The last step used is kept beside the secret file (``FILE.last-step``), so every tsh home
+    that reads the same secret file takes turns."""
+    state = Path(secret_file + OTP_STEP_SUFFIX)
     try:
-        used = json.loads(steps_file.read_text())
+        last = int(state.read_text().strip() or 0)
     except (OSError, ValueError):
-        used = {}
-    last = int(used.get(key, 0)) if isinstance(used, dict) else 0
+        last = 0
     current = int(time.time() // totp.interval)
     if last >= current + 1:
         wait = last * totp.interval - time.time() + 0.5
@@ -158,7 +164,10 @@ def _fresh_totp_code(totp: pyotp.TOTP) -> str:
         time.sleep(max(wait, 0))
         current = int(time.time() // totp.interval)
     step = max(current, last + 1)
-    write_private(steps_file, json.dumps({**(used if isinstance(used, dict) else {}), key: step}) + "\n")
+    try:
+        write_private(state, f"{step}\n")
+    except OSError as exc:  # a read-only place: the code still works, only once per step
+        click.echo(f"WARNING: cannot record the one-time code step in {state}: {exc.strerror}", err=True)
     return str(totp.at(step * totp.interval))
 
 
@@ -202,6 +211,14 @@ def _user_web_client(profile: Profile) -> ProxyWebClient:
         ) from None
     ctx = trusting_context(profile.host_ca_certs(), cert, key)
     return ProxyWebClient(profile.web_addr, ctx, profile.cluster)
+
+
+def _refresh_now(profile: Profile) -> None:
+    """Keep the trusted host CAs current (tsh_trust) for a command that does not connect
+    anywhere itself; warns when the proxy is no longer verifiable."""
+    warning = untrusted_warning(profile, refresh_host_cas(_store(), profile))
+    if warning:
+        click.echo(warning, err=True)
 
 
 def _active_profile() -> Profile:
@@ -360,6 +377,7 @@ def status(fmt: str) -> None:
     """Show who you are logged in as; exits 1 when not logged in or the certificate expired."""
     try:
         profile = _store().load()
+        _refresh_now(profile)
         if fmt == "json":
             data = _status_json(profile)
             click.echo(json.dumps(data, indent=2))
@@ -416,7 +434,10 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
         password = getpass.getpass("Password: ")
         if getpass.getpass("Confirm password: ") != password:
             raise BadParameter("the passwords do not match; run tsh signup again")
-    code = _fresh_totp_code(totp) if otp_secret_out else click.prompt("One-time code from your authenticator", err=True)
+    if otp_secret_out:
+        code = _fresh_totp_code(totp, otp_secret_out)
+    else:
+        code = click.prompt("One-time code from your authenticator", err=True)
     await client.post("/webapi/signup", {"token": token, "password": password, "otp": str(code).strip()})
     if otp_secret_out:
         write_private(Path(otp_secret_out), str(totp.secret) + "\n")
@@ -444,7 +465,10 @@ def _matches(node: dict[str, Any], selector: dict[str, str]) -> bool:
 
 
 async def _nodes(profile: Profile, selector: dict[str, str]) -> list[dict[str, Any]]:
-    nodes = await _user_web_client(profile).get("/webapi/nodes")
+    try:
+        nodes = await _user_web_client(profile).get("/webapi/nodes")
+    except UntrustedProxy:
+        raise rotation_missed(profile) from None
     return [n for n in nodes or [] if _matches(n, selector)]
 
 
@@ -455,7 +479,11 @@ async def _nodes(profile: Profile, selector: dict[str, str]) -> list[dict[str, A
 async def ls(labels: tuple[str, ...], fmt: str) -> None:
     """List the nodes you can reach, optionally only those with labels k=v."""
     profile = _active_profile()
-    nodes = await _nodes(profile, _parse_selector(labels))
+    refresh = HostCARefresh(_store(), profile).start()
+    try:
+        nodes = await _nodes(profile, _parse_selector(labels))
+    finally:
+        await refresh.outcome()
     if fmt == "json":
         click.echo(json.dumps(
             [{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {}}
@@ -471,11 +499,15 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
 @cli.command()
 def config() -> None:
     """Print an OpenSSH client config for the cluster (append it to ~/.ssh/config, or use
-    `ssh -F FILE node1.CLUSTER`)."""
+    `ssh -F FILE node1.CLUSTER`).
+
+    OpenSSH then trusts the host CAs in tsh's known_hosts, which every tsh command keeps
+    current: run tsh now and then (any command) and OpenSSH follows a host CA rotation."""
     try:
         profile = _store().load()
     except TeleportError as exc:
         fail(exc.message)
+    _refresh_now(profile)
     click.echo(ssh_config(profile), nl=False)
 
 
@@ -515,22 +547,29 @@ async def ssh(port: int | None, login: str | None, forwards: tuple[str, ...], fo
     user, host = _split_destination(destination, login)
     cmd = " ".join(command) if command else None
     creds = Credentials.load(profile)
-    if "=" in host:
-        code = await _ssh_selector(profile, creds, user, host, cmd, port)
-    else:
-        pty = bool(force_tty or (cmd is None and not no_tty and os.isatty(0)))
-        if no_tty:
-            pty = False
-        code = await _ssh_one(profile, creds, user, host, port or NODE_PORT, cmd, pty, forwards, forward_agent)
+    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
+    try:
+        if "=" in host:
+            code = await _ssh_selector(profile, creds, refresh, user, host, cmd, port)
+        else:
+            pty = bool(force_tty or (cmd is None and not no_tty and os.isatty(0)))
+            if no_tty:
+                pty = False
+            code = await _ssh_one(profile, creds, refresh, user, host, port or NODE_PORT, cmd, pty, forwards,
+                                  forward_agent)
+    finally:
+        await refresh.outcome()
     sys.exit(code)
 
 
-async def _ssh_one(profile: Profile, creds: Credentials, login: str, host: str, port: int, cmd: str | None,
-                   pty: bool, forwards: tuple[str, ...], forward_agent: bool) -> int:
+async def _ssh_one(profile: Profile, creds: Credentials, refresh: HostCARefresh, login: str, host: str, port: int,
+                   cmd: str | None, pty: bool, forwards: tuple[str, ...], forward_agent: bool) -> int:
     proxy = node = None
     try:
-        proxy = await connect_proxy(profile, creds)
-        node = await connect_node(proxy, profile, creds, login, host, port, agent_forwarding=forward_agent)
+        proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
+        node = await refresh.verified(
+            lambda: connect_node(proxy, profile, creds, login, host, port, agent_forwarding=forward_agent)
+        )
         for spec in forwards:
             await local_forward(node, spec)
         return await run_command(node, cmd, pty=pty)
@@ -538,22 +577,24 @@ async def _ssh_one(profile: Profile, creds: Credentials, login: str, host: str, 
         await close_all(node, proxy)
 
 
-async def _ssh_selector(profile: Profile, creds: Credentials, login: str, selector_text: str,
-                        cmd: str | None, port: int | None) -> int:
+async def _ssh_selector(profile: Profile, creds: Credentials, refresh: HostCARefresh, login: str,
+                        selector_text: str, cmd: str | None, port: int | None) -> int:
     if cmd is None:
         raise BadParameter(f"{selector_text}: a label selector runs a command on every match; give a COMMAND")
     selector = _parse_selector([selector_text])
     nodes = await _nodes(profile, selector)
     if not nodes:
         raise NotFound(f"no node you can reach matches {selector_text}; see `tsh ls`")
-    proxy = await connect_proxy(profile, creds)
+    proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
     limit = asyncio.Semaphore(16)
 
     async def one(node: dict[str, Any]) -> tuple[str, int | str]:
         async with limit:
             conn = None
             try:
-                conn = await connect_node(proxy, profile, creds, login, node["id"], port or NODE_PORT)
+                conn = await refresh.verified(
+                    lambda: connect_node(proxy, profile, creds, login, node["id"], port or NODE_PORT)
+                )
                 code = await run_command(conn, cmd, pty=False, stdin=False,
                                          prefix=f"[{node['hostname']}] ".encode())
                 return node["hostname"], code
@@ -592,15 +633,18 @@ async def scp(recursive: bool, preserve: bool, port: int | None, login: str | No
     profile = _active_profile()
     creds = Credentials.load(profile)
     remote = plan.remote
+    assert remote.host is not None
+    host = remote.host
     user = remote.login or login or getpass.getuser()
+    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
     proxy = node = None
     try:
-        proxy = await connect_proxy(profile, creds)
-        assert remote.host is not None
-        node = await connect_node(proxy, profile, creds, user, remote.host, port or NODE_PORT)
+        proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
+        node = await refresh.verified(lambda: connect_node(proxy, profile, creds, user, host, port or NODE_PORT))
         await run_copy(node, plan, recursive=recursive, preserve=preserve)
     finally:
         await close_all(node, proxy)
+        await refresh.outcome()
 
 
 # ---------------------------------------------------------------------------- recordings, sessions

@@ -10,7 +10,10 @@ Layout under ``$TELEPORT_HOME`` (default ``~/.tsh``), directories 0700, files 06
     keys/<proxy-host>/<user>-x509.pem    X.509 user certificate
     keys/<proxy-host>/<user>-x509-key.pem  X.509 private key
     cas/<cluster>.pem                    trusted host CA certificates (verify the proxy)
-    known_hosts                          @cert-authority lines for the cluster's host CA
+    known_hosts                          @cert-authority lines for the cluster's host CA(s)
+
+Both trust files are written at login and kept current by every later tsh command that reaches
+the proxy (:mod:`teleport_runtime.client.tsh_trust`), so they follow a host CA rotation.
 
 The certificates are the source of truth for roles, logins and expiry; the profile only says
 where the proxy is and who logged in.
@@ -264,6 +267,16 @@ class ProfileStore:
                 kept.append(f"@cert-authority {patterns} {' '.join(key.split()[:2])} type=host")
             write_private(profile.known_hosts_path, "".join(line + "\n" for line in kept))
 
+    def update_trust(self, profile: Profile, host_ca_certs: list[str], host_ca_keys: list[str]) -> bool:
+        """Trust exactly these host CAs for the profile's cluster; writes only when they differ
+        from the stored ones. True when something changed."""
+        held = ({c.decode().strip() for c in profile.host_ca_certs()}, {_key_text(k) for k in profile.host_ca_keys()})
+        wanted = ({c.strip() for c in host_ca_certs}, {_key_text(k) for k in host_ca_keys})
+        if held == wanted:
+            return False
+        self.save_trust(profile, host_ca_certs, [_key_text(k) for k in host_ca_keys])
+        return True
+
     def logout(self, proxy_host: str | None = None) -> list[Profile]:
         """Remove the keys and profile of ``proxy_host`` (every profile when None). Trusted CAs
         and known_hosts stay: they are not credentials, and they let the next login verify the
@@ -279,6 +292,11 @@ class ProfileStore:
         if current is None or any(p.proxy_host == current for p in profiles) or proxy_host is None:
             (self.home / CURRENT_PROFILE).unlink(missing_ok=True)
         return profiles
+
+
+def _key_text(key: str) -> str:
+    """``type base64`` of an SSH public key line (the comment dropped)."""
+    return " ".join(key.split()[:2])
 
 
 def known_hosts_patterns(proxy_host: str, cluster: str) -> str:

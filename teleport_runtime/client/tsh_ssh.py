@@ -61,7 +61,16 @@ class Credentials:
         return cls(key, cert, host_cas)
 
     def known_hosts(self) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
-        return ([], self.host_cas, [])
+        return ([], list(self.host_cas), [])
+
+    def trust_host_cas(self, keys: list[str]) -> None:
+        """Verify hosts with these host CA keys from now on (connections made after the call)."""
+        self.host_cas = [asyncssh.import_public_key(k) for k in keys]
+
+
+class HostNotVerified(AccessDenied):
+    """The proxy or node presented no host certificate tsh can verify with its trusted host CAs
+    for the name it dialled (an unknown CA, or a name the certificate does not list)."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -91,7 +100,7 @@ async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHCli
             CONNECT_TIMEOUT,
         )
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise AccessDenied(
+        raise HostNotVerified(
             f"the proxy at {profile.ssh_addr} did not present a host certificate from cluster "
             f"{profile.cluster} valid for {profile.ssh_host!r} ({exc.reason}); ask the admin to add "
             f"{profile.ssh_host} to proxy_service.public_addr / ssh_public_addr"
@@ -143,7 +152,7 @@ async def connect_node(
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionProblem(f"cannot reach {host}: {exc.reason}") from None
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise AccessDenied(
+        raise HostNotVerified(
             f"{host} did not present a host certificate from cluster {profile.cluster} valid for "
             f"{host!r} ({exc.reason}); connect by the node's name or UUID as `tsh ls` shows it"
         ) from None

@@ -12,6 +12,9 @@ The proxy serves its own X.509 identity, signed by the cluster's host CA. tsh tr
 Host names are not checked: the cluster's own CA and the Proxy role identify the proxy, so a
 proxy reached by an IP or name missing from its certificate still works. ``--insecure`` skips
 every check (first contact only; tsh warns).
+
+Through a host CA rotation the stored CA certificates are kept current from the proxy's ping
+over a connection verified this way (:mod:`teleport_runtime.client.tsh_trust`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ def trusting_context(
     return ctx
 
 
+class UntrustedProxy(AccessDenied):
+    """The proxy's TLS certificate does not chain to the host CAs tsh trusts."""
+
+
 class ProxyWebClient:
     """JSON calls to ``https://<addr>/webapi/...``.
 
@@ -68,11 +75,14 @@ class ProxyWebClient:
     """
 
     def __init__(self, addr: HostPort, ssl_context: ssl.SSLContext, cluster: str | None = None,
-                 *, verify_proxy: bool = True) -> None:
+                 *, verify_proxy: bool = True, timeout: float = TIMEOUT) -> None:
         self.addr = addr
         self.ssl_context = ssl_context
         self.cluster = cluster
         self.verify_proxy = verify_proxy
+        self.timeout = timeout
+        #: The certificate (DER) the proxy presented on the last request's connection.
+        self.peer_cert: bytes | None = None
 
     def check_peer(self, der: bytes | None) -> None:
         """The server certificate must be a Proxy host identity of the expected cluster."""
@@ -95,12 +105,12 @@ class ProxyWebClient:
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One HTTPS request (blocking): (status, decoded JSON or None)."""
         host = self.addr.host
-        conn = http.client.HTTPSConnection(host, self.addr.port, context=self.ssl_context, timeout=TIMEOUT)
+        conn = http.client.HTTPSConnection(host, self.addr.port, context=self.ssl_context, timeout=self.timeout)
         try:
             try:
                 conn.connect()
             except ssl.SSLCertVerificationError as exc:
-                raise AccessDenied(
+                raise UntrustedProxy(
                     f"the proxy at {self.addr} presented a certificate not signed by the cluster's host CA "
                     f"({exc.verify_message}): if the cluster's CA changed, log in again with --ca-pin"
                 ) from None
@@ -112,7 +122,8 @@ class ProxyWebClient:
                     "check --proxy and that the proxy service is running"
                 ) from None
             sock = conn.sock
-            self.check_peer(sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None)
+            self.peer_cert = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+            self.check_peer(self.peer_cert)
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json", "Accept": "application/json"}
             try:

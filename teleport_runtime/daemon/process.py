@@ -8,13 +8,14 @@ for them, so there is one join path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psutil
 
@@ -65,6 +66,7 @@ class TeleportProcess:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._auth_names: list[str] = []
+        self._ca_changed = asyncio.Event()
 
     def host_addresses(self) -> list[str]:
         """Names and addresses this host is known by, for its certificates."""
@@ -97,12 +99,12 @@ class TeleportProcess:
                 await self._local_join_token()
         if cfg.proxy.enabled:
             identity = await ensure_identity(cfg, "proxy", self.host_addresses())
-            self.proxy = ProxyService(cfg, identity, self._client(identity))
+            self.proxy = ProxyService(cfg, identity, self._client(identity), self.host_addresses())
             await self.proxy.start()
         if cfg.ssh.enabled:
             identity = await ensure_identity(cfg, "node", self.host_addresses())
             client = self._client(identity)
-            self.node = NodeService(cfg, identity, client)
+            self.node = NodeService(cfg, identity, client, self.host_addresses())
             await self.node.start()
         self.ready = True
         log.info("teleport is running: %s", ", ".join(cfg.roles))
@@ -132,16 +134,25 @@ class TeleportProcess:
         log.info("auth service ready: cluster %s, CA pin %s", self.auth.cluster_name, pins[0])
 
     async def _rotation_timer(self) -> None:
-        """Auto-mode rotations move on their schedule, checked every minute."""
+        """Auto-mode rotations move on their schedule: the timer wakes at the next scheduled
+        phase change (or when a CA changes, or after a minute at most) and applies what is due."""
         assert self.auth is not None
         while True:
-            await asyncio.sleep(ROTATION_TICK_SECONDS)
+            wait = ROTATION_TICK_SECONDS
             try:
                 moved = await self.auth.rotation.tick()
                 for ca_type, view in moved.items():
                     log.info("%s CA rotation moved to phase %s", ca_type, view["phase"])
+                deadline = await self.auth.rotation.next_deadline()
+                if moved:
+                    wait = 0.0  # several steps may be overdue: one per tick
+                elif deadline is not None:
+                    wait = min(wait, max(0.2, (deadline - datetime.now(UTC)).total_seconds()))
             except TeleportError as exc:
                 log.warning("rotation timer: %s", exc.message)
+            self._ca_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ca_changed.wait(), timeout=wait)
 
     async def _follow_authorities(self) -> None:
         """Whenever a CA changes (a rotation step, here or on another auth server), serve the API
@@ -152,6 +163,7 @@ class TeleportProcess:
             async for event in watcher:
                 if event.type is not EventType.PUT:
                     continue
+                self._ca_changed.set()
                 await self.auth_api.reload_tls(self._auth_names)
                 await self.auth.write_admin_identity()
         finally:

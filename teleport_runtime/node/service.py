@@ -21,7 +21,9 @@ from teleport_runtime import __version__
 from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.identity import Identity, host_uuid
+from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.roles import RoleCache
+from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
@@ -52,9 +54,10 @@ def advertised_addr(cfg: Config, port: int | None = None) -> str:
 class NodeService:
     """Runs on every host with the node role."""
 
-    def __init__(self, cfg: Config, identity: Identity, client: AuthClient) -> None:
+    def __init__(
+        self, cfg: Config, identity: Identity, client: AuthClient, addresses: list[str] | None = None
+    ) -> None:
         self.cfg = cfg
-        self.identity = identity
         self.client = client
         self.command_labels = CommandLabels(cfg.ssh.commands, on_change=self._labels_changed)
         self.heartbeat = Heartbeat(client, self.report)
@@ -62,6 +65,15 @@ class NodeService:
         self.recording_mode = ModeCache(cfg.data_dir / "cache" / "session_recording")
         self.recording = NodeRecording(
             spool_dir(cfg.data_dir), client, mode=self._recording_mode, max_backoff=UPLOAD_MAX_BACKOFF
+        )
+        self.rotation = RotationSync(
+            role="node",
+            directory=identity_dir(cfg.data_dir, "node"),
+            identity=identity,
+            client=client,
+            addresses=list(addresses or []),
+            on_serve=self._serve_identity,
+            on_applied=self.heartbeat.poke,
         )
         tls = parse_tls_identity(identity.tls_cert)
         self.audit_spool = AuditSpool(audit_spool_dir(cfg.data_dir))
@@ -72,7 +84,8 @@ class NodeService:
         self.ssh = NodeSSHServer(
             host_key=identity.ssh_key,
             host_cert=identity.ssh_cert,
-            trusted_user_ca_keys=lambda: list(self.identity.user_ca_keys or []),
+            # the user CA keys the cluster trusts now (both while the user CA rotates)
+            trusted_user_ca_keys=lambda: list(self.rotation.identity.user_ca_keys or []),
             node_labels=self.labels,
             role_lookup=self.roles.lookup,
             audit=self.audit,
@@ -82,6 +95,14 @@ class NodeService:
             host_uuid=host_uuid(cfg.data_dir),
         )
         self.ssh_port: int | None = None
+
+    @property
+    def identity(self) -> Identity:
+        """The identity the node serves (it changes during a host CA rotation)."""
+        return self.rotation.identity
+
+    def _serve_identity(self, identity: Identity) -> None:
+        self.ssh.update_identity(identity.ssh_key, identity.ssh_cert)
 
     async def audit(self, event: dict[str, Any]) -> None:
         """Spool an audit event on disk (durable before this returns) for the sender, which
@@ -109,6 +130,7 @@ class NodeService:
             "labels": dict(self.cfg.ssh.labels),
             "cmd_labels": dict(self.command_labels.values),
             "version": __version__,
+            "rotation": self.rotation.report(),
         }
 
     def labels(self) -> dict[str, str]:
@@ -118,6 +140,7 @@ class NodeService:
         self.heartbeat.poke()
 
     async def start(self) -> None:
+        await self.rotation.start()
         await self.command_labels.start()
         self.audit_sender.start()  # first what a previous run left undelivered
         # Resumes the uploads a previous run left in the spool, and completes at once the
@@ -129,6 +152,7 @@ class NodeService:
         self.heartbeat.start()
 
     async def stop(self) -> None:
+        await self.rotation.stop()
         await self.heartbeat.stop()
         await self.ssh.close()
         await self.recording.stop()

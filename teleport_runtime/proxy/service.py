@@ -4,18 +4,18 @@
   (:mod:`teleport_runtime.proxy.ssh`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
-- A heartbeat as a Proxy, so ``GET /v1/proxies`` lists it.
+- A heartbeat as a Proxy (with its CA rotation phases), so ``GET /v1/proxies`` lists it.
 
 Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
-:class:`~teleport_runtime.proxy.directory.NodeDirectory`), the public CAs (refreshed in the
-background, so a user CA rotation reaches the SSH listener and the web TLS trust without a
-restart), and the roles (for filtering ``/webapi/nodes``).
+:class:`~teleport_runtime.proxy.directory.NodeDirectory`), the public CAs (followed by the
+rotation watch, :mod:`teleport_runtime.agent.rotation`, so a user CA rotation reaches the SSH
+listener and the web TLS trust without a restart, and a host CA rotation gives the proxy a new
+identity to serve), and the roles (for filtering ``/webapi/nodes``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -25,6 +25,8 @@ from teleport_runtime import __version__
 from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.identity import Identity
+from teleport_runtime.agent.join import identity_dir
+from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
@@ -35,8 +37,6 @@ from teleport_runtime.rbac import Role
 
 log = logging.getLogger("teleport.proxy")
 
-#: How often the public CAs are re-read (user CA rotation reaches the proxy within this).
-CA_REFRESH_INTERVAL = 10.0
 #: How long the role list is reused for ``/webapi/nodes``.
 ROLE_CACHE_SECONDS = 5.0
 _WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - listen addresses, not binds
@@ -53,13 +53,25 @@ class ProxyService:
     on port 0).
     """
 
-    def __init__(self, cfg: Config, identity: Identity, client: AuthClient) -> None:
+    def __init__(
+        self, cfg: Config, identity: Identity, client: AuthClient, addresses: list[str] | None = None
+    ) -> None:
         self.cfg = cfg
         self.identity = identity
         self.client = client
         self.cluster = parse_tls_identity(identity.tls_cert).cluster
         self.directory = NodeDirectory(self._fetch_nodes, self.cluster)
         self.heartbeat = Heartbeat(client, self.report)
+        self.rotation = RotationSync(
+            role="proxy",
+            directory=identity_dir(cfg.data_dir, "proxy"),
+            identity=identity,
+            client=client,
+            addresses=list(addresses or []),
+            on_serve=self.update_identity,
+            on_cas=self.apply_cas,
+            on_applied=self.heartbeat.poke,
+        )
         self._cas: dict[str, Any] | None = None
         self._roles: tuple[float, list[dict[str, Any]]] | None = None
         host_key, host_cert = load_host_credentials(identity.ssh_key, identity.ssh_cert)
@@ -73,7 +85,6 @@ class ProxyService:
         )
         self.web = ProxyWeb(self)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._ca_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,15 +97,14 @@ class ProxyService:
         return self.web.port
 
     async def start(self) -> None:
-        """Load the CAs and nodes (best effort: the auth service may be away), listen, beat."""
-        with contextlib.suppress(TeleportError):
-            await self.refresh_cas()
+        """Sync with the CAs and load the nodes (best effort: the auth service may be away),
+        listen, beat."""
+        await self.rotation.start()
         await self.directory.start()
         listen = self.cfg.proxy.listen_addr
         await self.ssh.start(listen.host, listen.port)
         web_listen = self.cfg.proxy.web_listen_addr
         await self.web.start(web_listen.host, web_listen.port)
-        self._ca_task = asyncio.get_running_loop().create_task(self._ca_loop(), name="proxy-cas")
         self.heartbeat.start()
         log.info(
             "proxy service ready: cluster %s, SSH on %s, web on %s",
@@ -103,11 +113,8 @@ class ProxyService:
         )
 
     async def stop(self) -> None:
+        await self.rotation.stop()
         await self.heartbeat.stop()
-        if self._ca_task is not None:
-            self._ca_task.cancel()
-            await asyncio.gather(self._ca_task, return_exceptions=True)
-            self._ca_task = None
         await self.web.stop()
         await self.ssh.stop()
         await self.directory.stop()
@@ -132,6 +139,7 @@ class ProxyService:
             "labels": {},
             "cmd_labels": {},
             "version": __version__,
+            "rotation": self.rotation.report(),
         }
 
     def ssh_addr(self, request_host: str | None = None) -> str:
@@ -165,6 +173,7 @@ class ProxyService:
             },
             "auth": {"second_factor": "otp", "type": "local"},
             "host_ca_certs": self.host_ca_certs(),
+            "host_ca_keys": self.host_ca_keys(),
             "version": __version__,
         }
 
@@ -174,6 +183,13 @@ class ProxyService:
         if self._cas is not None:
             return list(self._cas.get("host_ca_certs") or [])
         return [c.decode() for c in self.identity.ca_certs]
+
+    def host_ca_keys(self) -> list[str]:
+        """Host CA SSH keys the cluster trusts (both during a host CA rotation): what clients put
+        in known_hosts."""
+        if self._cas is not None:
+            return list(self._cas.get("host_ca_keys") or [])
+        return list(self.identity.host_ca_keys or [])
 
     def user_ca_certs(self) -> list[str]:
         return list((self._cas or {}).get("user_ca_certs") or [])
@@ -188,8 +204,8 @@ class ProxyService:
     def web_ssl_context(self) -> ssl.SSLContext:
         return server_ssl_context(self.identity, self.user_ca_certs())
 
-    async def refresh_cas(self) -> None:
-        cas = await self.client.get("/v1/ca")
+    def apply_cas(self, cas: dict[str, Any]) -> None:
+        """The cluster's public CAs, as the rotation watch saw them (SSH and web trust)."""
         changed = self._cas is None or any(
             cas.get(k) != self._cas.get(k) for k in ("host_ca_certs", "user_ca_certs", "user_ca_keys")
         )
@@ -197,14 +213,6 @@ class ProxyService:
         if changed and self.web.runner is not None:
             log.info("cluster CAs changed; reloading the web TLS trust")
             self.web.reload_tls()
-
-    async def _ca_loop(self) -> None:
-        while True:
-            await asyncio.sleep(CA_REFRESH_INTERVAL if self._cas is not None else 1.0)
-            try:
-                await self.refresh_cas()
-            except TeleportError as exc:
-                log.warning("cannot refresh the cluster CAs (%s)", exc.message)
 
     # ------------------------------------------------------------------ auth API
 

@@ -8,8 +8,10 @@ need a user (``/webapi/nodes``) require one from this cluster's user CA.
 Endpoints (errors are ``{"error": {"code", "message"}}`` with the error's HTTP status, as in the
 auth API):
 
-- ``GET /webapi/ping`` (public): cluster name, proxy addresses, auth settings and the trusted
-  host CA certificates, so a client can check them against a CA pin.
+- ``GET /webapi/ping`` (public): cluster name, proxy addresses, auth settings and every host CA
+  the cluster trusts now (``host_ca_certs`` X.509, ``host_ca_keys`` SSH; both CAs during a host CA
+  rotation, as the rotation watch last told the proxy), so a client can check them against a CA
+  pin, and a client that verified this proxy keeps its trusted host CAs current (tsh_trust).
 - ``POST /webapi/login`` (public): password + OTP, forwarded to the auth service with the
   client's IP; answers the signed SSH and X.509 certificates.
 - ``GET /webapi/signup/{token}``, ``POST /webapi/signup`` (public): invitation sign-up.

@@ -26,6 +26,11 @@ def _install_collection_finder() -> None:
 _install_collection_finder()
 
 PIN = "sha256:" + "ab" * 32
+NEW_PIN = "sha256:" + "cd" * 32
+#: The phases the fake auth service allows next (as teleport_runtime/auth/rotation.py does).
+ALLOWED_NEXT = {"standby": ["init"], "init": ["update_clients", "rollback"],
+                "update_clients": ["update_servers", "rollback"], "update_servers": ["standby", "rollback"],
+                "rollback": ["standby"]}
 
 
 class ModuleExit(Exception):
@@ -33,6 +38,10 @@ class ModuleExit(Exception):
         super().__init__(result.get("msg", ""))
         self.result = result
         self.failed = failed
+
+
+class FakeTctlError(Exception):
+    """What the fake auth service refuses (tctl exits 1 with ERROR: ...)."""
 
 
 class FakeCluster:
@@ -43,6 +52,16 @@ class FakeCluster:
         self.users: list[dict] = []
         self.roles: list[dict] = []
         self.nodes: list[dict] = []
+        self.proxies: list[dict] = []
+        self.pins = [PIN]
+        self.cas = [
+            {"type": "host", "created": "2025-01-01T00:00:00+00:00",
+             "rotation": {"state": "standby", "phase": "standby", "mode": "", "current_id": None,
+                          "last_rotated": None}},
+            {"type": "user", "created": "2025-01-01T00:00:00+00:00",
+             "rotation": {"state": "in_progress", "phase": "init", "mode": "manual", "current_id": "r1",
+                          "last_rotated": None}},
+        ]
         self.calls: list[list[str]] = []
         self.fail_with: tuple[int, str] = (0, "")
 
@@ -58,7 +77,10 @@ class FakeCluster:
         handler = getattr(self, "_".join(w for w in words[:2] if not w.startswith("-")).replace("-", "_"), None)
         if handler is None:
             handler = getattr(self, words[0])
-        out = handler(words)
+        try:
+            out = handler(words)
+        except FakeTctlError as exc:
+            return 1, "", f"ERROR: {exc}\n"
         return 0, out if isinstance(out, str) else json.dumps(out), ""
 
     @staticmethod
@@ -69,17 +91,40 @@ class FakeCluster:
         return None
 
     def status(self, words):
-        return {
-            "cluster": "example.test",
-            "version": "0.1.0",
-            "ca_pins": [PIN],
-            "cas": [
-                {"type": "host", "created": "2025-01-01T00:00:00+00:00",
-                 "rotation": {"state": "standby", "phase": "standby"}},
-                {"type": "user", "created": "2025-01-01T00:00:00+00:00",
-                 "rotation": {"state": "in_progress", "phase": "init", "mode": "manual"}},
-            ],
-        }
+        return {"cluster": "example.test", "version": "0.1.0", "ca_pins": list(self.pins),
+                "cas": json.loads(json.dumps(self.cas))}
+
+    def ca(self, ca_type: str) -> dict:
+        return next(ca for ca in self.cas if ca["type"] == ca_type)
+
+    def auth_rotate(self, words):
+        ca = self.ca(self._flag(words, "--type"))
+        rotation = ca["rotation"]
+        phase = self._flag(words, "--phase") or "init"
+        if phase not in ALLOWED_NEXT[rotation["phase"]]:
+            raise FakeTctlError(f"cannot move from {rotation['phase']} to {phase}")
+        if phase == "init":
+            rotation.update(current_id="r2", started="2030-01-01T00:00:00+00:00",
+                            mode="manual" if "--manual" in words else "auto",
+                            grace_period=self._flag(words, "--grace-period"))
+            if ca["type"] == "host":
+                self.pins = [PIN, NEW_PIN]
+        if phase == "standby":
+            if rotation["phase"] == "update_servers":
+                rotation["last_rotated"] = "2030-01-01T01:00:00+00:00"
+                ca["created"] = "2030-01-01T00:00:00+00:00"
+                if ca["type"] == "host":
+                    self.pins = [NEW_PIN]
+            elif ca["type"] == "host":
+                self.pins = [PIN]
+            rotation["mode"] = ""
+        elif "--manual" in words:
+            rotation["mode"] = "manual"
+        rotation.update(phase=phase, state="standby" if phase == "standby" else "in_progress")
+        return dict(rotation)
+
+    def get_proxies(self, words):
+        return self.proxies
 
     def tokens_ls(self, words):
         return self.tokens
@@ -135,7 +180,8 @@ class FakeCluster:
 
     def mutations(self) -> list[list[str]]:
         """Calls that change the cluster (everything but reads)."""
-        reads = {("tokens", "ls"), ("users", "ls"), ("nodes", "ls"), ("get", "roles"), ("status",)}
+        reads = {("tokens", "ls"), ("users", "ls"), ("nodes", "ls"), ("get", "roles"), ("get", "proxies"),
+                 ("status",)}
         out = []
         for argv in self.calls:
             words = [a for a in argv[1:] if not a.startswith("-")]

@@ -16,9 +16,17 @@ def test_reports_name_pins_rotation_and_nodes(run_module, cluster):
     assert result["nodes"][0]["hostname"] == "node1"
 
 
+def test_reports_proxies_with_their_rotation_phases(run_module, cluster):
+    cluster.proxies = [{"id": "p1", "hostname": "proxy1",
+                        "rotation": {"host": {"phase": "init", "id": "r2"}, "user": {"phase": "standby", "id": ""}}}]
+    result, _failed = run_module(cluster_info, {})
+    assert result["proxies"][0]["rotation"]["host"] == {"phase": "init", "id": "r2"}
+    assert ["/usr/local/bin/tctl", "get", "proxies", "--format=json"] in cluster.calls
+
+
 def test_nodes_can_be_left_out(run_module, cluster):
     result, _failed = run_module(cluster_info, {"nodes": False})
-    assert "nodes" not in result
+    assert "nodes" not in result and "proxies" not in result
     assert all(call[1:3] != ["nodes", "ls"] for call in cluster.calls)
 
 

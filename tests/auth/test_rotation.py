@@ -16,6 +16,8 @@ from teleport_runtime.auth.rotation import (
     current_phase,
     due_transition,
     is_rotation_due,
+    longest_trusted,
+    next_deadline,
     rollback,
     rotate_request,
     rotation_view,
@@ -96,6 +98,7 @@ def test_fresh_ca_view_is_standby(ca):
         "state": "standby",
         "phase": "standby",
         "mode": "",
+        "id": "",
         "current_id": None,
         "started": None,
         "grace_period": None,
@@ -333,6 +336,19 @@ def test_auto_schedule_at_the_thirds(ca):
     done = advance(servers, "standby", third)
     assert due_transition(done, third + timedelta(days=365)) is None
     assert rotation_view(done)["last_rotated"] == third.isoformat()
+    # the auth service's timer sleeps until the next of these
+    assert [next_deadline(x) for x in (auto, clients, servers, done)] == [first, second, third, None]
+    assert next_deadline(at_phase(ca, "init")) is None  # manual: nothing scheduled
+
+
+@pytest.mark.parametrize("phase", ["standby", "init", "update_clients", "update_servers", "rollback"])
+def test_the_auth_api_cert_is_signed_by_the_key_trusted_longest(ca, phase):
+    rotated = at_phase(ca, phase)
+    # the key trusted before the rotation started, until it completes
+    assert longest_trusted(rotated).ssh_public_key == ca.active.ssh_public_key
+    assert longest_trusted(rotated).has_secrets
+    done = advance(at_phase(ca, "update_servers"), "standby", T0 + timedelta(hours=1))
+    assert longest_trusted(done).ssh_public_key != ca.active.ssh_public_key
 
 
 def test_auto_default_grace_and_odd_grace(ca):

@@ -60,6 +60,24 @@ async def test_ping_lets_a_client_pin_the_host_ca(web) -> None:
     assert (identity.kind, identity.roles, identity.cluster) == ("host", ["Proxy"], CLUSTER)
 
 
+async def test_ping_lists_every_host_ca_the_cluster_trusts_during_a_rotation(web) -> None:
+    cluster, proxy = web
+    _, ping, _ = await call(proxy, "GET", "/webapi/ping", insecure_context())
+    assert len(ping["host_ca_keys"]) == 1
+    assert ping["host_ca_keys"] == (await cluster.auth.public_cas())["host_ca_keys"]
+    await cluster.auth.rotation.rotate("host", mode="manual", target_phase="init")
+    wanted = await cluster.auth.public_cas()
+    assert len(wanted["host_ca_keys"]) == len(wanted["host_ca_certs"]) == 2
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30  # the proxy's rotation watch answers at once; bounded poll
+    while True:
+        _, ping, _ = await call(proxy, "GET", "/webapi/ping", insecure_context())
+        if (ping["host_ca_keys"], ping["host_ca_certs"]) == (wanted["host_ca_keys"], wanted["host_ca_certs"]):
+            break
+        assert loop.time() < deadline, f"the proxy's ping still lists {ping['host_ca_keys']}"
+        await asyncio.sleep(0.1)
+
+
 async def test_another_ca_does_not_verify_the_proxy(web) -> None:
     _, proxy = web
     other = new_cert_authority(CAType.HOST, CLUSTER)
