@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
 from teleport_runtime.agent.identity import write_private
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AuthService, JoinRequest
@@ -40,6 +41,10 @@ HEADER_FORWARDED_USER = "X-Teleport-User-Cert"
 HEADER_FORWARDED_ADDR = "X-Teleport-Remote-Addr"
 #: Largest body of one ``node-sync`` stream append.
 MAX_STREAM_CHUNK = 1024 * 1024
+#: Idle connections are closed after this long: twice the agents' keep-alive, so an agent holds
+#: one connection across its heartbeats and is always the side that closes it (a request never
+#: meets a connection the server is closing).
+KEEPALIVE_SECONDS = 2 * AGENT_KEEPALIVE_SECONDS
 
 
 def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
@@ -130,7 +135,8 @@ class AuthAPI:
         self._active_ssl = await self.build_ssl_context(extra_names)
         outer = await self.build_ssl_context(extra_names)
         outer.sni_callback = self._select_context
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                    keepalive_timeout=KEEPALIVE_SECONDS)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=outer, reuse_address=True)
         await site.start()
