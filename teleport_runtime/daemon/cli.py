@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 import sys
@@ -93,10 +94,13 @@ def start(
         fail(exc.message)
     setup_logging("DEBUG" if debug else cfg.log_severity)
     raise_open_files_limit()
+    # uvloop: a TLS connection costs ~35 KiB instead of asyncio's ~280 KiB (its 256 KiB read
+    # buffer, zero-filled), and handshakes and small requests take a third of the CPU. Not for
+    # the node service: it starts login sessions as the user (subprocess user/group/extra_groups),
+    # which uvloop's subprocess support does not offer.
+    run = asyncio.run if "node" in cfg.roles else uvloop.run
     try:
-        # uvloop: a TLS connection costs ~35 KiB instead of asyncio's ~280 KiB (its 256 KiB read
-        # buffer, zero-filled), and handshakes and small requests take a third of the CPU.
-        uvloop.run(TeleportProcess(cfg).run())
+        run(TeleportProcess(cfg).run())
     except TeleportError as exc:
         fail(exc.message)
     except OSError as exc:
