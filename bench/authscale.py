@@ -32,6 +32,7 @@ import uvloop
 
 from bench.env import BenchError, cpu_seconds, rss_bytes
 from bench.figures import Figure
+from bench.profiling import Sampler
 from teleport_runtime.agent.client import API_SERVER_NAME, AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.ca import (
     CertAuthority,
@@ -385,8 +386,8 @@ def keygen_rate(workdir: Path) -> float:
 # ---------------------------------------------------------------------------- the section
 
 
-def run(root: Path, node_counts: list[int], duration: float, joins: int, workers: int
-        ) -> tuple[list[Figure], dict[str, Any]]:
+def run(root: Path, node_counts: list[int], duration: float, joins: int, workers: int,
+        profile_dir: Path | None = None) -> tuple[list[Figure], dict[str, Any]]:
     root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root, CLUSTER)
     details: dict[str, Any] = {}
@@ -415,7 +416,11 @@ def run(root: Path, node_counts: list[int], duration: float, joins: int, workers
             hold = min(count, limit - FD_RESERVE)
             register = fleet.add(new, hold)  # the new nodes' first heartbeat, each on a new connection
             uuids += new
-            sustained = fleet.sustain(duration)
+            if profile_dir is None:
+                sustained = fleet.sustain(duration)
+            else:
+                with Sampler(cluster.auth.pid, profile_dir / f"auth-heartbeats-{count}-nodes.svg"):
+                    sustained = fleet.sustain(duration)
             auth_rss = rss_bytes(cluster.auth.pid)
             start = time.monotonic()
             listing = cluster.tctl("nodes", "ls")
