@@ -2,15 +2,19 @@
 
 A fresh auth service (``teleport start``, SQLite backend, default 10 min presence TTL). Each
 simulated node has its own host identity (a TLS certificate from the host CA with its own host
-UUID; the nodes share one key pair, which changes nothing on the auth side) and sends each
-heartbeat as the real agent does at the default 60 s interval: a new TLS connection (the agent's
-HTTP keep-alive is shorter than its interval), ``POST /v1/heartbeat``, the answer. Worker processes
-(not the auth's) run the nodes, many connections in flight each.
+UUID; the nodes share one key pair, which changes nothing on the auth side) and behaves like the
+real agent: one connection to the auth service, kept across its heartbeats (HTTP/1.1 keep-alive),
+``POST /v1/heartbeat`` on it. Worker processes (not the auth's) run the nodes, spread over source
+addresses on 127.0.0.0/8 (one address's ephemeral ports would not do for tens of thousands).
 
-Phases: every node registers (one heartbeat each); then heartbeats for a fixed time, cycling over
-all nodes as fast as the auth service answers (sustained heartbeats/s, auth CPU); then
-``tctl nodes ls``. Join: ``POST /v1/join`` with fresh keys, the certificate issuance rate. None of
-this has an OpenSSH peer; the same-run reference is ``ssh-keygen -s`` signing host certificates.
+Phases per node count: every new node registers (its first heartbeat, on a new connection: the
+TLS handshake rate); then heartbeats for a fixed time from every connected node, round robin, as
+fast as the auth service answers (sustained heartbeats/s, auth CPU and memory); then ``tctl nodes
+ls``. The auth service can hold as many connections as its open-files limit allows (less
+``FD_RESERVE``): with more nodes than that, every node registers and stays listed, and that many
+stay connected and heartbeat (the figure names both counts). Join: ``POST /v1/join`` with fresh
+keys, the certificate issuance rate. None of this has an OpenSSH peer; the same-run reference is
+``ssh-keygen -s`` signing host certificates.
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ import uvloop
 from bench.env import BenchError, cpu_seconds, rss_bytes
 from bench.figures import Figure
 from bench.profiling import Sampler
-from teleport_runtime.agent.client import API_SERVER_NAME, AuthClient, insecure_ssl_context, trusting_ssl_context
+from teleport_runtime.agent.client import (
+    API_SERVER_NAME,
+    KEEPALIVE_SECONDS,
+    AuthClient,
+    insecure_ssl_context,
+    trusting_ssl_context,
+)
 from teleport_runtime.ca import (
     CertAuthority,
     TLSIdentity,
@@ -58,6 +68,8 @@ FD_RESERVE = 1000
 JOIN_IN_FLIGHT = 16
 #: Bound on one heartbeat (connect, TLS, request, answer).
 HEARTBEAT_TIMEOUT = 30.0
+#: The agents' heartbeat interval at the default presence TTL.
+INTERVAL = 60.0
 #: ssh-keygen -s runs for the reference rate.
 KEYGEN_RUNS = 40
 
@@ -125,9 +137,13 @@ class SimNode:
                         + b"\r\nContent-Type: application/json\r\nContent-Length: "
                         + str(len(body)).encode() + b"\r\n\r\n" + body)
         self.connects = 0
+        self.last = 0.0
 
     async def beat(self, host: str, port: int) -> None:
-        """One heartbeat on the node's connection (opened first if it has none)."""
+        """One heartbeat on the node's connection (opened first if it has none, or if the agent
+        would have closed it: idle for longer than its keep-alive)."""
+        if self.writer is not None and time.monotonic() - self.last > KEEPALIVE_SECONDS:
+            self.close()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(
                 host, port, ssl=self.ctx, server_hostname=API_SERVER_NAME, local_addr=(self.source_ip, 0))
@@ -145,6 +161,7 @@ class SimNode:
                 if name.strip().lower() == b"content-length":
                     length = int(value)
             answer = await self.reader.readexactly(length)
+            self.last = time.monotonic()
             if b" 200 " not in status:
                 raise RuntimeError(f"{status.decode(errors='replace').strip()} {answer[-300:]!r}")
         except BaseException:
@@ -219,6 +236,18 @@ class Worker:
         else:
             node.close()
 
+    async def refresh(self) -> dict[str, Any]:
+        """One heartbeat from each connected node that has not sent one for an interval (while
+        other nodes registered), as the real agents would have: the sustained phase then starts
+        from a fleet in its steady state."""
+        stale = iter([n for n in self.nodes if n.writer is not None and time.monotonic() - n.last > INTERVAL])
+
+        def work():
+            node = next(stale, None)
+            return None if node is None else node.beat(self.host, self.port)
+
+        return await self._lanes(work, REGISTER_IN_FLIGHT)
+
     async def sustain(self, duration: float) -> dict[str, Any]:
         """Heartbeats from the connected nodes, round robin, as fast as the auth service answers."""
         held = [n for n in self.nodes if n.writer is not None]
@@ -252,7 +281,8 @@ class Worker:
 
 
 def _worker(conn, host: str, port: int, workdir: str, index: int) -> None:
-    """A process of simulated nodes: ``("add", uuids, hold)``, ``("sustain", seconds)``, ``("stop",)``."""
+    """A process of simulated nodes: ``("add", uuids, hold)``, ``("refresh",)``, ``("sustain", seconds)``,
+    ``("stop",)``."""
     from bench.env import raise_nofile
 
     raise_nofile(1 << 20)
@@ -266,6 +296,8 @@ def _worker(conn, host: str, port: int, workdir: str, index: int) -> None:
                 break
             if command[0] == "add":
                 conn.send(await worker.add(command[1], command[2]))
+            elif command[0] == "refresh":
+                conn.send(await worker.refresh())
             else:
                 conn.send(await worker.sustain(command[1]))
         for node in worker.nodes:
@@ -313,6 +345,7 @@ class Fleet:
         return self._totals(results, cpu_seconds(pid) - cpu0)
 
     def sustain(self, duration: float) -> dict[str, Any]:
+        self._all([("refresh",)] * len(self.pipes))  # untimed: the fleet back in its steady state
         pid = self.cluster.auth.pid
         cpu0 = cpu_seconds(pid)
         results = self._all([("sustain", duration)] * len(self.pipes))
