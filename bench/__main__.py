@@ -1,4 +1,5 @@
-"""Run the benchmarks: ``.venv/bin/python -m bench [--quick] [--only SECTION ...]`` (or ``bench/run``).
+"""Run the benchmarks: ``.venv/bin/python -m bench [--quick] [--only SECTION ...] [--fleet] [--profile]``
+(or ``bench/run``).
 
 Starts its own OpenSSH sshd pair and its own cluster on loopback in a temporary directory, runs
 the sections, writes ``bench/results/<stamp>.json``, ``.md`` and ``.png`` (and ``latest.*``),
@@ -20,17 +21,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import authscale, concurrency, latency, report, throughput
+from bench import authscale, concurrency, fleet, latency, profiling, report, throughput
 from bench.env import OpenSSH, OurCluster, Processes, load_average, raise_nofile
 from bench.figures import Figure
 
-SECTIONS = ("latency", "throughput", "concurrency", "authscale")
+SECTIONS = ("latency", "throughput", "concurrency", "authscale", "fleet")
+#: Run unless --only says otherwise; the fleet section needs podman and runs with --fleet.
+DEFAULT_SECTIONS = SECTIONS[:-1]
 MiB = 1024 * 1024
 
 QUICK = {"latency_runs": 20, "throughput_bytes": 128 * MiB, "throughput_runs": 2, "sessions": [100],
-         "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500}
+         "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500, "fleet_nodes": [1]}
 FULL = {"latency_runs": 30, "throughput_bytes": 1024 * MiB, "throughput_runs": 3, "sessions": [100, 500, 1000],
-        "latency_under_load_runs": 7, "nodes": [10000, 50000], "heartbeat_seconds": 60, "joins": 2000}
+        "latency_under_load_runs": 7, "nodes": [10000, 50000], "heartbeat_seconds": 60, "joins": 2000,
+        "fleet_nodes": [1, 3, 6]}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,6 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                         help="where the results go (default bench/results)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="also time site.yml on podman hosts against an OpenSSH play (needs podman)")
+    parser.add_argument("--profile", action="store_true",
+                        help="write flame graphs (py-spy) of the auth and proxy and a pyinstrument report of tsh")
     parser.add_argument("--workers", type=int, default=2, help="processes running simulated nodes (default 2)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) after the run")
     return parser.parse_args(argv)
@@ -54,7 +62,16 @@ def machine_info() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     params = {**(QUICK if args.quick else FULL), "quick": args.quick}
-    sections = args.only or list(SECTIONS)
+    sections = args.only or [*DEFAULT_SECTIONS, *(["fleet"] if args.fleet else [])]
+    needed, optional = profiling.missing(args.profile)
+    if needed:
+        print(f"bench: missing {', '.join(needed)}: {profiling.INSTALL}", file=sys.stderr)
+        return 2
+    if optional:
+        print(f"bench: without {', '.join(optional)}; {profiling.INSTALL} for it", file=sys.stderr)
+    if "fleet" in sections and fleet.missing():
+        print(f"bench: {fleet.missing()}", file=sys.stderr)
+        return 2
     biggest = max(params["sessions"]) if "concurrency" in sections else 0
     raise_nofile(max(65536, 8 * biggest))  # inherited by the daemons the bench starts
     machine = machine_info()
@@ -64,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     details: dict[str, Any] = {}
     failed: list[str] = []
-    ssh_sections = [s for s in sections if s != "authscale"]
+    ssh_sections = [s for s in sections if s not in ("authscale", "fleet")]
+    stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    profile_dir = None
+    if args.profile:
+        profile_dir = args.out / f"{stem}-profile"
+        profile_dir.mkdir(parents=True, exist_ok=True)
     openssh = ours = None
     try:
         if ssh_sections:
@@ -77,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
                 if section == "latency":
                     got = latency.run(openssh, ours, params["latency_runs"])
                 elif section == "throughput":
-                    got = throughput.run(openssh, ours, params["throughput_bytes"], params["throughput_runs"], root)
+                    got = throughput.run(openssh, ours, params["throughput_bytes"], params["throughput_runs"], root,
+                                         profile_dir)
                 elif section == "concurrency":
                     got = concurrency.run(openssh, ours, params["sessions"], params["latency_under_load_runs"])
-                else:
+                elif section == "authscale":
                     got = authscale.run(root / "scale", params["nodes"], params["heartbeat_seconds"],
-                                        params["joins"], args.workers)
+                                        params["joins"], args.workers, profile_dir)
+                else:
+                    got = fleet.run(root / "fleet", params["fleet_nodes"])
             except Exception as exc:  # one section failing still reports the others
                 traceback.print_exc()
                 failed.append(f"{section}: {exc}")
@@ -103,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     machine["uptime_after"] = load_average()
     machine["duration_s"] = time.monotonic() - started
     details["failed_sections"] = failed
-    stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    if profile_dir is not None:
+        details["profiles"] = sorted(str(p) for p in profile_dir.iterdir())
     paths = report.write(args.out, stem, figures, machine, params, details)
     for kind, path in paths.items():
         latest = args.out / f"latest{path.suffix}"

@@ -2,20 +2,25 @@
 
 A fresh auth service (``teleport start``, SQLite backend, default 10 min presence TTL). Each
 simulated node has its own host identity (a TLS certificate from the host CA with its own host
-UUID; the nodes share one key pair, which changes nothing on the auth side) and sends each
-heartbeat as the real agent does at the default 60 s interval: a new TLS connection (the agent's
-HTTP keep-alive is shorter than its interval), ``POST /v1/heartbeat``, the answer. Worker processes
-(not the auth's) run the nodes, many connections in flight each.
+UUID; the nodes share one key pair, which changes nothing on the auth side) and behaves like the
+real agent: one connection to the auth service, kept across its heartbeats (HTTP/1.1 keep-alive),
+``POST /v1/heartbeat`` on it. Worker processes (not the auth's) run the nodes, spread over source
+addresses on 127.0.0.0/8 (one address's ephemeral ports would not do for tens of thousands).
 
-Phases: every node registers (one heartbeat each); then heartbeats for a fixed time, cycling over
-all nodes as fast as the auth service answers (sustained heartbeats/s, auth CPU); then
-``tctl nodes ls``. Join: ``POST /v1/join`` with fresh keys, the certificate issuance rate. None of
-this has an OpenSSH peer; the same-run reference is ``ssh-keygen -s`` signing host certificates.
+Phases per node count: every new node registers (its first heartbeat, on a new connection: the
+TLS handshake rate); then heartbeats for a fixed time from every connected node, round robin, as
+fast as the auth service answers (sustained heartbeats/s, auth CPU and memory); then ``tctl nodes
+ls``. The auth service can hold as many connections as its open-files limit allows (less
+``FD_RESERVE``): with more nodes than that, every node registers and stays listed, and that many
+stay connected and heartbeat (the figure names both counts). Join: ``POST /v1/join`` with fresh
+keys, the certificate issuance rate. None of this has an OpenSSH peer; the same-run reference is
+``ssh-keygen -s`` signing host certificates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sqlite3
@@ -27,9 +32,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.env import cpu_seconds
+import uvloop
+
+from bench.env import BenchError, cpu_seconds, rss_bytes
 from bench.figures import Figure
-from teleport_runtime.agent.client import API_SERVER_NAME, AuthClient, insecure_ssl_context, trusting_ssl_context
+from bench.profiling import Sampler
+from teleport_runtime.agent.client import (
+    API_SERVER_NAME,
+    KEEPALIVE_SECONDS,
+    AuthClient,
+    insecure_ssl_context,
+    trusting_ssl_context,
+)
 from teleport_runtime.ca import (
     CertAuthority,
     TLSIdentity,
@@ -42,12 +56,20 @@ from tests.conftest import Cluster
 
 SECTION = "auth scale"
 CLUSTER = "scale.test"
-#: Heartbeats in flight per worker process.
-IN_FLIGHT = 64
+#: Heartbeats in flight per worker process in the sustained phase (thousands of nodes report
+#: within any few milliseconds in a big fleet; the auth service writes those in one transaction).
+IN_FLIGHT = 256
+#: First heartbeats (new TLS connections) in flight per worker.
+REGISTER_IN_FLIGHT = 64
+#: Descriptors of the auth service's open-files limit left for its own files and other clients;
+#: the rest is how many simulated nodes can hold a connection at once.
+FD_RESERVE = 1000
 #: Joins in flight.
 JOIN_IN_FLIGHT = 16
 #: Bound on one heartbeat (connect, TLS, request, answer).
 HEARTBEAT_TIMEOUT = 30.0
+#: The agents' heartbeat interval at the default presence TTL.
+INTERVAL = 60.0
 #: ssh-keygen -s runs for the reference rate.
 KEYGEN_RUNS = 40
 
@@ -99,81 +121,252 @@ def make_identities(cluster: Cluster, count: int, workdir: Path, workers: int) -
 # ---------------------------------------------------------------------------- simulated nodes
 
 
-async def _heartbeat(host: str, port: int, workdir: Path, ca: str, node: str) -> None:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cadata=ca)
-    ctx.load_cert_chain(workdir / f"{node}.pem", workdir / "key.pem")
-    body = json.dumps({"hostname": f"sim-{node[:8]}", "addr": f"127.0.0.1:{3022}",
-                       "labels": {"sim": "true", "group": node[0]}}).encode()
-    reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=API_SERVER_NAME)
-    try:
-        writer.write(
-            b"POST /v1/heartbeat HTTP/1.1\r\nHost: " + API_SERVER_NAME.encode()
-            + b"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        status = await reader.readline()
-        if b" 200 " not in status:
-            rest = await reader.read(2000)
-            raise RuntimeError(f"{status.decode(errors='replace').strip()} {rest[-300:]!r}")
-        await reader.read()
-    finally:
-        writer.close()
+class SimNode:
+    """One simulated agent: its own TLS identity and, like the real agent, one connection to the
+    auth service that it keeps across heartbeats (HTTP/1.1 keep-alive)."""
+
+    def __init__(self, uuid: str, ctx: ssl.SSLContext, source_ip: str) -> None:
+        self.uuid = uuid
+        self.ctx = ctx
+        self.source_ip = source_ip
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        body = json.dumps({"hostname": f"sim-{uuid[:8]}", "addr": "127.0.0.1:3022",
+                           "labels": {"sim": "true", "group": uuid[0]}}).encode()
+        self.request = (b"POST /v1/heartbeat HTTP/1.1\r\nHost: " + API_SERVER_NAME.encode()
+                        + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.connects = 0
+        self.last = 0.0
+
+    async def beat(self, host: str, port: int) -> None:
+        """One heartbeat on the node's connection (opened first if it has none, or if the agent
+        would have closed it: idle for longer than its keep-alive)."""
+        if self.writer is not None and time.monotonic() - self.last > KEEPALIVE_SECONDS:
+            self.close()
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(
+                host, port, ssl=self.ctx, server_hostname=API_SERVER_NAME, local_addr=(self.source_ip, 0))
+            self.connects += 1
+        assert self.reader is not None
+        try:
+            self.writer.write(self.request)
+            status = await self.reader.readline()
+            length = 0
+            while True:
+                line = await self.reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            answer = await self.reader.readexactly(length)
+            self.last = time.monotonic()
+            if b" 200 " not in status:
+                raise RuntimeError(f"{status.decode(errors='replace').strip()} {answer[-300:]!r}")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
 
 
-async def _drive(host: str, port: int, workdir: Path, nodes: list[str], duration: float | None) -> dict[str, Any]:
-    """Each node once (``duration`` None), or cycle over the nodes until ``duration`` is up."""
-    ca = (workdir / "ca.pem").read_text()
-    ok = 0
-    errors: list[str] = []
-    failed = 0
-    position = 0
-    deadline = None if duration is None else time.monotonic() + duration
+class Worker:
+    """Simulated nodes in one process: commands from the bench over a pipe (see :func:`_worker`)."""
 
-    async def lane() -> None:
-        nonlocal ok, failed, position
-        while True:
-            if deadline is None:
-                if position >= len(nodes):
-                    return
-            elif time.monotonic() >= deadline:
-                return
-            node = nodes[position % len(nodes)]
+    def __init__(self, host: str, port: int, workdir: Path, index: int) -> None:
+        self.host, self.port, self.workdir, self.index = host, port, workdir, index
+        self.ca = (workdir / "ca.pem").read_text()
+        self.nodes: list[SimNode] = []
+        self.held = 0
+
+    def _node(self, uuid: str) -> SimNode:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=self.ca)
+        ctx.load_cert_chain(self.workdir / f"{uuid}.pem", self.workdir / "key.pem")
+        # Spread over source addresses: tens of thousands of connections to one port need more
+        # than one address's ephemeral ports.
+        n = len(self.nodes)
+        return SimNode(uuid, ctx, f"127.{100 + self.index}.{n // 250 % 250}.{1 + n % 250}")
+
+    async def _lanes(self, work, count: int) -> dict[str, Any]:
+        ok, failed, errors = 0, 0, []
+
+        async def lane() -> None:
+            nonlocal ok, failed
+            while (job := work()) is not None:
+                try:
+                    await asyncio.wait_for(job, HEARTBEAT_TIMEOUT)
+                    ok += 1
+                except (OSError, RuntimeError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+                    failed += 1
+                    if len(errors) < 5:
+                        errors.append(repr(exc))
+
+        start = time.monotonic()
+        await asyncio.gather(*(lane() for _ in range(count)))
+        return {"ok": ok, "failed": failed, "errors": errors, "seconds": time.monotonic() - start}
+
+    async def add(self, uuids: list[str], hold: int) -> dict[str, Any]:
+        """Register ``uuids`` (each one's first heartbeat, on a new connection); the first ``hold``
+        nodes of this worker keep their connections, the others close theirs (no descriptors
+        left for them: see :data:`FD_RESERVE`)."""
+        new = []
+        for uuid in uuids:
+            node = self._node(uuid)
+            self.nodes.append(node)
+            new.append(node)
+        pending = iter(new)
+
+        def work():
+            node = next(pending, None)
+            return None if node is None else self._register(node, hold)
+
+        result = await self._lanes(work, REGISTER_IN_FLIGHT)
+        result["connected"] = sum(1 for n in self.nodes if n.writer is not None)
+        return result
+
+    async def _register(self, node: SimNode, hold: int) -> None:
+        await node.beat(self.host, self.port)
+        if self.held < hold:
+            self.held += 1
+        else:
+            node.close()
+
+    async def refresh(self) -> dict[str, Any]:
+        """One heartbeat from each connected node that has not sent one for an interval (while
+        other nodes registered), as the real agents would have: the sustained phase then starts
+        from a fleet in its steady state."""
+        stale = iter([n for n in self.nodes if n.writer is not None and time.monotonic() - n.last > INTERVAL])
+
+        def work():
+            node = next(stale, None)
+            return None if node is None else node.beat(self.host, self.port)
+
+        return await self._lanes(work, REGISTER_IN_FLIGHT)
+
+    async def sustain(self, duration: float) -> dict[str, Any]:
+        """Heartbeats from the connected nodes, round robin, as fast as the auth service answers."""
+        held = [n for n in self.nodes if n.writer is not None]
+        deadline = time.monotonic() + duration
+        busy: set[int] = set()
+        position = 0
+        connects = sum(n.connects for n in held)
+
+        def work():
+            nonlocal position
+            if time.monotonic() >= deadline or not held:
+                return None
+            i = position % len(held)
             position += 1
-            try:
-                await asyncio.wait_for(_heartbeat(host, port, workdir, ca, node), HEARTBEAT_TIMEOUT)
-                ok += 1
-            except (OSError, RuntimeError, TimeoutError, ssl.SSLError) as exc:
-                failed += 1
-                if len(errors) < 5:
-                    errors.append(repr(exc))
+            while i in busy:  # one request at a time on a connection
+                i = position % len(held)
+                position += 1
+            busy.add(i)
+            return self._one(held[i], i, busy)
 
-    start = time.monotonic()
-    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
-    return {"ok": ok, "failed": failed, "errors": errors, "seconds": time.monotonic() - start}
+        result = await self._lanes(work, min(IN_FLIGHT, len(held)))
+        result["connected"] = len(held)
+        result["reconnects"] = sum(n.connects for n in held) - connects
+        return result
+
+    async def _one(self, node: SimNode, i: int, busy: set[int]) -> None:
+        try:
+            await node.beat(self.host, self.port)
+        finally:
+            busy.discard(i)
 
 
-def _worker(args: tuple[str, int, str, list[str], float | None]) -> dict[str, Any]:
-    host, port, workdir, nodes, duration = args
-    return asyncio.run(_drive(host, port, Path(workdir), nodes, duration))
+def _worker(conn, host: str, port: int, workdir: str, index: int) -> None:
+    """A process of simulated nodes: ``("add", uuids, hold)``, ``("refresh",)``, ``("sustain", seconds)``,
+    ``("stop",)``."""
+    from bench.env import raise_nofile
+
+    raise_nofile(1 << 20)
+
+    async def serve() -> None:
+        worker = Worker(host, port, Path(workdir), index)
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            if command[0] == "stop":
+                break
+            if command[0] == "add":
+                conn.send(await worker.add(command[1], command[2]))
+            elif command[0] == "refresh":
+                conn.send(await worker.refresh())
+            else:
+                conn.send(await worker.sustain(command[1]))
+        for node in worker.nodes:
+            node.close()
+
+    uvloop.run(serve())
 
 
-def heartbeats(cluster: Cluster, uuids: list[str], workdir: Path, workers: int,
-               duration: float | None) -> dict[str, Any]:
-    """Run the simulated nodes in ``workers`` processes; totals, wall time and the auth's CPU."""
-    assert cluster.auth is not None
-    pid = cluster.auth.pid
-    slices = [uuids[i::workers] for i in range(workers)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pool.map(abs, range(workers))  # the workers are up before the clock starts
+class Fleet:
+    """``workers`` processes of simulated nodes, alive across the phases of a run."""
+
+    def __init__(self, cluster: Cluster, workdir: Path, workers: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        for index in range(workers):
+            ours, theirs = context.Pipe()
+            proc = context.Process(target=_worker, args=(theirs, cluster.host, cluster.port, str(workdir), index),
+                                   daemon=True)
+            proc.start()
+            self.pipes.append(ours)
+            self.procs.append(proc)
+        self.cluster = cluster
+
+    def _all(self, commands: list[tuple]) -> list[dict[str, Any]]:
+        for pipe, command in zip(self.pipes, commands, strict=True):
+            pipe.send(command)
+        return [pipe.recv() for pipe in self.pipes]
+
+    def _totals(self, results: list[dict[str, Any]], cpu: float) -> dict[str, Any]:
+        wall = max(r["seconds"] for r in results)  # the workers' own clocks
+        ok = sum(r["ok"] for r in results)
+        return {"ok": ok, "failed": sum(r["failed"] for r in results), "wall_s": wall, "per_s": ok / wall,
+                "auth_cpu_cores": cpu / wall, "auth_cpu_ms_per_heartbeat": 1000 * cpu / max(ok, 1),
+                "connected": sum(r.get("connected", 0) for r in results),
+                "reconnects": sum(r.get("reconnects", 0) for r in results),
+                "errors": [e for r in results for e in r["errors"]][:5]}
+
+    def add(self, uuids: list[str], hold: int) -> dict[str, Any]:
+        """Register new nodes; ``hold`` connections in all are kept open."""
+        n = len(self.pipes)
+        pid = self.cluster.auth.pid
         cpu0 = cpu_seconds(pid)
-        results = pool.map(_worker, [(cluster.host, cluster.port, str(workdir), s, duration) for s in slices])
-        cpu = cpu_seconds(pid) - cpu0
-    wall = max(r["seconds"] for r in results)  # the workers' own clocks: no process start-up
-    ok = sum(r["ok"] for r in results)
-    return {"ok": ok, "failed": sum(r["failed"] for r in results), "wall_s": wall, "per_s": ok / wall,
-            "auth_cpu_cores": cpu / wall, "auth_cpu_ms_per_heartbeat": 1000 * cpu / max(ok, 1),
-            "errors": [e for r in results for e in r["errors"]][:5]}
+        results = self._all([("add", uuids[i::n], hold // n) for i in range(n)])
+        return self._totals(results, cpu_seconds(pid) - cpu0)
+
+    def sustain(self, duration: float) -> dict[str, Any]:
+        self._all([("refresh",)] * len(self.pipes))  # untimed: the fleet back in its steady state
+        pid = self.cluster.auth.pid
+        cpu0 = cpu_seconds(pid)
+        results = self._all([("sustain", duration)] * len(self.pipes))
+        return self._totals(results, cpu_seconds(pid) - cpu0)
+
+    def stop(self) -> None:
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                pipe.send(("stop",))
+        for proc in self.procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+
+
+def open_files_limit(pid: int) -> int:
+    """The soft RLIMIT_NOFILE of a running process."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise BenchError(f"no open-files limit in /proc/{pid}/limits")
 
 
 # ---------------------------------------------------------------------------- join
@@ -226,14 +419,16 @@ def keygen_rate(workdir: Path) -> float:
 # ---------------------------------------------------------------------------- the section
 
 
-def run(root: Path, node_counts: list[int], duration: float, joins: int, workers: int
-        ) -> tuple[list[Figure], dict[str, Any]]:
+def run(root: Path, node_counts: list[int], duration: float, joins: int, workers: int,
+        profile_dir: Path | None = None) -> tuple[list[Figure], dict[str, Any]]:
     root.mkdir(parents=True, exist_ok=True)
     cluster = Cluster(root, CLUSTER)
     details: dict[str, Any] = {}
     figures: list[Figure] = []
+    fleet: Fleet | None = None
     try:
         cluster.start()
+        assert cluster.auth is not None
         keygen = keygen_rate(root)
         keygen_name = f"ssh-keygen -s host certs ({keygen:.0f}/s)"
         token = cluster.add_token(roles="node", ttl="1h")["token"]
@@ -243,30 +438,49 @@ def run(root: Path, node_counts: list[int], duration: float, joins: int, workers
         figures.append(Figure(SECTION, f"joins (certificate issuance), {joins} in a row", join["per_s"], "joins/s",
                               keygen, keygen_name, "higher", 500, target_is_ratio=False,
                               note=f"{join['failed']} failed"))
+        limit = open_files_limit(cluster.auth.pid)
+        details["auth_open_files_limit"] = limit
+        fleet = Fleet(cluster, root, workers)
         uuids: list[str] = []
         for count in sorted(node_counts):
             made = time.monotonic()
             new = make_identities(cluster, count - len(uuids), root, workers)
             made = time.monotonic() - made
-            register = heartbeats(cluster, new, root, workers, None)  # the new nodes' first heartbeat
+            hold = min(count, limit - FD_RESERVE)
+            register = fleet.add(new, hold)  # the new nodes' first heartbeat, each on a new connection
             uuids += new
-            sustained = heartbeats(cluster, uuids, root, workers, duration)
+            if profile_dir is None:
+                sustained = fleet.sustain(duration)
+            else:
+                with Sampler(cluster.auth.pid, profile_dir / f"auth-heartbeats-{count}-nodes.svg"):
+                    sustained = fleet.sustain(duration)
+            auth_rss = rss_bytes(cluster.auth.pid)
             start = time.monotonic()
             listing = cluster.tctl("nodes", "ls")
             ls_s = time.monotonic() - start
             listed = len(listing.stdout.splitlines()) - 2
             details[str(count)] = {"identities_s": made, "register": register, "sustained": sustained,
-                                   "tctl_nodes_ls_s": ls_s, "listed": listed}
+                                   "auth_rss_mib": auth_rss / 2**20, "tctl_nodes_ls_s": ls_s, "listed": listed}
+            connected = sustained["connected"]
+            held = f"{connected} of {count} nodes connected"
+            if connected < count:
+                held += f" (the auth's open-files limit here is {limit})"
             figures += [
                 Figure(SECTION, f"{count} nodes: sustained heartbeats/s", sustained["per_s"], "heartbeats/s",
                        better="higher", target=2000, target_is_ratio=False,
-                       note=f"{sustained['failed']} failed; auth CPU {sustained['auth_cpu_cores']:.2f} cores, "
-                            f"{sustained['auth_cpu_ms_per_heartbeat']:.2f} ms/heartbeat"),
+                       note=f"{held}; {sustained['failed']} failed; auth CPU {sustained['auth_cpu_cores']:.2f} "
+                            f"cores, {sustained['auth_cpu_ms_per_heartbeat']:.2f} ms/heartbeat"),
                 Figure(SECTION, f"{count} nodes: auth CPU while sustained", sustained["auth_cpu_cores"], "cores",
                        note=f"{sustained['auth_cpu_ms_per_heartbeat']:.2f} ms CPU per heartbeat"),
+                Figure(SECTION, f"{count} nodes: auth RSS with {connected} connections", auth_rss / 2**20, "MiB"),
+                Figure(SECTION, f"{count} nodes: first heartbeats (a new TLS connection each)", register["per_s"],
+                       "heartbeats/s", note=f"{register['failed']} failed; auth "
+                                            f"{register['auth_cpu_ms_per_heartbeat']:.2f} ms CPU each"),
                 Figure(SECTION, f"{count} nodes: tctl nodes ls", ls_s * 1000, "ms",
                        note=f"listed {listed} of {count} nodes"),
             ]
     finally:
+        if fleet is not None:
+            fleet.stop()
         cluster.kill_all()
     return figures, details

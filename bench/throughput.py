@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.env import OpenSSH, OurCluster, clean_env
 from bench.figures import Figure, timed
+from bench.profiling import Sampler, pyinstrument_argv
 
 SECTION = "throughput"
 MiB = 1024 * 1024
@@ -32,7 +33,7 @@ def _stdin_run(argv: list[str], env: dict[str, str], data: Path) -> float:
         return timed(argv, env, stdin)
 
 
-def run(openssh: OpenSSH, ours: OurCluster, size: int, runs: int, workdir: Path
+def run(openssh: OpenSSH, ours: OurCluster, size: int, runs: int, workdir: Path, profile_dir: Path | None = None
         ) -> tuple[list[Figure], dict[str, Any]]:
     data = make_file(workdir / "payload.bin", size)
     cat = "cat > /dev/null"
@@ -49,6 +50,10 @@ def run(openssh: OpenSSH, ours: OurCluster, size: int, runs: int, workdir: Path
     for _ in range(runs):
         for name, case in cases.items():
             seconds[name].append(case())
+    if profile_dir is not None:  # one more, untimed: tsh under pyinstrument, the proxy under py-spy
+        assert ours.proxy is not None
+        with Sampler(ours.proxy.daemon.pid, profile_dir / "proxy-tsh-ssh.svg"):
+            _stdin_run(pyinstrument_argv(profile_dir / "tsh-ssh.html", *ours.tsh_ssh(), cat), ours.env(), data)
     data.unlink()
     rate = {name: size / MiB / min(values) for name, values in seconds.items()}
     mib = size // MiB

@@ -28,6 +28,14 @@ NODE_SSH_PORT = 3022
 PROXY_SSH_PORT = 3023
 PROXY_WEB_PORT = 3080
 DEFAULT_PRESENCE_TTL = timedelta(minutes=10)
+#: SSH flow control for session data and the proxy's channels to nodes: a receive window and a
+#: largest data packet above asyncssh's defaults (2 MiB, 32 KiB), since each packet costs a fixed
+#: Python overhead on every hop. The proxy's channels take a packet of the node's size plus its
+#: SSH framing (``SSH_PACKET_FRAMING``), so that a tsh connection to a node, which travels inside
+#: a proxy channel, is not split into a full packet and a tiny one at the proxy.
+SSH_WINDOW = 4 * 1024 * 1024
+SSH_MAX_PACKET = 64 * 1024
+SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")

@@ -23,6 +23,11 @@ DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 RAW_TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10, sock_read=60)
 #: How long a session replaced by a new identity lives on for the requests still using it.
 RETIRED_SESSION_SECONDS = 90.0
+#: Seconds an idle connection to the auth service is kept for the next call: longer than the
+#: longest heartbeat interval (60 s), so an agent holds one connection across its heartbeats, as
+#: the reference's agents do, instead of a new TLS handshake for each. The auth service keeps idle
+#: connections longer still (auth/api.py), so the agent is the side that closes them.
+KEEPALIVE_SECONDS = 150.0
 
 
 def insecure_ssl_context() -> ssl.SSLContext:
@@ -96,7 +101,7 @@ class AuthClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=8)
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=8, keepalive_timeout=KEEPALIVE_SECONDS)
             self._session = aiohttp.ClientSession(connector=connector, timeout=DEFAULT_TIMEOUT)
         return self._session
 

@@ -15,18 +15,22 @@ import binascii
 import logging
 import ssl
 import tempfile
+import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
 
+from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
 from teleport_runtime.agent.identity import write_private
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
-from teleport_runtime.auth.service import AuthService, JoinRequest
-from teleport_runtime.backend import EventType
-from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
+from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
+from teleport_runtime.backend import EventType, Watcher
+from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, parse_tls_identity
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
@@ -44,6 +48,10 @@ HEADER_FORWARDED_ADDR = "X-Teleport-Remote-Addr"
 MAX_STREAM_CHUNK = 1024 * 1024
 #: The longest an agent's CA watch is held open (``GET /v1/authorities/watch?wait=``).
 MAX_WATCH_SECONDS = 60.0
+#: Idle connections are closed after this long: twice the agents' keep-alive, so an agent holds
+#: one connection across its heartbeats and is always the side that closes it (a request never
+#: meets a connection the server is closing).
+KEEPALIVE_SECONDS = 2 * AGENT_KEEPALIVE_SECONDS
 
 
 def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
@@ -54,6 +62,14 @@ def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], 
         return fn
 
     return wrap
+
+
+@dataclass(frozen=True)
+class TrustedCAs:
+    """The CA certificates client certificates are checked against, parsed."""
+
+    host: tuple[x509.Certificate, ...]
+    user: tuple[x509.Certificate, ...]
 
 
 def system_roles(identity: TLSIdentity) -> list[str]:
@@ -71,6 +87,12 @@ class AuthAPI:
         self._ssl: ssl.SSLContext | None = None
         self._active_ssl: ssl.SSLContext | None = None
         self._closing = asyncio.Event()
+        #: Per connection: the trust it was checked against and the identity it presented.
+        self._callers: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[TrustedCAs, TLSIdentity]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._ca_watcher: Watcher | None = None
+        self._trust: TrustedCAs | None = None
 
     # ------------------------------------------------------------------ TLS
 
@@ -137,7 +159,8 @@ class AuthAPI:
         self._active_ssl = await self.build_ssl_context(extra_names)
         outer = await self.build_ssl_context(extra_names)
         outer.sni_callback = self._select_context
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                    keepalive_timeout=KEEPALIVE_SECONDS)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=outer, reuse_address=True)
         await site.start()
@@ -148,6 +171,8 @@ class AuthAPI:
 
     async def close(self) -> None:
         self._closing.set()  # open CA watches answer now rather than hold the shutdown
+        if self._ca_watcher is not None:
+            self._ca_watcher.close()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -186,8 +211,25 @@ class AuthAPI:
             return internal_error_response("auth")
 
     async def _caller(self, request: web.Request) -> TLSIdentity:
-        """The verified client identity; fail closed on anything unexpected."""
+        """The verified client identity; fail closed on anything unexpected.
+
+        A connection's certificate is read and checked once and remembered with the connection
+        (agents keep theirs across heartbeats), until the CAs change: the next request after a
+        rotation step checks it again against the new trust.
+        """
         sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        trust = await self._trusted_cas()
+        cached = self._callers.get(sslobj) if sslobj is not None else None
+        if cached is not None and cached[0] is trust:
+            identity = cached[1]
+        else:
+            identity = self._verify_peer(sslobj, trust)
+            self._callers[sslobj] = (trust, identity)
+        if identity.expires is not None and identity.expires <= datetime.now(UTC):
+            raise AccessDenied(f"the certificate of {identity.name} expired: log in or join again")
+        return identity
+
+    def _verify_peer(self, sslobj: ssl.SSLObject | None, trust: TrustedCAs) -> TLSIdentity:
         der = sslobj.getpeercert(binary_form=True) if sslobj else None
         if not der:
             raise AccessDenied("this endpoint needs a client certificate issued by the cluster")
@@ -195,12 +237,25 @@ class AuthAPI:
         if identity.cluster != self.auth.cluster_name:
             raise AccessDenied(f"certificate is for cluster {identity.cluster!r}, not this one")
         # Host and admin identities must come from the host CA, users from the user CA.
-        cas = await self.auth.public_cas()
-        wanted = cas["user_ca_certs"] if identity.kind == "user" else cas["host_ca_certs"]
-        if not issuing_ca_matches(der, [c.encode() for c in wanted]):
+        if not issuing_ca_matches(der, trust.user if identity.kind == "user" else trust.host):
             raise AccessDenied(f"{identity.kind} certificate not issued by the expected CA")
         return identity
 
+    async def _trusted_cas(self) -> TrustedCAs:
+        """The CA certificates of the cluster, parsed once and again after any change under
+        ``/authorities/`` (a backend watcher: a commit's events are queued before the write
+        returns, so no check after a rotation step sees the old trust)."""
+        watcher = self._ca_watcher
+        if watcher is None or watcher.closed:
+            watcher = self._ca_watcher = await self.auth.backend.new_watcher([AUTHORITIES_PREFIX])
+            self._trust = None
+        if watcher.take_pending() or self._trust is None:
+            cas = await self.auth.public_cas()
+            self._trust = TrustedCAs(
+                host=tuple(c for pem in cas["host_ca_certs"] for c in load_certs(pem)),
+                user=tuple(c for pem in cas["user_ca_certs"] for c in load_certs(pem)),
+            )
+        return self._trust
 
     # ------------------------------------------------------------------ handlers
 
@@ -417,11 +472,11 @@ class AuthAPI:
             identity = parse_tls_identity(der)
         except (ValueError, binascii.Error, TeleportError):
             raise AccessDenied("the forwarded user certificate cannot be read") from None
-        cas = await self.auth.public_cas()
+        trust = await self._trusted_cas()
         if (
             identity.kind != "user"
             or identity.cluster != self.auth.cluster_name
-            or not issuing_ca_matches(der, [c.encode() for c in cas["user_ca_certs"]])
+            or not issuing_ca_matches(der, trust.user)
         ):
             raise AccessDenied("the forwarded certificate is not a user certificate of this cluster")
         if identity.expires is not None and identity.expires <= datetime.now(UTC):

@@ -92,7 +92,9 @@ class Presence:
         self._pending.append((item, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="presence-flush")
-        await asyncio.shield(done)  # a caller that gives up does not cancel the others' write
+        # Each caller waits on its own future: one that gives up cancels only that future, and
+        # its item is still written with the others.
+        await done
 
     async def _flush(self) -> None:
         while self._pending:

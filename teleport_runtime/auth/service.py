@@ -59,8 +59,12 @@ _CLUSTER_NAME_KEY = "/cluster_configuration/name"
 _RESOURCE_NAMES = {"session": "session recordings and sessions", "event": "the audit log"}
 
 
+#: Where the CAs are stored: a change under it is a change of the cluster's trust.
+AUTHORITIES_PREFIX = "/authorities/"
+
+
 def _ca_key(ca_type: CAType) -> str:
-    return f"/authorities/{ca_type.value}"
+    return f"{AUTHORITIES_PREFIX}{ca_type.value}"
 
 
 @dataclass(frozen=True)

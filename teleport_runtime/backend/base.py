@@ -218,6 +218,13 @@ class Watcher:
         self._events.append(event)
         self._wake()
 
+    def take_pending(self) -> list[Event]:
+        """The events queued so far, without waiting (a cache checks this before each use: the
+        backend queues a commit's events before the mutation returns)."""
+        events = list(self._events)
+        self._events.clear()
+        return events
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -10,6 +10,7 @@ The auth service, tctl and the tests build every certificate through this packag
   docstring documents how an identity is encoded in a certificate.
 """
 
+from teleport_runtime.ca._common import load_certs
 from teleport_runtime.ca.authority import (
     CA_CERT_VALIDITY,
     CAKeyPair,
@@ -62,6 +63,7 @@ __all__ = [
     "generate_user_ssh_cert",
     "is_ca_cert",
     "issuing_ca_matches",
+    "load_certs",
     "new_cert_authority",
     "normalize_pin",
     "parse_host_ssh_cert",

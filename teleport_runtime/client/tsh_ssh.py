@@ -24,7 +24,7 @@ import asyncssh
 from teleport_runtime.client.tsh_profile import Profile
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 #: AES-GCM first (AES instructions make it the cheapest per byte; tsh encrypts twice, once per
 #: hop), then asyncssh's default ChaCha20-Poly1305 for peers without it.
 CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com"]

@@ -49,6 +49,7 @@ import asyncssh
 from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
 
 from teleport_runtime.ca import UserCertInfo, parse_host_ssh_cert, parse_user_ssh_cert
+from teleport_runtime.config import SSH_MAX_PACKET, SSH_WINDOW
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.node.osuser import OSUser, can_switch_to, lookup_os_user
 from teleport_runtime.node.session import (
@@ -589,6 +590,8 @@ class NodeSSHServer:
             x11_forwarding=False,
             encoding=None,
             login_timeout=self._login_timeout,
+            window=SSH_WINDOW,
+            max_pktsize=SSH_MAX_PACKET,
         )
 
     def update_identity(self, host_key: bytes, host_cert: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import asyncssh
 
 from teleport_runtime.ca import parse_user_ssh_cert
+from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 
@@ -153,6 +154,12 @@ class _ProxyServerConnection(asyncssh.SSHServerConnection):
             return True
         return super().check_certificate_permission(permission)
 
+    def create_tcp_channel(self, encoding: str | None = None, errors: str = "strict", window: int = SSH_WINDOW,
+                           max_pktsize: int = SSH_MAX_PACKET + SSH_PACKET_FRAMING) -> asyncssh.SSHTCPChannel:
+        # The channels to nodes (direct-tcpip) carry whole SSH packets of the node connection
+        # inside: one of the node's largest packets, framed, fits one packet of this channel.
+        return super().create_tcp_channel(encoding, errors, SSH_WINDOW, SSH_MAX_PACKET + SSH_PACKET_FRAMING)
+
 
 class _ProxyConnection(asyncssh.SSHServer):
     """One client connection to the proxy."""
@@ -257,6 +264,8 @@ class ProxySSHServer:
             x11_forwarding=False,
             keepalive_interval=60,
             login_timeout=60,
+            window=SSH_WINDOW,
+            max_pktsize=SSH_MAX_PACKET + SSH_PACKET_FRAMING,
         )
 
     def _new_connection(self) -> _ProxyServerConnection:

@@ -32,3 +32,17 @@ def test_write_makes_json_and_markdown(tmp_path: Path) -> None:
     table = paths["markdown"].read_text()
     assert "| latency | tsh ssh | 110 ms | 100 ms: OpenSSH jump host | 1.10x | <= 1.2x | yes |" in table
     assert "load 1" in table
+
+
+def test_fleet_inventory_uses_the_bench_hosts_only(tmp_path: Path) -> None:
+    import yaml
+
+    from bench import fleet
+
+    inventory = yaml.safe_load(fleet.write_inventory(tmp_path / "hosts.yml", 3).read_text())["all"]
+    groups = {name: list(group["hosts"]) for name, group in inventory["children"].items()}
+    assert groups == {"teleport_auth": ["bench-auth1"], "teleport_proxy": ["bench-proxy1"],
+                      "teleport_node": ["bench-node1", "bench-node2", "bench-node3"]}
+    assert inventory["vars"]["runtime_auth_servers"] == ["bench-auth1:3025"]
+    # the bench's own wheelhouse cache, not the one Molecule scenarios share
+    assert inventory["vars"]["runtime_build_dir"].endswith("teleport_access-bench")
