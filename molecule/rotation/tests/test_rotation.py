@@ -321,7 +321,7 @@ def test_proceed_with_lagging_goes_on_and_the_node_follows_when_back(node2_down)
     rotation = user_ca(tctl_json("status"))
     assert rotation["phase"] == "standby"
     host(node2_down).run("systemctl start teleport")
-    for _ in range(60):
+    for _attempt in range(60):
         (node,) = [n for n in tctl_json("nodes", "ls") if n["hostname"] == node2_down]
         if node["rotation"]["user"] == {"phase": "standby", "id": rotation["id"]}:
             break
