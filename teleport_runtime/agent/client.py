@@ -109,38 +109,8 @@ class AuthClient:
         """One API call; TeleportError as the server sent it, ConnectionProblem if unreachable.
 
         ``time_limit`` (seconds) replaces the default total timeout, for long polls."""
-        session = self._get_session()
         limit = DEFAULT_TIMEOUT if time_limit is None else aiohttp.ClientTimeout(total=time_limit, connect=10)
-        problems = []
-        for addr in self.addresses:
-            url = f"https://{addr}{path}"
-            try:
-                async with session.request(
-                    method,
-                    url,
-                    json=body,
-                    timeout=limit,
-                    server_hostname=API_SERVER_NAME if self.verify_name else None,
-                ) as resp:
-                    try:
-                        data = await resp.json(content_type=None)
-                    except ValueError:
-                        data = None
-                    if resp.status >= 400:
-                        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                            raise error_from_dict(data["error"])
-                        raise TeleportError(f"auth server at {addr} answered HTTP {resp.status}")
-                    return data
-            except aiohttp.ClientConnectorCertificateError as exc:
-                problems.append(f"{addr}: its certificate is not signed by the cluster's CA ({exc.certificate_error})")
-            except aiohttp.ClientSSLError as exc:
-                problems.append(f"{addr}: TLS handshake failed ({exc})")
-            except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-                problems.append(f"{addr}: {exc or type(exc).__name__}")
-        raise ConnectionProblem(
-            "cannot reach the auth server: " + "; ".join(problems)
-            + " — check --auth-server / teleport.auth_servers and that the auth service is running"
-        )
+        return await self._request(method, path, {"json": body}, limit, raw=False)
 
     # Convenience wrappers keep call sites readable.
     async def get(self, path: str, *, time_limit: float | None = None) -> Any:
@@ -156,6 +126,14 @@ class AuthClient:
         """One API call with a raw (non-JSON) body, such as a session recording upload or
         download, under :data:`RAW_TIMEOUT`. Answers the body as bytes, or decoded JSON when the
         server answers JSON; errors as :meth:`call`."""
+        return await self._request(method, path, {"data": body, "headers": headers}, RAW_TIMEOUT, raw=True)
+
+    async def _request(
+        self, method: str, path: str, send: dict[str, Any], limits: aiohttp.ClientTimeout, *, raw: bool
+    ) -> Any:
+        """Try each auth address in turn. The answer is decoded JSON (any body when not ``raw``;
+        with ``raw``, bytes unless the server says it is JSON); an error answer is raised as the
+        TeleportError the server sent."""
         session = self._get_session()
         problems = []
         for addr in self.addresses:
@@ -163,22 +141,21 @@ class AuthClient:
                 async with session.request(
                     method,
                     f"https://{addr}{path}",
-                    data=body,
-                    headers=headers,
-                    timeout=RAW_TIMEOUT,
+                    timeout=limits,
                     server_hostname=API_SERVER_NAME if self.verify_name else None,
+                    **send,
                 ) as resp:
-                    raw = await resp.read()
-                    is_json = resp.content_type == "application/json"
+                    body = await resp.read()
+                    is_json = not raw or resp.content_type == "application/json"
                     try:
-                        data = json.loads(raw) if is_json and raw else None
+                        data = json.loads(body) if is_json and body else None
                     except ValueError:
                         data = None
                     if resp.status >= 400:
                         if isinstance(data, dict) and isinstance(data.get("error"), dict):
                             raise error_from_dict(data["error"])
                         raise TeleportError(f"auth server at {addr} answered HTTP {resp.status}")
-                    return data if is_json else raw
+                    return data if is_json else body
             except aiohttp.ClientConnectorCertificateError as exc:
                 problems.append(f"{addr}: its certificate is not signed by the cluster's CA ({exc.certificate_error})")
             except aiohttp.ClientSSLError as exc:

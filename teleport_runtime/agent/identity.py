@@ -1,18 +1,19 @@
 """An agent's identity on disk: its SSH host key and certificate, its X.509 key and certificate,
 and what it trusts (host CA certs, user CA keys). Nodes and proxies keep one per role under
 ``<data_dir>/identity/<role>/``; the auth service writes the local admin identity tctl uses under
-``<data_dir>/admin/``. Files are written atomically with mode 0600.
+``<data_dir>/admin/``. Files are written atomically and durably with mode 0600
+(:func:`~teleport_runtime.durable.write_private`).
 """
 
 from __future__ import annotations
 
-import os
 import ssl
 import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from teleport_runtime.durable import write_private
 from teleport_runtime.errors import ConfigError
 
 _FILES = {
@@ -26,21 +27,16 @@ _FILES = {
 }
 
 
-def write_private(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def load_cert_chain(ctx: ssl.SSLContext, cert: bytes | str, key: bytes | str) -> None:
+    """Load a PEM certificate and key held in memory into ``ctx`` (the ssl module reads files:
+    they exist for the call only, private, in a temporary directory)."""
+    with tempfile.TemporaryDirectory() as tmp:  # created 0700; nothing to keep, so no fsync
+        paths = []
+        for name, data in (("cert.pem", cert), ("key.pem", key)):
+            path = Path(tmp) / name
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+            paths.append(path)
+        ctx.load_cert_chain(*paths)
 
 
 @dataclass
@@ -105,11 +101,7 @@ class Identity:
         """A TLS client context presenting this identity and trusting only the cluster's host CAs."""
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=b"".join(self.ca_certs).decode())
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-            write_private(cert, self.tls_cert)
-            write_private(key, self.tls_key)
-            ctx.load_cert_chain(cert, key)
+        load_cert_chain(ctx, self.tls_cert, self.tls_key)
         return ctx
 
 

@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from teleport_runtime.agent.client import AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.agent.identity import Identity, host_uuid
@@ -81,6 +82,12 @@ async def join_cluster(
                 "addresses": addresses,
             },
         )
+    return issued_identity(issued, tls_key=tls_key, ssh_key=ssh_key)
+
+
+def issued_identity(issued: dict[str, Any], *, tls_key: bytes, ssh_key: bytes) -> Identity:
+    """The identity an auth answer issued (``/v1/join``, ``/v1/reregister``) for the keys the
+    agent generated."""
     return Identity(
         tls_key=tls_key,
         tls_cert=issued["tls_cert"].encode(),

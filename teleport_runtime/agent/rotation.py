@@ -45,6 +45,7 @@ from typing import Any
 
 from teleport_runtime.agent.client import AuthClient, insecure_ssl_context
 from teleport_runtime.agent.identity import Identity, write_private
+from teleport_runtime.agent.join import issued_identity
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, issuing_ca_matches
 from teleport_runtime.errors import AccessDenied, ConnectionProblem, TeleportError
 
@@ -270,15 +271,7 @@ class RotationSync:
             {"ssh_public_key": ssh_public, "tls_public_key": tls_public.decode(), "addresses": self.addresses},
         )
         log.info("%s re-registered with the auth service", self.role)
-        return Identity(
-            tls_key=tls_key,
-            tls_cert=issued["tls_cert"].encode(),
-            ca_certs=[c.encode() for c in issued["host_ca_certs"]],
-            ssh_key=ssh_key,
-            ssh_cert=issued["ssh_cert"],
-            user_ca_keys=list(issued["user_ca_keys"]),
-            host_ca_keys=list(issued["host_ca_keys"]),
-        )
+        return issued_identity(issued, tls_key=tls_key, ssh_key=ssh_key)
 
     async def _check_still_trusted(self, problem: TeleportError) -> None:
         """After a TLS or access failure: raise :class:`IdentityNotTrusted` when the cluster no

@@ -14,19 +14,17 @@ import base64
 import binascii
 import logging
 import ssl
-import tempfile
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from cryptography import x509
 
 from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
-from teleport_runtime.agent.identity import write_private
+from teleport_runtime.agent.identity import load_cert_chain
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
 from teleport_runtime.backend import EventType, Watcher
@@ -102,11 +100,7 @@ class AuthAPI:
         cas = await self.auth.public_cas()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-            write_private(cert, identity.tls_cert)
-            write_private(key, identity.tls_key)
-            ctx.load_cert_chain(cert, key)
+        load_cert_chain(ctx, identity.tls_cert, identity.tls_key)
         ctx.verify_mode = ssl.CERT_OPTIONAL  # public endpoints exist; handlers require a cert
         ctx.load_verify_locations(cadata="".join(cas["host_ca_certs"] + cas["user_ca_certs"]))
         return ctx

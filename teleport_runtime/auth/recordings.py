@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from teleport_runtime.backend import Backend, Item, prefix_end
+from teleport_runtime.durable import write_private
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from teleport_runtime.recording.asciicast import (
@@ -39,8 +40,8 @@ from teleport_runtime.recording.asciicast import (
     HEADER_MANIFEST,
     HEADER_SHA256,
     HEADER_SIZE,
-    SESSION_KEY,
     check_session_id,
+    header_session,
     parse_header,
 )
 
@@ -169,6 +170,19 @@ class FileRecordingStore(RecordingStore):
         self.root = Path(root)
         self._locks: dict[str, _KeyLock] = {}
 
+    @contextlib.asynccontextmanager
+    async def _locked(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the lock of ``session_id`` (dropped once nobody uses it)."""
+        entry = self._locks.setdefault(session_id, _KeyLock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[session_id]
+
     def _paths(self, session_id: str) -> tuple[Path, Path]:
         check_session_id(session_id)
         return self.root / f"{session_id}.cast", self.root / f"{session_id}.json"
@@ -192,19 +206,11 @@ class FileRecordingStore(RecordingStore):
         if len(encoded_meta) > MAX_META_SIZE:
             raise BadParameter(f"recording {session_id}: metadata over {MAX_META_SIZE} bytes")
         await asyncio.to_thread(verify_recording, session_id, data, sha256, size)
-        entry = self._locks.setdefault(session_id, _KeyLock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                return await asyncio.to_thread(self._put, session_id, data, sha256, meta)
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[session_id]
+        async with self._locked(session_id):
+            return await asyncio.to_thread(self._put, session_id, data, sha256, meta)
 
     def _put(self, session_id: str, data: bytes, sha256: str, meta: dict[str, Any]) -> dict[str, Any]:
         cast_path, meta_path = self._paths(session_id)
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if meta_path.exists():
             stored = json.loads(meta_path.read_text(encoding="utf-8"))
             if stored.get("sha256") == sha256 and stored.get("size") == len(data):
@@ -225,8 +231,8 @@ class FileRecordingStore(RecordingStore):
             "sha256": sha256,
             "stored_at": datetime.now(UTC).isoformat(),
         }
-        _write_atomic(cast_path, data)
-        _write_atomic(meta_path, json.dumps(record, sort_keys=True).encode())
+        write_private(cast_path, data)
+        write_private(meta_path, json.dumps(record, sort_keys=True))
         for path in self._stream_paths(session_id):
             path.unlink(missing_ok=True)  # the complete recording replaces the live stream
         return {**record, "duplicate": False}
@@ -244,15 +250,8 @@ class FileRecordingStore(RecordingStore):
             raise BadParameter(f"recording stream {session_id}: bad offset {offset!r}")
         if offset + len(data) > MAX_RECORDING_SIZE:
             raise BadParameter(f"recording stream {session_id} would exceed {MAX_RECORDING_SIZE} bytes")
-        entry = self._locks.setdefault(session_id, _KeyLock())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                return await asyncio.to_thread(self._append, session_id, offset, data, owner)
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._locks[session_id]
+        async with self._locked(session_id):
+            return await asyncio.to_thread(self._append, session_id, offset, data, owner)
 
     def _append(self, session_id: str, offset: int, data: bytes, owner: str) -> int:
         part, owner_path = self._stream_paths(session_id)
@@ -347,27 +346,6 @@ def _record_time(record: dict[str, Any]) -> datetime | None:
     return _parse_time(record.get("started")) or _parse_time(record.get("stored_at"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 # ---------------------------------------------------------------------- the API's halves
 
 #: Manifest fields the auth service keeps from an upload (the rest comes from the cast header).
@@ -397,8 +375,7 @@ def recording_meta(data: bytes, manifest: dict[str, Any], uploaded_by: str = "")
     """
     first, _, _ = data.partition(b"\n")
     header = parse_header(first)
-    session = header.get(SESSION_KEY) if isinstance(header.get(SESSION_KEY), dict) else {}
-    meta: dict[str, Any] = {k: v for k, v in session.items() if k != "id"}
+    meta = header_session(header)
     meta.setdefault("cols", header.get("width"))
     meta.setdefault("rows", header.get("height"))
     for key in _MANIFEST_FIELDS:

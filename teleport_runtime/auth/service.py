@@ -138,13 +138,7 @@ class AuthService:
     async def public_cas(self) -> dict[str, Any]:
         """What anyone may see: CA certs and public keys, for pinning and trust."""
         host, user = await self.get_ca(CAType.HOST), await self.get_ca(CAType.USER)
-        return {
-            "cluster": self.cluster_name,
-            "host_ca_certs": [c.decode() for c in host.trusted_tls_certs()],
-            "user_ca_certs": [c.decode() for c in user.trusted_tls_certs()],
-            "host_ca_keys": host.trusted_ssh_public_keys(),
-            "user_ca_keys": user.trusted_ssh_public_keys(),
-        }
+        return {"cluster": self.cluster_name, **_trusted(host, user), "user_ca_certs": _certs(user)}
 
     async def ca_pins(self) -> list[str]:
         host = await self.get_ca(CAType.HOST)
@@ -160,13 +154,7 @@ class AuthService:
         return {
             "revision": f"{items[CAType.HOST].revision}.{items[CAType.USER].revision}",
             "rotation": {t.value: rotation_view(ca) for t, ca in cas.items()},
-            "cas": {
-                "cluster": self.cluster_name,
-                "host_ca_certs": [c.decode() for c in host.trusted_tls_certs()],
-                "user_ca_certs": [c.decode() for c in user.trusted_tls_certs()],
-                "host_ca_keys": host.trusted_ssh_public_keys(),
-                "user_ca_keys": user.trusted_ssh_public_keys(),
-            },
+            "cas": {"cluster": self.cluster_name, **_trusted(host, user), "user_ca_certs": _certs(user)},
             "signing": {"host_ca_cert": host.active.tls_cert.decode()},
         }
 
@@ -312,9 +300,7 @@ class AuthService:
             "cluster": self.cluster_name,
             "ssh_cert": ssh_cert,
             "tls_cert": tls_cert.decode(),
-            "host_ca_certs": [c.decode() for c in host.trusted_tls_certs()],
-            "host_ca_keys": host.trusted_ssh_public_keys(),
-            "user_ca_keys": user.trusted_ssh_public_keys(),
+            **_trusted(host, user),
         }
 
     # ------------------------------------------------------------------ users
@@ -358,9 +344,7 @@ class AuthService:
             "roles": role_names,
             "logins": logins,
             "ttl_seconds": int(cert_ttl.total_seconds()),
-            "host_ca_keys": host_ca.trusted_ssh_public_keys(),
-            "host_ca_certs": [c.decode() for c in host_ca.trusted_tls_certs()],
-            "user_ca_keys": user_ca.trusted_ssh_public_keys(),
+            **_trusted(host_ca, user_ca),
         }
         if tls_public_key:
             result["tls_cert"] = generate_tls_identity_cert(
@@ -495,3 +479,16 @@ def _split_names(names: list[str]) -> tuple[list[str], list[str]]:
                 dns.append(name)
     return dns, ips
 
+
+def _certs(ca: CertAuthority) -> list[str]:
+    return [c.decode() for c in ca.trusted_tls_certs()]
+
+
+def _trusted(host: CertAuthority, user: CertAuthority) -> dict[str, list[str]]:
+    """What a certificate holder is told to trust (both keys of a CA while it rotates): the host
+    CA certs (TLS) and keys (SSH known_hosts), and the user CA keys (SSH)."""
+    return {
+        "host_ca_certs": _certs(host),
+        "host_ca_keys": host.trusted_ssh_public_keys(),
+        "user_ca_keys": user.trusted_ssh_public_keys(),
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def echo_listing(
+    records: list[dict[str, Any]], fmt: str, headers: Sequence[str], row: Callable[[dict[str, Any]], Sequence[str]]
+) -> None:
+    """``--format=json``: the records as they came; text: a table with one ``row(record)`` each."""
+    if fmt == "json":
+        echo_json(records)
+    else:
+        click.echo(table(headers, [row(r) for r in records]))
 
 
 def format_expiry(value: str | None) -> str:

@@ -22,10 +22,10 @@ from teleport_runtime.agent.identity import Identity, write_private
 from teleport_runtime.ca import generate_ssh_keypair
 from teleport_runtime.client.output import (
     echo_json,
+    echo_listing,
     format_expiry,
     format_labels,
     humanize_ttl,
-    table,
 )
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import ConfigError, TeleportError
@@ -189,11 +189,8 @@ async def nodes_add(client: AuthClient, roles: str, ttl: str | None, value: str 
 async def nodes_ls(client: AuthClient, fmt: str) -> None:
     """The nodes online in the cluster."""
     records = await client.get("/v1/nodes")
-    if fmt == "json":
-        echo_json(records)
-        return
-    rows = [(n["hostname"], n["id"], n["addr"], format_labels(n["labels"])) for n in records]
-    click.echo(table(["Node Name", "Node ID", "Address", "Labels"], rows))
+    echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Labels"],
+                 lambda n: (n["hostname"], n["id"], n["addr"], format_labels(n["labels"])))
 
 
 @cli.group()
@@ -219,14 +216,8 @@ async def tokens_add(client: AuthClient, types: str, ttl: str | None, value: str
 async def tokens_ls(client: AuthClient, fmt: str) -> None:
     """Tokens that have not expired; static ones expire "never"."""
     records = await client.get("/v1/tokens")
-    if fmt == "json":
-        echo_json(records)
-        return
-    rows = [
-        (t["token"], ",".join(r.capitalize() for r in t["roles"]), format_expiry(t["expires"]))
-        for t in records
-    ]
-    click.echo(table(["Token", "Type", "Expiry Time (UTC)"], rows))
+    echo_listing(records, fmt, ["Token", "Type", "Expiry Time (UTC)"],
+                 lambda t: (t["token"], ",".join(r.capitalize() for r in t["roles"]), format_expiry(t["expires"])))
 
 
 async def _delete_token(client: AuthClient, token: str) -> None:
@@ -320,11 +311,8 @@ async def users_update(
 async def users_ls(client: AuthClient, fmt: str) -> None:
     """List users."""
     records = await client.get("/v1/users")
-    if fmt == "json":
-        echo_json(records)
-        return
-    rows = [(u["name"], ",".join(u["roles"]), ",".join(u["logins"]), u["status"]) for u in records]
-    click.echo(table(["User", "Roles", "Logins", "Status"], rows))
+    echo_listing(records, fmt, ["User", "Roles", "Logins", "Status"],
+                 lambda u: (u["name"], ",".join(u["roles"]), ",".join(u["logins"]), u["status"]))
 
 
 @users.command("rm")
@@ -504,16 +492,12 @@ async def audit_ls(client: AuthClient, since: str, types: str, fmt: str) -> None
     """Audit events in a time range, oldest first: logins, sessions, commands, uploads, refusals."""
     parse_duration(since)  # a typo fails here, naming the option
     events = await client.get("/v1/audit?" + urlencode({"since": since, "type": types}))
-    if fmt == "json":
-        echo_json(events)
-        return
-    rows = [
-        (e["time"][:19].replace("T", " "), e["event"], e.get("code", ""), e.get("user", ""), e.get("login", ""),
-         e.get("node") or e.get("nodename") or e.get("server_id", ""), e.get("session_id", ""),
-         e.get("remote_addr", ""))
-        for e in events
-    ]
-    click.echo(table(["Time (UTC)", "Event", "Code", "User", "Login", "Node", "Session", "Remote"], rows))
+    echo_listing(
+        events, fmt, ["Time (UTC)", "Event", "Code", "User", "Login", "Node", "Session", "Remote"],
+        lambda e: (e["time"][:19].replace("T", " "), e["event"], e.get("code", ""), e.get("user", ""),
+                   e.get("login", ""), e.get("node") or e.get("nodename") or e.get("server_id", ""),
+                   e.get("session_id", ""), e.get("remote_addr", "")),
+    )
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ import segno
 
 from teleport_runtime.agent.identity import write_private
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, parse_user_ssh_cert
-from teleport_runtime.client.output import table
+from teleport_runtime.client.output import echo_json, table
 from teleport_runtime.client.tsh_profile import (
     DEFAULT_SSH_PORT,
     DEFAULT_WEB_PORT,
@@ -380,7 +379,7 @@ def status(fmt: str) -> None:
         _refresh_now(profile)
         if fmt == "json":
             data = _status_json(profile)
-            click.echo(json.dumps(data, indent=2))
+            echo_json(data)
             expired = data["expired"]
         else:
             lines, expired = _status_lines(profile)
@@ -485,9 +484,8 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
     finally:
         await refresh.outcome()
     if fmt == "json":
-        click.echo(json.dumps(
-            [{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {}}
-             for n in nodes], indent=2))
+        echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {}}
+                   for n in nodes])
         return
     rows = [
         [n["hostname"], n["addr"], ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
@@ -663,7 +661,7 @@ async def recordings_ls(since: str | None, fmt: str) -> None:
     """List the recorded sessions, oldest first."""
     records = await list_recordings(_user_web_client(_active_profile()), since)
     if fmt == "json":
-        click.echo(json.dumps(records, indent=2))
+        echo_json(records)
     else:
         click.echo(recordings_table(records))
 
@@ -695,7 +693,7 @@ async def sessions_ls(fmt: str) -> None:
     """List the interactive sessions in progress: who, where, since when."""
     active = await list_sessions(_user_web_client(_active_profile()))
     if fmt == "json":
-        click.echo(json.dumps(active, indent=2))
+        echo_json(active)
     else:
         click.echo(sessions_table(active))
 

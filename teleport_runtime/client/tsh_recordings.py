@@ -4,8 +4,6 @@ auth service answers only users whose roles allow it (the preset ``auditor`` rol
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from datetime import timedelta
 from typing import Any, BinaryIO
@@ -16,6 +14,7 @@ from teleport_runtime.client.tsh_web import ProxyWebClient
 from teleport_runtime.durations import format_duration
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.recording import check_session_id, parse_speed, play_async, read_cast, to_json
+from teleport_runtime.recording.client import recording_data
 
 #: ``tsh play --format``.
 PLAY_FORMATS = ("pty", "json", "asciicast")
@@ -30,11 +29,7 @@ async def list_recordings(client: ProxyWebClient, since: str | None = None) -> l
 async def fetch_recording(client: ProxyWebClient, session_id: str) -> bytes:
     """A recording's asciicast v2 bytes."""
     check_session_id(session_id)
-    answer = await client.get(f"/webapi/recordings/{session_id}")
-    try:
-        return base64.b64decode(str(answer["data_b64"]), validate=True)
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        raise BadParameter(f"the proxy sent no recording data for session {session_id}") from None
+    return recording_data(await client.get(f"/webapi/recordings/{session_id}"), session_id, "the proxy")
 
 
 async def list_sessions(client: ProxyWebClient) -> list[dict[str, Any]]:

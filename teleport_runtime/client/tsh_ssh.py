@@ -81,24 +81,32 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _connect(
+    host: str, port: int, username: str, creds: Credentials, **options: Any
+) -> asyncssh.SSHClientConnection:
+    """One hop with the user's certificate, verified against the cluster's host CAs only (no
+    ssh_config, publickey auth, the preferred ciphers), within CONNECT_TIMEOUT."""
+    return await asyncio.wait_for(
+        asyncssh.connect(
+            host,
+            port,
+            username=username,
+            client_keys=[(creds.key, creds.cert)],
+            known_hosts=creds.known_hosts(),
+            config=[],
+            preferred_auth="publickey",
+            encryption_algs=CIPHERS,
+            keepalive_interval=30,
+            **options,
+        ),
+        CONNECT_TIMEOUT,
+    )
+
+
 async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHClientConnection:
     """The SSH connection to the proxy (the jump hop)."""
     try:
-        return await asyncio.wait_for(
-            asyncssh.connect(
-                profile.ssh_host,
-                profile.ssh_port,
-                username=profile.user,
-                client_keys=[(creds.key, creds.cert)],
-                known_hosts=creds.known_hosts(),
-                agent_path=None,
-                config=[],
-                preferred_auth="publickey",
-                encryption_algs=CIPHERS,
-                keepalive_interval=30,
-            ),
-            CONNECT_TIMEOUT,
-        )
+        return await _connect(profile.ssh_host, profile.ssh_port, profile.user, creds, agent_path=None)
     except asyncssh.HostKeyNotVerifiable as exc:
         raise HostNotVerified(
             f"the proxy at {profile.ssh_addr} did not present a host certificate from cluster "
@@ -132,22 +140,8 @@ async def connect_node(
         if not agent_path:
             raise BadParameter("-A forwards your ssh-agent, but none is running (SSH_AUTH_SOCK is not set)")
     try:
-        return await asyncio.wait_for(
-            asyncssh.connect(
-                host,
-                port,
-                tunnel=proxy,
-                username=login,
-                client_keys=[(creds.key, creds.cert)],
-                known_hosts=creds.known_hosts(),
-                agent_path=agent_path,
-                agent_forwarding=agent_forwarding,
-                config=[],
-                preferred_auth="publickey",
-                encryption_algs=CIPHERS,
-                keepalive_interval=30,
-            ),
-            CONNECT_TIMEOUT,
+        return await _connect(
+            host, port, login, creds, tunnel=proxy, agent_path=agent_path, agent_forwarding=agent_forwarding
         )
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionProblem(f"cannot reach {host}: {exc.reason}") from None

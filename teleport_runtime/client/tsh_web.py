@@ -23,11 +23,9 @@ import asyncio
 import http.client
 import json
 import ssl
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from teleport_runtime.agent.identity import write_private
+from teleport_runtime.agent.identity import load_cert_chain
 from teleport_runtime.ca import check_ca_pins, parse_tls_identity
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError, error_from_dict
@@ -55,11 +53,7 @@ def trusting_context(
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cadata=b"".join(ca_certs).decode())
     if client_cert and client_key:
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-            write_private(cert, client_cert)
-            write_private(key, client_key)
-            ctx.load_cert_chain(cert, key)
+        load_cert_chain(ctx, client_cert, client_key)
     return ctx
 
 

@@ -28,9 +28,7 @@ import contextlib
 import json
 import logging
 import os
-import random
 import secrets
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -38,8 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from teleport_runtime.backoff import Backoff
+from teleport_runtime.durable import fsync_dir, write_private
 from teleport_runtime.errors import AlreadyExists, BadParameter, TeleportError
-from teleport_runtime.recording.spool import fsync_dir, write_json_atomic
 
 log = logging.getLogger("teleport.audit")
 
@@ -54,8 +53,6 @@ _SEQ_DIGITS = 20
 
 #: ``send(event)``: deliver one event to the auth service; raise to fail.
 Send = Callable[[dict[str, Any]], Awaitable[Any]]
-
-_rng = random.SystemRandom()
 
 
 def audit_spool_dir(data_dir: Path) -> Path:
@@ -118,24 +115,10 @@ class AuditSpool:
             self._make_room(size)
             seq = self._next
             self._next += 1
-            self._write(self._path(seq), data)
+            write_private(self._path(seq), data)
             self._pending.append((seq, size))
             self._bytes += size
         return event
-
-    def _write(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.directory)
 
     def _make_room(self, size: int) -> None:
         """Drop the oldest events (not the one being sent) until ``size`` more bytes fit."""
@@ -166,7 +149,7 @@ class AuditSpool:
         if known:
             record["first_time"] = min([known[0], *([record["first_time"]] if record.get("first_time") else [])])
             record["last_time"] = max([known[-1], *([record["last_time"]] if record.get("last_time") else [])])
-        write_json_atomic(path, record)
+        write_private(path, json.dumps(record, sort_keys=True))
         log.error(
             "audit spool full (%d bytes): dropped the %d oldest event(s) not yet delivered to the auth "
             "service (%d so far); the auth service is told with an audit.dropped event once it is reachable",
@@ -252,7 +235,7 @@ class AuditSpool:
                     "reason": f"the node's audit spool was full ({self.max_bytes} bytes) while the auth "
                               "service was unreachable",
                 }
-                write_json_atomic(sending, event)
+                write_private(sending, json.dumps(event, sort_keys=True))
                 counted.unlink(missing_ok=True)
                 fsync_dir(self.directory)
             try:
@@ -269,8 +252,8 @@ class AuditSpool:
 
 class AuditSender:
     """Sends the spool's events to the auth service in the background, in order, retrying with
-    backoff (``min_backoff * 2**(n-1)`` seconds after the n-th failure in a row, capped at
-    ``max_backoff``, times a jitter in [0.8, 1]).
+    backoff (see :class:`~teleport_runtime.backoff.Backoff`; ``min_backoff`` and ``max_backoff``
+    in seconds).
 
     ``common`` fields (the node's name and cluster) are added to the ``audit.dropped`` events
     the sender makes; spooled events carry their own.
@@ -288,13 +271,10 @@ class AuditSender:
         min_backoff: float = 1.0,
         max_backoff: float = 15.0,
     ) -> None:
-        if min_backoff <= 0 or max_backoff < min_backoff:
-            raise BadParameter("backoff must satisfy 0 < min_backoff <= max_backoff")
+        self.backoff = Backoff(min_backoff, max_backoff)
         self.spool = spool
         self._send = send
         self.common = dict(common or {})
-        self.min_backoff = min_backoff
-        self.max_backoff = max_backoff
         self.failures = 0
         self.sent = 0
         self._wake = asyncio.Event()
@@ -350,10 +330,6 @@ class AuditSender:
             self.sent += 1
             done += 1
 
-    def _backoff(self) -> float:
-        delay = min(self.max_backoff, self.min_backoff * 2.0 ** min(self.failures - 1, 32))
-        return delay * _rng.uniform(0.8, 1.0)
-
     async def _run(self) -> None:
         while True:
             self._wake.clear()
@@ -363,7 +339,7 @@ class AuditSender:
                 raise
             except Exception as exc:
                 self.failures += 1
-                delay = self._backoff()
+                delay = self.backoff.delay(self.failures)
                 message = exc.message if isinstance(exc, TeleportError) else repr(exc)
                 log.warning("%d audit event(s) not delivered yet (%s); attempt %d, retrying in %.1fs",
                             self.spool.pending(), message, self.failures, delay)

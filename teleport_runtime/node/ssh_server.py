@@ -49,7 +49,7 @@ import asyncssh
 from cryptography.hazmat.primitives.serialization import load_ssh_public_identity
 
 from teleport_runtime.ca import UserCertInfo, parse_host_ssh_cert, parse_user_ssh_cert
-from teleport_runtime.config import SSH_MAX_PACKET, SSH_WINDOW
+from teleport_runtime.config import SSH_MAX_PACKET
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.node.osuser import OSUser, can_switch_to, lookup_os_user
 from teleport_runtime.node.session import (
@@ -60,6 +60,7 @@ from teleport_runtime.node.session import (
     SessionRecorder,
 )
 from teleport_runtime.rbac import Role, RoleSet
+from teleport_runtime.sshserver import cert_only_options, close_listener
 
 __all__ = [
     "DEFAULT_PORT",
@@ -574,23 +575,14 @@ class NodeSSHServer:
             parse_host_ssh_cert(host_cert)
         except TeleportError as exc:
             raise BadParameter(f"invalid node host certificate: {exc.message}") from exc
-        return asyncssh.SSHServerConnectionOptions(
+        return cert_only_options(
             server_factory=_ServerHandler,
             server_host_keys=[(key, cert)],
             server_version="Teleport",
-            public_key_auth=True,
-            password_auth=False,
-            kbdint_auth=False,
-            host_based_auth=False,
-            gss_auth=False,
-            gss_kex=False,
             allow_pty=True,
             line_editor=False,
             agent_forwarding=True,
-            x11_forwarding=False,
-            encoding=None,
             login_timeout=self._login_timeout,
-            window=SSH_WINDOW,
             max_pktsize=SSH_MAX_PACKET,
         )
 
@@ -624,17 +616,7 @@ class NodeSSHServer:
     async def close(self) -> None:
         """Stop listening, close every connection (ending their sessions), flush the audit."""
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        connections = list(self._connections)
-        for conn in connections:
-            conn.close()
-        for conn in connections:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), 5)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
+        await close_listener(server, self._connections)
         task, self._audit_task = self._audit_task, None
         if task is not None:
             with contextlib.suppress(asyncio.QueueFull):

@@ -143,26 +143,26 @@ class ProxyService:
         }
 
     def ssh_addr(self, request_host: str | None = None) -> str:
-        """The proxy SSH address clients dial: ssh_public_addr, else the listen address (a
-        wildcard listen host becomes the host the client reached the web API with)."""
-        if self.cfg.proxy.ssh_public_addr is not None:
-            return str(self.cfg.proxy.ssh_public_addr)
-        listen = self.cfg.proxy.listen_addr
-        port = self.ssh_port or listen.port
-        host = listen.host
-        if host in _WILDCARDS:
-            host = _split_request_host(request_host) or self.cfg.advertise_ip or host
-        return _format_host_port(host, port)
+        """The proxy SSH address clients dial (see :meth:`_advertised`)."""
+        proxy = self.cfg.proxy
+        return self._advertised(proxy.ssh_public_addr, proxy.listen_addr, self.ssh_port, request_host)
 
     def web_addr(self, request_host: str | None = None) -> str:
-        if self.cfg.proxy.public_addr is not None:
-            return str(self.cfg.proxy.public_addr)
-        listen = self.cfg.proxy.web_listen_addr
-        port = self.web_port or listen.port
+        """The proxy web address clients use (see :meth:`_advertised`)."""
+        proxy = self.cfg.proxy
+        return self._advertised(proxy.public_addr, proxy.web_listen_addr, self.web_port, request_host)
+
+    def _advertised(
+        self, public: HostPort | None, listen: HostPort, bound_port: int | None, request_host: str | None
+    ) -> str:
+        """The public address when configured, else the listen address with the port actually
+        bound; a wildcard listen host becomes the host the client reached the web API with."""
+        if public is not None:
+            return str(public)
         host = listen.host
         if host in _WILDCARDS:
             host = _split_request_host(request_host) or self.cfg.advertise_ip or host
-        return _format_host_port(host, port)
+        return _format_host_port(host, bound_port or listen.port)
 
     def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
         return {

@@ -31,6 +31,7 @@ from teleport_runtime.ca import parse_user_ssh_cert
 from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
+from teleport_runtime.sshserver import cert_only_options, close_listener
 
 log = logging.getLogger("teleport.proxy.ssh")
 
@@ -246,25 +247,16 @@ class ProxySSHServer:
         self.port: int | None = None
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
-        return asyncssh.SSHServerConnectionOptions(
+        return cert_only_options(
             server_factory=lambda: _ProxyConnection(self),
             server_host_keys=[(self.host_key, self.host_cert)],
             server_version="Teleport-Proxy",
             process_factory=self._session,
-            encoding=None,
-            public_key_auth=True,
-            password_auth=False,
-            kbdint_auth=False,
-            host_based_auth=False,
-            gss_auth=False,
-            gss_kex=False,
             allow_scp=False,
             allow_pty=False,
             agent_forwarding=False,
-            x11_forwarding=False,
             keepalive_interval=60,
             login_timeout=60,
-            window=SSH_WINDOW,
             max_pktsize=SSH_MAX_PACKET + SSH_PACKET_FRAMING,
         )
 
@@ -288,17 +280,8 @@ class ProxySSHServer:
     async def stop(self) -> None:
         """Stop listening and close every connection."""
         server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for conn in list(self.connections):
-            conn.close()
-        for conn in list(self.connections):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.wait_closed(), 5)
+        await close_listener(server, self.connections)
         self.connections.clear()
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 5)
 
     async def route(
         self, conn: _ProxyConnection, host: str, port: int | None, how: str

@@ -26,15 +26,13 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import web
 
-from teleport_runtime.agent.identity import Identity, write_private
+from teleport_runtime.agent.identity import Identity, load_cert_chain
 from teleport_runtime.auth.api import HEADER_FORWARDED_ADDR, HEADER_FORWARDED_USER
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
@@ -56,11 +54,7 @@ def server_ssl_context(identity: Identity, user_ca_certs: list[str]) -> ssl.SSLC
     """Serve ``identity``; accept (not require) client certificates from the user CA."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory() as tmp:
-        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
-        write_private(cert, identity.tls_cert)
-        write_private(key, identity.tls_key)
-        ctx.load_cert_chain(cert, key)
+    load_cert_chain(ctx, identity.tls_cert, identity.tls_key)
     if user_ca_certs:
         ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.load_verify_locations(cadata="".join(user_ca_certs))

@@ -81,6 +81,13 @@ class Cast(NamedTuple):
         return dict(meta) if isinstance(meta, dict) else {}
 
 
+def header_session(header: dict[str, Any]) -> dict[str, Any]:
+    """Our session metadata from a header without its ``id`` (the session ID is kept apart);
+    empty for casts recorded elsewhere."""
+    meta = header.get(SESSION_KEY)
+    return {k: v for k, v in meta.items() if k != "id"} if isinstance(meta, dict) else {}
+
+
 def encode_line(obj: object) -> bytes:
     """One asciicast line: JSON (UTF-8, not ASCII-escaped; odd values as strings) and a newline."""
     return (json.dumps(obj, ensure_ascii=False, separators=(", ", ": "), default=str) + "\n").encode("utf-8")

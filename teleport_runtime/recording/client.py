@@ -36,10 +36,16 @@ async def fetch_recording(client: AuthClient, session_id: str) -> bytes:
             return bytes(data)
         raise BadParameter(f"the auth service answered recording {session_id} with JSON, not asciicast")
     answer = await client.get(f"/v1/recordings/{session_id}?encoding=base64")
+    return recording_data(answer, session_id, "the auth service")
+
+
+def recording_data(answer: Any, session_id: str, sender: str) -> bytes:
+    """The asciicast bytes of a ``{..., "data_b64": ...}`` answer; BadParameter naming ``sender``
+    when it holds none."""
     try:
         return base64.b64decode(str(answer["data_b64"]), validate=True)
     except (KeyError, TypeError, ValueError, binascii.Error):
-        raise BadParameter(f"the auth service sent no recording data for session {session_id}") from None
+        raise BadParameter(f"{sender} sent no recording data for session {session_id}") from None
 
 
 async def list_active_sessions(client: AuthClient) -> list[dict[str, Any]]:

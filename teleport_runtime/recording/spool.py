@@ -27,13 +27,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from teleport_runtime.durable import fsync_dir, write_private
 from teleport_runtime.errors import AlreadyExists, BadParameter
 from teleport_runtime.recording.asciicast import (
     CAST_SUFFIX,
@@ -43,6 +43,7 @@ from teleport_runtime.recording.asciicast import (
     SESSION_KEY,
     check_session_id,
     encode_line,
+    header_session,
     parse_event,
     parse_header,
 )
@@ -85,33 +86,6 @@ def session_meta(info: dict[str, Any]) -> dict[str, Any]:
 
 def _utc_iso(when: datetime | None = None) -> str:
     return (when or datetime.now(UTC)).astimezone(UTC).isoformat()
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable (best effort where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically and durably (temp file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -384,7 +358,7 @@ class SessionRecorder:
             os.fsync(self._file.fileno())
             os.replace(self.part_path, self.cast_path)
             fsync_dir(self.spool_dir)
-            write_json_atomic(self.manifest_path, self.manifest)
+            write_private(self.manifest_path, json.dumps(self.manifest, sort_keys=True))
         finally:
             self._file.close()  # releases the flock
 
@@ -454,6 +428,16 @@ def reject(path: Path, reason: str) -> Path:
     return target
 
 
+def _spooled_session_id(path: Path, suffix: str) -> str | None:
+    """The session ID a spool file is named after; None (the file moved to ``rejected/``) when
+    its name holds no valid one."""
+    try:
+        return check_session_id(path.name[: -len(suffix)])
+    except BadParameter as exc:
+        reject(path, exc.message)
+        return None
+
+
 def _valid_prefix(path: Path) -> tuple[int, dict[str, Any] | None, float]:
     """Length of the longest prefix of whole, valid asciicast lines; the header; last time."""
     length = 0
@@ -483,11 +467,8 @@ def salvage_part(part: Path, grace: float = DEFAULT_SALVAGE_GRACE) -> dict[str, 
     manifest marked ``interrupted`` and ``"complete": false`` (exit status unknown); returns the
     manifest. A file without a valid header is moved to ``rejected/``.
     """
-    session_id = part.name[: -len(PART_SUFFIX)]
-    try:
-        check_session_id(session_id)
-    except BadParameter as exc:
-        reject(part, exc.message)
+    session_id = _spooled_session_id(part, PART_SUFFIX)
+    if session_id is None:
         return None
     _, cast, manifest_path = spool_paths(part.parent, session_id)
     try:
@@ -515,14 +496,12 @@ def salvage_part(part: Path, grace: float = DEFAULT_SALVAGE_GRACE) -> dict[str, 
             )
             os.ftruncate(fd, length)
         os.fsync(fd)
-        meta = header.get(SESSION_KEY) if isinstance(header.get(SESSION_KEY), dict) else {}
-        meta = {k: v for k, v in meta.items() if k != "id"}
         size, sha = _sha256_file(part)
         manifest = _manifest(
             session_id,
             size=size,
             sha256=sha,
-            meta=meta,
+            meta=header_session(header),
             ended=_utc_iso(datetime.fromtimestamp(st.st_mtime, UTC)),
             duration=last,
             exit_status=None,
@@ -530,7 +509,7 @@ def salvage_part(part: Path, grace: float = DEFAULT_SALVAGE_GRACE) -> dict[str, 
         )
         os.replace(part, cast)
         fsync_dir(part.parent)
-        write_json_atomic(manifest_path, manifest)
+        write_private(manifest_path, json.dumps(manifest, sort_keys=True))
         log.warning("recording %s: recovered an interrupted session recording", session_id)
         return manifest
     finally:
@@ -541,11 +520,8 @@ def recover_cast(cast: Path) -> dict[str, Any] | None:
     """Write the missing manifest of a complete ``.cast`` (a crash between its rename and its
     manifest, or between an upload's two deletes); return it. An unreadable cast is moved to
     ``rejected/`` (returns None)."""
-    session_id = cast.name[: -len(CAST_SUFFIX)]
-    try:
-        check_session_id(session_id)
-    except BadParameter as exc:
-        reject(cast, exc.message)
+    session_id = _spooled_session_id(cast, CAST_SUFFIX)
+    if session_id is None:
         return None
     length, header, last = _valid_prefix(cast)
     if header is None:
@@ -554,18 +530,16 @@ def recover_cast(cast: Path) -> dict[str, Any] | None:
     size, sha = _sha256_file(cast)
     if length != size:
         log.warning("recording %s: the file has malformed lines after byte %d", session_id, length)
-    meta = header.get(SESSION_KEY) if isinstance(header.get(SESSION_KEY), dict) else {}
-    meta = {k: v for k, v in meta.items() if k != "id"}
     manifest = _manifest(
         session_id,
         size=size,
         sha256=sha,
-        meta=meta,
+        meta=header_session(header),
         ended=_utc_iso(datetime.fromtimestamp(cast.stat().st_mtime, UTC)),
         duration=last,
         exit_status=None,
         recovered=True,
     )
-    write_json_atomic(cast.parent / f"{session_id}{MANIFEST_SUFFIX}", manifest)
+    write_private(cast.with_name(f"{session_id}{MANIFEST_SUFFIX}"), json.dumps(manifest, sort_keys=True))
     log.warning("recording %s: rebuilt its missing manifest", session_id)
     return manifest

@@ -26,11 +26,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from teleport_runtime.backoff import Backoff
+from teleport_runtime.durable import fsync_dir
 from teleport_runtime.errors import AlreadyExists, BadParameter, ConnectionProblem
 from teleport_runtime.recording.asciicast import (
     CAST_SUFFIX,
@@ -44,7 +45,6 @@ from teleport_runtime.recording.asciicast import (
 )
 from teleport_runtime.recording.spool import (
     DEFAULT_SALVAGE_GRACE,
-    fsync_dir,
     read_manifest,
     recover_cast,
     reject,
@@ -67,8 +67,6 @@ PERMANENT_ERRORS: tuple[type[Exception], ...] = (BadParameter, AlreadyExists)
 #: The auth API refuses JSON bodies over 4 MiB; base64 inflates by 4/3.
 MAX_JSON_UPLOAD = 3 * 1024 * 1024 - 64 * 1024
 
-_rng = random.SystemRandom()
-
 
 class _Retry(Exception):
     """An upload failed in a way worth retrying."""
@@ -85,8 +83,8 @@ class Uploader:
     Args:
         spool_dir: the node's recording spool.
         upload: sends one recording (see :func:`make_upload`).
-        min_backoff, max_backoff: retry delays in seconds: ``min_backoff * 2**(n-1)`` after the
-            n-th consecutive failure, capped at ``max_backoff``, times a jitter in [0.8, 1].
+        min_backoff, max_backoff: retry delays in seconds (see
+            :class:`~teleport_runtime.backoff.Backoff`).
         rescan_interval: seconds between two passes when nothing calls :meth:`notify`.
         salvage_grace: see :func:`~teleport_runtime.recording.spool.salvage_part`.
     """
@@ -101,12 +99,9 @@ class Uploader:
         rescan_interval: float = 60.0,
         salvage_grace: float = DEFAULT_SALVAGE_GRACE,
     ) -> None:
-        if min_backoff <= 0 or max_backoff < min_backoff:
-            raise BadParameter("backoff must satisfy 0 < min_backoff <= max_backoff")
+        self.backoff = Backoff(min_backoff, max_backoff)
         self.spool_dir = Path(spool_dir)
         self._upload = upload
-        self.min_backoff = min_backoff
-        self.max_backoff = max_backoff
         self.rescan_interval = rescan_interval
         self.salvage_grace = salvage_grace
         self._wake = asyncio.Event()
@@ -265,10 +260,6 @@ class Uploader:
 
     # ------------------------------------------------------------------ the loop
 
-    def _backoff(self) -> float:
-        delay = min(self.max_backoff, self.min_backoff * 2.0 ** min(self.failures - 1, 32))
-        return delay * _rng.uniform(0.8, 1.0)
-
     async def _run(self) -> None:
         while True:
             self._wake.clear()
@@ -277,7 +268,7 @@ class Uploader:
             except _Retry as exc:
                 self.failures += 1
                 self.last_error = f"{exc.session_id}: {getattr(exc.cause, 'message', exc.cause)}"
-                delay = self._backoff()
+                delay = self.backoff.delay(self.failures)
                 log.warning(
                     "recording upload failed (%s); %d attempt(s) so far, retrying in %.1fs",
                     self.last_error, self.failures, delay,
@@ -289,7 +280,7 @@ class Uploader:
             except Exception:
                 log.exception("recording upload pass failed")
                 self.failures += 1
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(self.backoff.delay(self.failures))
                 continue
             if self.failures:
                 log.info("recording uploads resumed after %d failed attempt(s)", self.failures)
