@@ -6,7 +6,8 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Connection options shared by the modules that drive the cluster through tctl."""
+    """Connection options and attribute descriptions shared by the modules that drive the cluster
+    through tctl."""
 
     DOCUMENTATION = r"""
 options:
@@ -25,6 +26,13 @@ options:
     description:
       - Auth API address C(HOST:PORT) to use instead of the one in the config.
     type: str
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+  diff_mode:
+    description: Returns details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+  idempotent:
+    description: Running the task twice gives the same state and reports changed only the first time.
 notes:
   - These modules run C(tctl ... --format=json) on the host they are executed on, which must be
     an auth server (delegate to it with C(delegate_to) when the play targets other hosts).

@@ -52,12 +52,6 @@ class JoinTokenManager(TctlModule):
     extended); one with other roles is replaced, which restarts its TTL.
     """
 
-    def find(self, value):
-        for token in self.tctl.run(["tokens", "ls"]):
-            if token.get("token") == value:
-                return token
-        return None
-
     def ca_pins(self):
         return self.tctl.run(["status"]).get("ca_pins", [])
 
@@ -73,7 +67,7 @@ class JoinTokenManager(TctlModule):
                 % (", ".join(unknown), ", ".join(TOKEN_ROLES))
             )
         secrets = [value] if value else []
-        existing = self.find(value) if value else None
+        existing = self.find(["tokens", "ls"], lambda token: token.get("token") == value) if value else None
 
         if state == "absent":
             return self.absent(existing, value, secrets)
@@ -82,17 +76,12 @@ class JoinTokenManager(TctlModule):
         return self.present(existing, value, roles, secrets)
 
     def absent(self, existing, value, secrets):
-        result = dict(changed=existing is not None, state="absent")
-        if existing is None:
-            return self.diff(result, {}, {})
-        if existing.get("static"):
+        if existing is not None and existing.get("static"):
             raise TctlError(
                 "token %s is a static token from auth_service.tokens in the auth server's "
                 "config; remove it there" % mask(value)
             )
-        if not self.check_mode:
-            self.tctl.run(["tokens", "rm", value], json_output=False, secrets=secrets)
-        return self.diff(result, public_view(existing), {})
+        return self.remove(existing, ["tokens", "rm", value], public_view, secrets=secrets)
 
     def present(self, existing, value, roles, secrets):
         if existing is not None and sorted(existing.get("roles") or []) == sorted(roles):
@@ -112,10 +101,9 @@ class JoinTokenManager(TctlModule):
                 "roles in the auth server's config"
                 % (mask(value), ",".join(existing.get("roles") or []))
             )
-        planned = dict(token=value, roles=roles, expires=None, static=False)
         if self.check_mode:
-            result = dict(changed=True, state="present", token=value, roles=roles,
-                          expires=None, static=False, ca_pins=self.ca_pins())
+            planned = dict(token=value, roles=roles, expires=None, static=False)
+            result = dict(changed=True, state="present", ca_pins=self.ca_pins(), **planned)
             return self.diff(result, public_view(existing), public_view(planned))
         args = ["tokens", "add", "--type=%s" % ",".join(roles), "--ttl=%s" % self.module.params["ttl"]]
         if value:

@@ -83,21 +83,14 @@ def role_view(resource):
 class RoleManager(TctlModule):
     """Make a role present with exactly this spec, or absent."""
 
-    def find(self, name):
-        for resource in self.tctl.run(["get", "roles"]):
-            if (resource.get("metadata") or {}).get("name") == name:
-                return resource
-        return None
-
     def run(self):
         params = self.module.params
         name = params["name"]
-        existing = self.find(name)
+        existing = self.find(
+            ["get", "roles"], lambda resource: (resource.get("metadata") or {}).get("name") == name
+        )
         if params["state"] == "absent":
-            result = dict(changed=existing is not None, name=name, state="absent")
-            if existing is not None and not self.check_mode:
-                self.tctl.run(["rm", "role/%s" % name], json_output=False)
-            return self.diff(result, role_view(existing), {})
+            return self.remove(existing, ["rm", "role/%s" % name], role_view, name=name)
 
         wanted = role_resource(name, params["description"], params["spec"])
         changed = role_view(existing) != role_view(wanted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any, Callable, Optional, Sequence
 
 #: Options every tctl-driven module takes (documented in the ``tctl`` doc fragment).
 TCTL_ARGUMENT_SPEC = dict(
@@ -144,6 +145,27 @@ class TctlModule:
         if self.module._diff:
             result["diff"] = dict(before=before, after=after)
         return result
+
+    def find(self, list_args: Sequence[str], matches: Callable[[dict], bool]) -> Optional[dict]:
+        """The first record ``tctl <list_args>`` lists for which ``matches(record)`` holds, else None."""
+        return next((record for record in self.tctl.run(list_args) if matches(record)), None)
+
+    def remove(
+        self,
+        existing: Optional[dict],
+        rm_args: Sequence[str],
+        view: Callable[[Optional[dict]], dict],
+        secrets: Sequence[str] = (),
+        **result: Any,
+    ) -> dict:
+        """``state=absent``: run ``tctl <rm_args>`` when ``existing`` is there (not in check mode).
+
+        ``view`` gives the diff's before; ``result`` holds the module's own keys (such as ``name``).
+        """
+        result.update(changed=existing is not None, state="absent")
+        if existing is not None and not self.check_mode:
+            self.tctl.run(rm_args, json_output=False, secrets=secrets)
+        return self.diff(result, view(existing), {})
 
     def run(self):
         raise NotImplementedError

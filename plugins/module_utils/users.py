@@ -33,21 +33,12 @@ class UserManager(TctlModule):
     completes with a password and a second factor; the module returns it as ``invite``.
     """
 
-    def find(self, name):
-        for record in self.tctl.run(["users", "ls"]):
-            if record.get("name") == name:
-                return record
-        return None
-
     def run(self):
         params = self.module.params
         name = params["name"]
-        existing = self.find(name)
+        existing = self.find(["users", "ls"], lambda record: record.get("name") == name)
         if params["state"] == "absent":
-            result = dict(changed=existing is not None, name=name, state="absent")
-            if existing is not None and not self.check_mode:
-                self.tctl.run(["users", "rm", name], json_output=False)
-            return self.diff(result, user_view(existing), {})
+            return self.remove(existing, ["users", "rm", name], user_view, name=name)
 
         wanted = dict(name=name, roles=sorted(params["roles"]), logins=sorted(params["logins"]))
         flags = ["--roles=%s" % ",".join(params["roles"]), "--logins=%s" % ",".join(params["logins"])]

@@ -23,16 +23,13 @@ extends_documentation_fragment:
   - teleport_access.cluster.tctl
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details:
       - Reports the phase the CA would move to. A new host CA pin is made at C(init), so
         RV(ca_pins) shows the current pins in check mode.
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: Running the task twice gives the same state and reports changed only the first time.
     support: full
 options:
   type:

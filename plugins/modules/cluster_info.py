@@ -15,11 +15,13 @@ extends_documentation_fragment:
   - teleport_access.cluster.tctl
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
+  idempotent:
+    support: full
+    details:
+      - Changes nothing.
 options:
   nodes:
     description:

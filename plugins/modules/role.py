@@ -17,13 +17,10 @@ extends_documentation_fragment:
   - teleport_access.cluster.tctl
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Returns details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
-    description: Running the task twice gives the same state and reports changed only the first time.
     support: full
     details:
       - Empty values (null, empty lists and mappings) compare equal to absent keys, a single
