@@ -1,13 +1,17 @@
 """Shared fixtures for tests that run the real daemons: an auth service started as a subprocess
 (``teleport start -c auth.yaml``) on 127.0.0.1 with a free port in a temporary directory, helpers
-to run ``tctl -c auth.yaml ...`` and to start nodes as subprocesses, each on its own loopback
-address (``--listen-ip=127.0.0.N``). Every process a test starts is killed at teardown.
+to run ``tctl -c auth.yaml ...`` and to start nodes and a proxy as subprocesses, each on its own
+loopback address (``--listen-ip=127.0.0.N``), and users who sign up and log in with ``tsh``. Every
+process a test starts is killed at teardown. Also the in-process cluster (:class:`LocalCluster`)
+as a fixture.
 
 No timing assertions: waits are bounded polls for a condition.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import json
 import os
@@ -20,16 +24,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
+if TYPE_CHECKING:  # the in-process cluster is imported by its fixture only (bench imports this module)
+    from tests.proxy.harness import LocalCluster
+
 BIN = Path(sys.executable).parent
 TELEPORT = str(BIN / "teleport")
 TCTL = str(BIN / "tctl")
+TSH = str(BIN / "tsh")
 WAIT = 20.0  # bound for every readiness poll, in seconds
 
 # One loopback address per node: 127.0.0.N, starting at a random N so that two test runs on the
@@ -42,7 +50,8 @@ def next_loopback_ip() -> str:
 
 
 def require_binary(name: str) -> str:
-    path = shutil.which(name)
+    """The path of ``name`` (on $PATH, else in /usr/bin); skips the test if it is not installed."""
+    path = shutil.which(name) or shutil.which(f"/usr/bin/{name}")
     if path is None:
         pytest.skip(f"{name} binary not available")
     return path
@@ -66,6 +75,24 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+async def async_wait_for(
+    condition: Callable[[], Any], bound: float = WAIT, interval: float = 0.1, what: str = ""
+) -> Any:
+    """:func:`wait_for` inside an event loop (``bound`` seconds); ``condition`` may also be a
+    coroutine function."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {bound:.0f}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
 
 
 def http_ok(url: str) -> bool:
@@ -240,6 +267,23 @@ class Cluster:
         node.start(argv, wait=wait)
         return node
 
+    def start_proxy(self, token: str, name: str = "proxy1") -> tuple[Node, str]:
+        """Start a proxy (``teleport start --roles=proxy``) joining with ``token`` and the CA pin,
+        its SSH and web listeners on free ports of its own loopback address; returns the proxy and
+        its web address (``host:port``)."""
+        ip = next_loopback_ip()
+        ssh_port, web_port = free_port(ip), free_port(ip)
+        web = f"{ip}:{web_port}"
+        proxy = self.start_node(
+            name,
+            [TELEPORT, "start", "--roles=proxy", f"--token={token}", f"--ca-pin={self.pin()}",
+             f"--auth-server={self.addr}"],
+            config={"proxy_service": {"enabled": True, "listen_addr": f"{ip}:{ssh_port}",
+                                      "web_listen_addr": web}},
+            listen_ip=ip,
+        )
+        return proxy, web
+
     def kill_all(self) -> None:
         for daemon in reversed(self.daemons):
             daemon.kill()
@@ -306,6 +350,39 @@ class Node:
         return self.data_dir / "identity" / "node"
 
 
+def tsh_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user whose tsh profile is in ``home`` (none of our TELEPORT_* variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT")}
+    env["TELEPORT_HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def run_tsh(home: Path, *args: str, cwd: Path, stdin: str | None = None,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``tsh ARGS`` as the user whose profile is in ``home``; with ``check`` a failure fails the test."""
+    result = subprocess.run(
+        [TSH, *args], env=tsh_env(home), cwd=cwd, capture_output=True, text=True, timeout=120,
+        input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"tsh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def sign_up_and_log_in(cluster: Cluster, web: str, user: str, *, roles: str, logins: str, home: Path,
+                       password_file: Path, otp_file: Path) -> None:
+    """``tctl users add``, then the user signs up (password from ``password_file``, one-time code
+    secret written to ``otp_file``) and logs in with tsh through the proxy's web address ``web``,
+    trusting the cluster by its CA pin; the tsh profile is in ``home``."""
+    invite = cluster.tctl_json("users", "add", user, f"--roles={roles}", f"--logins={logins}")
+    pin = cluster.pin()
+    run_tsh(home, "signup", f"--proxy={web}", f"--token={invite['token']}", f"--ca-pin={pin}",
+            f"--password-file={password_file}", f"--otp-secret-out={otp_file}", cwd=cluster.root, check=True)
+    run_tsh(home, "login", f"--proxy={web}", f"--user={user}", f"--ca-pin={pin}",
+            f"--password-file={password_file}", f"--otp-secret-file={otp_file}", cwd=cluster.root, check=True)
+
+
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Make and start clusters in the test's tmp dir; all their processes die at teardown."""
@@ -332,3 +409,16 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 def cluster(cluster_factory: Callable[..., Cluster]) -> Cluster:
     """A running auth service (presence TTL 10s, so nodes heartbeat every second)."""
     return cluster_factory(auth_service={"presence_ttl": "10s"})
+
+
+@pytest.fixture
+async def local_cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """The in-process cluster (auth service and API on loopback) in the test's tmp dir."""
+    from tests.proxy.harness import LocalCluster
+
+    cluster = LocalCluster(tmp_path)
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()

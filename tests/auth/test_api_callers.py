@@ -10,8 +10,6 @@ import uuid as uuidlib
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
-
 from teleport_runtime.agent.client import API_SERVER_NAME
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX
 from teleport_runtime.backend import Item
@@ -60,14 +58,6 @@ class Connection:
         self.writer.close()
 
 
-@pytest.fixture
-async def local(tmp_path):
-    cluster = LocalCluster(tmp_path)
-    await cluster.start()
-    yield cluster
-    await cluster.stop()
-
-
 async def node_cert(local: LocalCluster, ttl: timedelta) -> tuple[bytes, bytes]:
     host_ca = await local.auth.get_ca(CAType.HOST)
     key, public = generate_tls_keypair()
@@ -81,8 +71,8 @@ async def node_cert(local: LocalCluster, ttl: timedelta) -> tuple[bytes, bytes]:
     return cert, key
 
 
-async def test_kept_connection_is_checked_again_when_the_cas_change(local, tmp_path):
-    conn = await Connection.open(local, *await node_cert(local, timedelta(hours=1)), tmp_path)
+async def test_kept_connection_is_checked_again_when_the_cas_change(local_cluster, tmp_path):
+    conn = await Connection.open(local_cluster, *await node_cert(local_cluster, timedelta(hours=1)), tmp_path)
     try:
         for _ in range(3):
             status, body = await conn.get("/v1/nodes")
@@ -90,7 +80,9 @@ async def test_kept_connection_is_checked_again_when_the_cas_change(local, tmp_p
         # A new host CA (as if the old one had been rotated out): the node's certificate, on the
         # connection it already holds, is no longer issued by a trusted CA.
         replacement = new_cert_authority(CAType.HOST, CLUSTER)
-        await local.backend.put(Item(f"{AUTHORITIES_PREFIX}host", json.dumps(replacement.to_dict(True)).encode()))
+        await local_cluster.backend.put(
+            Item(f"{AUTHORITIES_PREFIX}host", json.dumps(replacement.to_dict(True)).encode())
+        )
         status, body = await conn.get("/v1/nodes")
         assert status == 403, body
         assert body["error"]["code"] == "access_denied"
@@ -99,8 +91,8 @@ async def test_kept_connection_is_checked_again_when_the_cas_change(local, tmp_p
         conn.close()
 
 
-async def test_kept_connection_is_refused_once_its_certificate_expired(local, tmp_path):
-    conn = await Connection.open(local, *await node_cert(local, timedelta(seconds=3)), tmp_path)
+async def test_kept_connection_is_refused_once_its_certificate_expired(local_cluster, tmp_path):
+    conn = await Connection.open(local_cluster, *await node_cert(local_cluster, timedelta(seconds=3)), tmp_path)
     try:
         status, body = await conn.get("/v1/nodes")
         assert status == 200, body

@@ -3,7 +3,6 @@ but sharing keeps the tests focused), and a fixed clock for exact validity check
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 
 import pytest
@@ -23,9 +22,3 @@ def host_ca() -> CertAuthority:
 def user_ca() -> CertAuthority:
     return new_cert_authority(CAType.USER, CLUSTER)
 
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name) or shutil.which(f"/usr/bin/{name}")
-    if path is None:
-        pytest.skip(f"{name} binary not available")
-    return path

@@ -22,8 +22,9 @@ from teleport_runtime.ca import (
     new_cert_authority,
 )
 from teleport_runtime.errors import BadParameter
+from tests.conftest import require_binary
 
-from .conftest import CLUSTER, NOW, require_binary
+from .conftest import CLUSTER, NOW
 
 
 def test_ca_type_is_a_str_enum():

@@ -18,8 +18,9 @@ from teleport_runtime.ca import (
     normalize_pin,
 )
 from teleport_runtime.errors import AccessDenied, BadParameter
+from tests.conftest import require_binary
 
-from .conftest import CLUSTER, NOW, require_binary
+from .conftest import CLUSTER, NOW
 
 
 def test_pin_matches_openssl(tmp_path, host_ca):

@@ -23,8 +23,9 @@ from teleport_runtime.ca import (
     parse_user_ssh_cert,
 )
 from teleport_runtime.errors import AccessDenied, BadParameter
+from tests.conftest import require_binary
 
-from .conftest import CLUSTER, NOW, require_binary
+from .conftest import CLUSTER, NOW
 
 HOST_UUID = "5d4c5d3e-0b0d-4a8a-9d1c-3b7f2f3a9e11"
 

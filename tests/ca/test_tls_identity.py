@@ -27,8 +27,9 @@ from teleport_runtime.ca import (
     parse_tls_identity,
 )
 from teleport_runtime.errors import BadParameter
+from tests.conftest import require_binary
 
-from .conftest import CLUSTER, NOW, require_binary
+from .conftest import CLUSTER, NOW
 
 API_SERVER_NAME = "teleport.cluster.local"
 HOST_UUID = "5d4c5d3e-0b0d-4a8a-9d1c-3b7f2f3a9e11"

@@ -31,6 +31,7 @@ from teleport_runtime.ca import (
 )
 from teleport_runtime.node.ssh_server import NodeSSHServer
 from teleport_runtime.rbac import Role, parse_role
+from tests.conftest import async_wait_for
 
 CLUSTER = "node-test.example.com"
 HOST_UUID = "8b1d2c3e-4f50-4a6b-9c7d-0e1f2a3b4c5d"
@@ -52,19 +53,6 @@ def make_role(name: str, allow: dict | None = None, deny: dict | None = None, **
 def access_role(name: str = "access", **options) -> Role:
     opts = {"forward_agent": True, "port_forwarding": True, **options}
     return make_role(name, allow={"logins": ["{{internal.logins}}"], "node_labels": {"*": "*"}}, **opts)
-
-
-async def wait_until(condition, limit: float = WAIT, what: str = "condition") -> Any:
-    """Poll ``condition`` (sync) until truthy; fail after ``limit`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
-        value = condition()
-        if value:
-            return value
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------------------- CAs and keys
@@ -189,14 +177,17 @@ class RunningNode:
         ca_keys = [asyncssh.import_public_key(k) for k in self.host_ca.trusted_ssh_public_keys()]
         return ([], ca_keys, [])
 
-    async def connect(self, login: str, key: UserKey, **kwargs: Any) -> asyncssh.SSHClientConnection:
+    async def connect(self, login: str, key: UserKey | None = None, **kwargs: Any) -> asyncssh.SSHClientConnection:
+        """Log in as ``login`` with ``key`` (and its certificate), or with the ``client_keys`` or
+        ``password`` given; the client trusts the host CA."""
         kwargs.setdefault("agent_path", None)
+        if key is not None:
+            kwargs["client_keys"] = [key.asyncssh_pair()]
         return await asyncio.wait_for(
             asyncssh.connect(
                 "127.0.0.1",
                 self.port,
                 username=login,
-                client_keys=[key.asyncssh_pair()],
                 known_hosts=self.known_hosts(),
                 config=None,
                 **kwargs,
@@ -208,7 +199,7 @@ class RunningNode:
         return [e for e in self.events if e["event"] == event and all(e.get(k) == v for k, v in match.items())]
 
     async def wait_event(self, event: str, **match: Any) -> dict[str, Any]:
-        found = await wait_until(lambda: self.find(event, **match), what=f"{event} {match}")
+        found = await async_wait_for(lambda: self.find(event, **match), what=f"{event} {match}")
         return found[0]
 
 

@@ -5,23 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from teleport_runtime.node.session import DEFAULT_SFTP_SERVER
+from tests.conftest import require_binary
 
 from .conftest import WAIT
 
 pytestmark = pytest.mark.interop
-
-
-def require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        pytest.skip(f"{binary} is not installed")
-    return path
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ async def execute(*argv: str, stdin: bytes = b"") -> tuple[int, str, str]:
 
 async def ssh(node, files, login: str, *command: str, extra: tuple[str, ...] = ()):
     return await execute(
-        require("ssh"),
+        require_binary("ssh"),
         *options(*files),
         *extra,
         "-p",
@@ -101,7 +94,7 @@ async def test_ssh_with_a_tty(node, client_files, os_login):
 async def test_ssh_stdin(node, client_files, os_login):
     data = os.urandom(1024 * 1024)
     proc = await asyncio.create_subprocess_exec(
-        require("ssh"),
+        require_binary("ssh"),
         *options(*client_files),
         "-p",
         str(node.port),
@@ -133,7 +126,7 @@ async def test_ssh_shows_unknown_login_banner(node, tmp_path, issue):
 
 @pytest.mark.usefixtures("sftp_server_installed")
 async def test_scp_both_ways(node, client_files, os_login, os_user, tmp_path):
-    scp = require("scp")
+    scp = require_binary("scp")
     local = tmp_path / "upload.bin"
     payload = os.urandom(300_000)
     local.write_bytes(payload)
@@ -174,7 +167,7 @@ def sftp_server_installed():
 
 @pytest.mark.usefixtures("sftp_server_installed")
 async def test_sftp_both_ways(node, client_files, os_login, os_user, tmp_path):
-    sftp = require("sftp")
+    sftp = require_binary("sftp")
     local = tmp_path / "put.txt"
     local.write_text("hello over sftp\n")
     fetched = tmp_path / "got.txt"

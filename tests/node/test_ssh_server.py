@@ -20,8 +20,9 @@ from teleport_runtime.ca import (
 )
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.node.ssh_server import NodeSSHServer
+from tests.conftest import async_wait_for
 
-from .conftest import CLUSTER, HOST_UUID, NODENAME, WAIT, FakeRecorder, access_role, make_role, wait_until
+from .conftest import CLUSTER, HOST_UUID, NODENAME, WAIT, FakeRecorder, access_role, make_role
 
 
 async def run(conn: asyncssh.SSHClientConnection, command: str, **kwargs) -> asyncssh.SSHCompletedProcess:
@@ -185,7 +186,7 @@ async def test_pty_session_is_recorded(node, issue, os_login):
         proc.stdin.write("exit\n")
         await asyncio.wait_for(proc.wait(), WAIT)
     start = await node.wait_event("session.start", kind="shell")
-    await wait_until(lambda: node.recorders and node.recorders[0].closed, what="recorder close")
+    await async_wait_for(lambda: node.recorders and node.recorders[0].closed, what="recorder close")
     recorder = node.recorders[0]
     assert recorder.info["session_id"] == start["session_id"]
     assert recorder.info["login"] == os_login
@@ -259,18 +260,7 @@ async def test_refuses_unknown_role(node, issue, os_login):
 async def test_refuses_plain_keys(node, os_login):
     private, _ = generate_ssh_keypair()
     with pytest.raises(asyncssh.PermissionDenied):
-        await asyncio.wait_for(
-            asyncssh.connect(
-                "127.0.0.1",
-                node.port,
-                username=os_login,
-                client_keys=[asyncssh.import_private_key(private)],
-                known_hosts=node.known_hosts(),
-                config=None,
-                agent_path=None,
-            ),
-            WAIT,
-        )
+        await node.connect(os_login, client_keys=[asyncssh.import_private_key(private)])
     event = await node.wait_event("auth.rejected")
     assert "no certificate offered (1 plain key(s) refused)" in event["reason"]
     assert event["login"] == os_login
@@ -286,19 +276,7 @@ async def test_plain_agent_keys_tried_first_are_not_audited(node, issue, os_logi
 
 async def test_no_password_or_keyboard_interactive(node, os_login):
     with pytest.raises(asyncssh.PermissionDenied):
-        await asyncio.wait_for(
-            asyncssh.connect(
-                "127.0.0.1",
-                node.port,
-                username=os_login,
-                password="secret",
-                client_keys=None,
-                known_hosts=node.known_hosts(),
-                config=None,
-                agent_path=None,
-            ),
-            WAIT,
-        )
+        await node.connect(os_login, password="secret", client_keys=None)
     event = await node.wait_event("auth.rejected")
     assert "no certificate offered: only certificate authentication" in event["reason"]
 
@@ -439,19 +417,24 @@ async def test_update_identity_serves_the_new_host_cert(node, issue, os_login):
         await node.connect(os_login, key)
 
 
+def server_with_host_identity(host_key: bytes, host_cert: str) -> NodeSSHServer:
+    """A node SSH server built with this host key and certificate (and nothing else of note)."""
+    return NodeSSHServer(
+        host_key=host_key,
+        host_cert=host_cert,
+        trusted_user_ca_keys=list,
+        node_labels=dict,
+        role_lookup=None,  # type: ignore[arg-type]
+        cluster_name=CLUSTER,
+        nodename=NODENAME,
+        host_uuid=HOST_UUID,
+    )
+
+
 def test_rejects_mismatched_host_identity(host_identity):
     other_private, _ = generate_ssh_keypair()
     with pytest.raises(BadParameter, match="does not belong"):
-        NodeSSHServer(
-            host_key=other_private,
-            host_cert=host_identity[1],
-            trusted_user_ca_keys=list,
-            node_labels=dict,
-            role_lookup=None,  # type: ignore[arg-type]
-            cluster_name=CLUSTER,
-            nodename=NODENAME,
-            host_uuid=HOST_UUID,
-        )
+        server_with_host_identity(other_private, host_identity[1])
 
 
 async def test_role_lookup_failure_refuses(node, issue, os_login):
@@ -466,16 +449,7 @@ async def test_role_lookup_failure_refuses(node, issue, os_login):
 def test_rejects_a_user_certificate_as_host_identity(issue):
     key = issue(["root"])
     with pytest.raises(BadParameter, match="invalid node host certificate"):
-        NodeSSHServer(
-            host_key=key.private_pem,
-            host_cert=key.cert,
-            trusted_user_ca_keys=list,
-            node_labels=dict,
-            role_lookup=None,  # type: ignore[arg-type]
-            cluster_name=CLUSTER,
-            nodename=NODENAME,
-            host_uuid=HOST_UUID,
-        )
+        server_with_host_identity(key.private_pem, key.cert)
 
 
 async def test_close_ends_running_sessions(node, issue, os_login):
@@ -490,7 +464,7 @@ async def test_close_ends_running_sessions(node, issue, os_login):
     def gone() -> bool:
         return subprocess.run(["pgrep", "-u", os_login, "-fx", "sleep 63"], check=False).returncode == 1
 
-    await wait_until(gone, what="the session's process to end")
+    await async_wait_for(gone, what="the session's process to end")
 
 
 class RequiredRecorder(FakeRecorder):

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pyotp
 
 from teleport_runtime.agent.client import AuthClient
@@ -188,3 +189,16 @@ class LocalCluster:
 
     async def audit_events(self, event: str) -> list[dict[str, Any]]:
         return await self.auth.audit.search(datetime.now(UTC) - timedelta(hours=1), types=[event])
+
+
+async def connect(proxy: ProxyService, keys: UserKeys, cluster: LocalCluster, username: str = "root",
+                  host_cas: list[str] | None = None) -> asyncssh.SSHClientConnection:
+    """An SSH client connection to the proxy's listener with the user's key and certificate,
+    trusting the cluster's host CA (or ``host_cas``)."""
+    host_ca = host_cas or (await cluster.auth.get_ca(CAType.HOST)).trusted_ssh_public_keys()
+    return await asyncssh.connect(
+        proxy.cfg.proxy.listen_addr.host, proxy.ssh_port, username=username,
+        client_keys=[(asyncssh.import_private_key(keys.ssh_key), asyncssh.import_certificate(keys.ssh_cert))],
+        known_hosts=([], [asyncssh.import_public_key(k) for k in host_ca], []),
+        config=[], agent_path=None,
+    )

@@ -10,8 +10,7 @@ import pytest
 
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.proxy import ProxyService
-from tests.proxy.harness import LocalCluster, loopback_ip
-from tests.proxy.test_ssh_routing import connect
+from tests.proxy.harness import LocalCluster, connect, loopback_ip
 
 
 async def test_heartbeat_registers_the_proxy(local_cluster: LocalCluster) -> None:

@@ -3,35 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncssh
 import pytest
 
 from teleport_runtime.ca import CAType, new_cert_authority
-from tests.proxy.harness import CLUSTER, LocalCluster, UserKeys
-
-
-async def poll(condition, what: str, bound: float = 20.0):
-    deadline = asyncio.get_running_loop().time() + bound
-    while True:
-        value = await condition()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-async def connect(proxy, keys: UserKeys, cluster: LocalCluster, username: str = "root", host_cas=None):
-    host_ca = host_cas or (await cluster.auth.get_ca(CAType.HOST)).trusted_ssh_public_keys()
-    return await asyncssh.connect(
-        proxy.cfg.proxy.listen_addr.host, proxy.ssh_port, username=username,
-        client_keys=[(asyncssh.import_private_key(keys.ssh_key), asyncssh.import_certificate(keys.ssh_cert))],
-        known_hosts=([], [asyncssh.import_public_key(k) for k in host_ca], []),
-        config=[], agent_path=None,
-    )
+from tests.conftest import async_wait_for
+from tests.proxy.harness import CLUSTER, LocalCluster, connect
 
 
 async def echo_through(conn: asyncssh.SSHClientConnection, host: str, port: int) -> bytes:
@@ -78,7 +57,7 @@ async def test_unknown_node_is_refused_and_audited(routed) -> None:
         events = await cluster.audit_events("proxy.connect.rejected")
         return [e for e in events if e.get("target") == "nosuch:3022"]
 
-    event = (await poll(audited, "the audit event"))[0]
+    event = (await async_wait_for(audited, what="the audit event"))[0]
     assert event["user"] == "alice"
     assert event["login"] == "root"
     assert "not registered" in event["reason"]

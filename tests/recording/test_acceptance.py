@@ -27,7 +27,7 @@ import pexpect
 import pytest
 import yaml
 
-from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip, require_binary, wait_for
+from tests.conftest import Cluster, Node, free_port, require_binary, sign_up_and_log_in, wait_for
 
 from .conftest import Relay
 
@@ -93,12 +93,8 @@ class Env:
     def add_user(self, name: str, roles: str) -> None:
         home = self.root / f"tsh-{name}"
         user = self.users[name] = User(name, home, self.root / f"otp-{name}")
-        invite = self.cluster.tctl_json("users", "add", name, f"--roles={roles}", "--logins=root")
-        pin = self.cluster.pin()
-        self.tsh(name, "signup", f"--proxy={self.web}", f"--token={invite['token']}", f"--ca-pin={pin}",
-                 f"--password-file={self.password_file}", f"--otp-secret-out={user.otp_file}", check=True)
-        self.tsh(name, "login", f"--proxy={self.web}", f"--user={name}", f"--ca-pin={pin}",
-                 f"--password-file={self.password_file}", f"--otp-secret-file={user.otp_file}", check=True)
+        sign_up_and_log_in(self.cluster, self.web, name, roles=roles, logins="root", home=home,
+                           password_file=self.password_file, otp_file=user.otp_file)
 
     def restart_auth(self, **auth_service: Any) -> None:
         """Start the auth service again (its config updated with ``auth_service``)."""
@@ -146,18 +142,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         cluster.start()
         token = cluster.add_token(roles="node,proxy", ttl="10m")["token"]
         pin = cluster.pin()
-        ip = next_loopback_ip()
-        ssh_port, web_port = free_port(ip), free_port(ip)
-        proxy = cluster.start_node(
-            "proxy1",
-            [TELEPORT, "start", "--roles=proxy", f"--token={token}", f"--ca-pin={pin}",
-             f"--auth-server={cluster.addr}"],
-            config={"proxy_service": {"enabled": True, "listen_addr": f"{ip}:{ssh_port}",
-                                      "web_listen_addr": f"{ip}:{web_port}"}},
-            listen_ip=ip,
-        )
+        proxy, web = cluster.start_proxy(token)
         node = cluster.start_node("node1", token=token, pins=(pin,))
-        env = Env(root, cluster, proxy, f"{ip}:{web_port}", node, root / "password")
+        env = Env(root, cluster, proxy, web, node, root / "password")
         env.password_file.write_text(PASSWORD + "\n")
         env.add_user("alice", "access,auditor")  # may read recordings and the audit log
         env.add_user("bob", "access")  # may not

@@ -264,10 +264,7 @@ async def test_broken_manifests_are_set_aside(spool):
 
 def test_backoff_is_exponential_and_capped(spool):
     uploader = Uploader(spool, lambda m, p: asyncio.sleep(0), min_backoff=1, max_backoff=30)
-    delays = []
-    for failures in range(1, 9):
-        uploader.failures = failures
-        delays.append(uploader._backoff())
+    delays = [uploader.backoff.delay(failures) for failures in range(1, 9)]
     bounds = [min(30, 2 ** (n - 1)) for n in range(1, 9)]
     assert all(0.8 * b <= d <= b for d, b in zip(delays, bounds, strict=True))
     with pytest.raises(BadParameter):

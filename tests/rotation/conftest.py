@@ -5,10 +5,8 @@ step a rotation with `tctl auth rotate` and wait (bounded polls) until the agent
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip, require_binary, wait_for
+from tests.conftest import Cluster, Node, require_binary, run_tsh, sign_up_and_log_in, wait_for
 
-TSH = str(Path(sys.executable).parent / "tsh")
 CLUSTER = "rotation.test"
 PASSWORD = "correct horse battery staple"
 CONVERGE = 60.0  # bound for agents to report a phase (the watch answers at once; the poll in 30s)
@@ -82,14 +79,8 @@ class RotationEnv:
 
     # ------------------------------------------------------------------ users
 
-    def env(self, home: Path | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT")}
-        env["TELEPORT_HOME"] = str(home or self.root / "tsh-home")
-        return env
-
     def tsh(self, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([TSH, *args], env=self.env(home), cwd=self.root, capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
+        return run_tsh(home or self.root / "tsh-home", *args, cwd=self.root)
 
     def login(self, home: Path | None = None, pin: str | None = None) -> None:
         extra = [f"--ca-pin={pin}"] if pin else []
@@ -145,28 +136,14 @@ def rotation_env(tmp_path: Path) -> Iterator[Callable[..., RotationEnv]]:
         cluster = Cluster(tmp_path, CLUSTER, {"presence_ttl": "10s"})
         made.append(cluster)
         cluster.start()
-        pin = cluster.pin()
-        token = cluster.add_token(roles="proxy")["token"]
-        ip = next_loopback_ip()
-        ssh_port, web_port = free_port(ip), free_port(ip)
-        proxy = cluster.start_node(
-            "proxy1",
-            [TELEPORT, "start", "--roles=proxy", f"--token={token}", f"--ca-pin={pin}",
-             f"--auth-server={cluster.addr}"],
-            config={"proxy_service": {"enabled": True, "listen_addr": f"{ip}:{ssh_port}",
-                                      "web_listen_addr": f"{ip}:{web_port}"}},
-            listen_ip=ip,
-        )
-        env = RotationEnv(tmp_path, cluster, proxy, f"{ip}:{web_port}",
+        proxy, web = cluster.start_proxy(cluster.add_token(roles="proxy")["token"])
+        env = RotationEnv(tmp_path, cluster, proxy, web,
                           password_file=tmp_path / "password", otp_file=tmp_path / "otp-secret")
         for name in node_names:
             env.start_node(name)
         env.password_file.write_text(PASSWORD + "\n")
-        invite = cluster.tctl_json("users", "add", "alice", "--roles=access", "--logins=root")
-        signup = env.tsh("signup", f"--proxy={env.web}", f"--token={invite['token']}", f"--ca-pin={pin}",
-                         f"--password-file={env.password_file}", f"--otp-secret-out={env.otp_file}")
-        assert signup.returncode == 0, signup.stderr
-        env.login(pin=pin)
+        sign_up_and_log_in(cluster, web, "alice", roles="access", logins="root", home=tmp_path / "tsh-home",
+                           password_file=env.password_file, otp_file=env.otp_file)
 
         def listed() -> bool:
             out = env.tsh("ls", "--format=json")

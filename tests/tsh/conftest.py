@@ -4,17 +4,15 @@ cluster (the real auth service and proxy on loopback addresses)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import TSH, tsh_env
 from tests.proxy.harness import LocalCluster
 
-TSH = str(Path(sys.executable).parent / "tsh")
 PASSWORD = "correct horse battery staple"
 
 
@@ -30,14 +28,9 @@ class Tsh:
         self.home = home
         self.workdir = workdir
 
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT")}
-        env["TELEPORT_HOME"] = str(self.home)
-        return env
-
     async def __call__(self, *args: str, stdin: bytes | None = None, bound: float = 60) -> Result:
         proc = await asyncio.create_subprocess_exec(
-            TSH, *args, env=self.env(), cwd=self.workdir,
+            TSH, *args, env=tsh_env(self.home), cwd=self.workdir,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,18 @@ import pexpect
 import pyotp
 import pytest
 
-from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip, require_binary, wait_for
+from tests.conftest import (
+    TSH,
+    Cluster,
+    Node,
+    free_port,
+    require_binary,
+    run_tsh,
+    sign_up_and_log_in,
+    tsh_env,
+    wait_for,
+)
 
-TSH = str(Path(sys.executable).parent / "tsh")
 CLUSTER = "e2e.test"
 PASSWORD = "correct horse battery staple"
 
@@ -30,9 +39,7 @@ class E2E:
     root: Path
     cluster: Cluster
     proxy: Node
-    proxy_ip: str
     web: str
-    ssh_port: int
     nodes: dict[str, Node]
     home: Path
     password_file: Path
@@ -40,19 +47,10 @@ class E2E:
     pin: str
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT")}
-        env["TELEPORT_HOME"] = str(self.home)
-        env.update(extra)
-        return env
+        return tsh_env(self.home, **extra)
 
     def tsh(self, *args: str, stdin: str | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [TSH, *args], env=self.env(), cwd=self.root, capture_output=True, text=True, timeout=120,
-            input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-        )
-        if check and result.returncode != 0:
-            pytest.fail(f"tsh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
-        return result
+        return run_tsh(self.home, *args, cwd=self.root, stdin=stdin, check=check)
 
     def ssh_config(self) -> Path:
         path = self.root / "ssh_config"
@@ -68,29 +66,16 @@ def e2e(tmp_path_factory: pytest.TempPathFactory):
         cluster.start()
         token = cluster.add_token(roles="node,proxy", ttl="10m")["token"]
         pin = cluster.pin()
-        ip = next_loopback_ip()
-        ssh_port, web_port = free_port(ip), free_port(ip)
-        proxy = cluster.start_node(
-            "proxy1",
-            [TELEPORT, "start", "--roles=proxy", f"--token={token}", f"--ca-pin={pin}",
-             f"--auth-server={cluster.addr}"],
-            config={"proxy_service": {"enabled": True, "listen_addr": f"{ip}:{ssh_port}",
-                                      "web_listen_addr": f"{ip}:{web_port}"}},
-            listen_ip=ip,
-        )
+        proxy, web = cluster.start_proxy(token)
         nodes = {
             name: cluster.start_node(name, config={"ssh_service": {"labels": labels}}, token=token, pins=(pin,))
             for name, labels in (("node1", {"env": "prod", "role": "web"}), ("node2", {"env": "dev"}))
         }
         home = root / "tsh-home"
-        env = E2E(root, cluster, proxy, ip, f"{ip}:{web_port}", ssh_port, nodes, home,
-                  root / "password", root / "otp-secret", pin)
+        env = E2E(root, cluster, proxy, web, nodes, home, root / "password", root / "otp-secret", pin)
         env.password_file.write_text(PASSWORD + "\n")
-        invite = cluster.tctl_json("users", "add", "alice", "--roles=access", "--logins=root,nobody")
-        env.tsh("signup", f"--proxy={env.web}", f"--token={invite['token']}", f"--ca-pin={pin}",
-                f"--password-file={env.password_file}", f"--otp-secret-out={env.otp_file}", check=True)
-        env.tsh("login", f"--proxy={env.web}", "--user=alice", f"--ca-pin={pin}",
-                f"--password-file={env.password_file}", f"--otp-secret-file={env.otp_file}", check=True)
+        sign_up_and_log_in(cluster, web, "alice", roles="access", logins="root,nobody", home=home,
+                           password_file=env.password_file, otp_file=env.otp_file)
 
         def all_listed() -> bool:
             out = env.tsh("ls", "--format=json")
@@ -231,7 +216,6 @@ def test_local_port_forwarding(e2e: E2E) -> None:
         env=e2e.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        import socket
 
         def banner() -> bytes:
             try:
@@ -279,7 +263,7 @@ def test_openssh_with_tsh_config(e2e: E2E) -> None:
     assert result.returncode == 4, result.stderr
     assert result.stdout == "ok\n"
     # ssh -J through the proxy (the jump hop reads the same config for the proxy's port and key)
-    result = subprocess.run([*base, "-J", f"root@{e2e.proxy_ip}", f"root@node2.{CLUSTER}", "hostname"],
+    result = subprocess.run([*base, "-J", f"root@{e2e.proxy.ip}", f"root@node2.{CLUSTER}", "hostname"],
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     # unknown nodes are refused by the proxy with its message

@@ -9,6 +9,7 @@ import stat
 import pyotp
 
 from teleport_runtime.ca import CAType, ca_pin, new_cert_authority
+from tests.conftest import async_wait_for
 from tests.tsh.conftest import PASSWORD, Setup
 
 
@@ -116,14 +117,12 @@ async def test_logout(setup: Setup) -> None:
 
 
 async def test_expired_certificate(setup: Setup) -> None:
-    from tests.proxy.test_ssh_routing import poll
-
     assert (await setup.tsh(*setup.login_args(f"--ca-pin={setup.pin}", "--ttl=1s"))).returncode == 0
 
     async def expired() -> bool:
         return (await setup.tsh("status")).returncode == 1
 
-    await poll(expired, "the 1s certificate to expire")
+    await async_wait_for(expired, what="the 1s certificate to expire")
     status = await setup.tsh("status")
     assert "[EXPIRED]" in status.stdout
     assert "ERROR: the certificate has expired" in status.stderr
