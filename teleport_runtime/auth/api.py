@@ -404,7 +404,19 @@ class AuthAPI:
 
     @_route(("Proxy",))
     async def signup_info(self, request: web.Request) -> dict[str, Any]:
-        return await self.auth.users.signup_info(request.match_info["token"])
+        token = request.match_info["token"]
+        try:
+            return await self.auth.users.signup_info(token)
+        except AccessDenied as exc:
+            await self._signup_refused(token, request.headers.get(HEADER_FORWARDED_ADDR, ""), exc)
+            raise
+
+    async def _signup_refused(self, token: str, remote_addr: str, exc: TeleportError) -> None:
+        """Audit a refused sign-up (``user.signup`` failure); the token itself is not logged."""
+        await self.auth.audit.emit({
+            "event": "user.signup", "success": False, "user": await self.auth.users.signup_user(token),
+            "remote_addr": remote_addr[:64], "reason": exc.message,
+        })
 
     @_route(("Proxy",))
     async def signup(self, request: web.Request) -> dict[str, Any]:
@@ -417,10 +429,7 @@ class AuthAPI:
                 token, str(body.get("password") or ""), str(body.get("otp") or "")
             )
         except (AccessDenied, BadParameter) as exc:
-            await self.auth.audit.emit({
-                "event": "user.signup", "success": False, "user": await self.auth.users.signup_user(token),
-                "remote_addr": remote_addr, "reason": exc.message,
-            })
+            await self._signup_refused(token, remote_addr, exc)
             raise
         await self.auth.audit.emit({"event": "user.signup", "success": True, "user": user.name,
                                     "remote_addr": remote_addr})

@@ -392,24 +392,24 @@ class UserStore:
         """Password and second factor; AccessDenied (without saying which failed) otherwise.
         LimitExceeded while this source backs off for this user (:class:`LoginBackoff`)."""
         source = login_source(remote_addr)
-        self.failed.check(name, source)
+        key = name[:128]  # no user name is longer: bounds what a counter holds
+        self.failed.check(key, source)
+        # Counted as a failure until it succeeds, so attempts sent in parallel (before the first
+        # answers) cannot get past the back-off.
+        self.failed.record(key, source)
         try:
             user: User | None = await self.get_user(name)
         except (NotFound, BadParameter):
             user = None
-        active = user is not None and bool(user.password_hash and user.totp_secret)
-        # The same work whether or not the user exists (no timing oracle for user names).
-        password_ok = await _check(password, user.password_hash if active and user else DUMMY_HASH)
-        step = totp_step(
-            user.totp_secret if active and user else DUMMY_TOTP_SECRET, otp,
-            after=user.totp_last_step if active and user else 0,
-        )
-        ok = active and password_ok and user is not None and await self._use_totp_step(user, step)
-        if not ok or user is None:
-            self.failed.record(name, source)
+        active = user if user is not None and user.password_hash and user.totp_secret else None
+        # The same work whether or not the user exists and signed up (no timing oracle for names).
+        password_ok = await _check(password, active.password_hash if active else DUMMY_HASH)
+        step = totp_step(active.totp_secret if active else DUMMY_TOTP_SECRET, otp,
+                         after=active.totp_last_step if active else 0)
+        if active is None or not password_ok or not await self._use_totp_step(active, step):
             raise AccessDenied("invalid user name, password or one-time code")
-        self.failed.clear(name, source)
-        return user
+        self.failed.clear(key, source)
+        return active
 
     async def _use_totp_step(self, user: User, step: int | None) -> bool:
         """Record ``step`` as used; False when another login used this step (or a later one) first."""
