@@ -54,7 +54,8 @@ SIGNUP_TTL = timedelta(hours=1)
 MIN_PASSWORD = 8
 #: bcrypt cost of stored password hashes (and of :data:`DUMMY_HASH`, which must match it).
 BCRYPT_ROUNDS = 12
-#: Checked when the user is unknown or pending, so such a login costs what a real one does.
+#: The hash of a random password no one kept: checked when the user is unknown or pending, so
+#: such a login costs what a real one does.
 DUMMY_HASH = "$2b$12$JWBVODRmD0GY6Ls5ygoPkezy/lzWjzbEPXWKEVUfLhQLxuNXiL27C"
 DUMMY_TOTP_SECRET = pyotp.random_base32()
 #: Failed logins from one source before it backs off, the first wait, and the longest.
