@@ -69,7 +69,9 @@ async def events(cluster: LocalCluster, kind: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------- sign-up tokens
 
 
-async def test_an_old_signup_token_fails_after_a_reset_and_after_a_newer_signup(web) -> None:
+async def test_an_old_signup_token_fails_after_a_reset_and_after_a_newer_signup(
+    web: tuple[LocalCluster, ProxyService],
+) -> None:
     cluster, proxy = web
     old = await cluster.auth.users.add_user("alice", ["access"], ["alice"])
     status, info = await post(proxy, f"/webapi/signup/{old['token']}", {}, method="GET")
@@ -133,7 +135,7 @@ async def test_a_reset_removes_the_older_tokens(local_cluster: LocalCluster) -> 
     assert await local_cluster.backend.get_range(SIGNUP, SIGNUP + "~") == []
 
 
-async def test_two_signups_racing_with_one_token_let_one_in(web) -> None:
+async def test_two_signups_racing_with_one_token_let_one_in(web: tuple[LocalCluster, ProxyService]) -> None:
     cluster, proxy = web
     invite = await cluster.auth.users.add_user("dave", ["access"], ["dave"])
     info = await cluster.auth.users.signup_info(invite["token"])
@@ -219,7 +221,7 @@ async def test_the_node_spool_sets_a_refused_event_aside(local_cluster: LocalClu
 # ---------------------------------------------------------------------- login
 
 
-async def test_failures_from_one_source_do_not_lock_out_another(web) -> None:
+async def test_failures_from_one_source_do_not_lock_out_another(web: tuple[LocalCluster, ProxyService]) -> None:
     cluster, proxy = web
     secret = await cluster.add_user("erin", ["access"], ["erin"], PASSWORD)
     totp = pyotp.TOTP(secret)
@@ -257,7 +259,9 @@ async def test_only_a_proxy_forwards_a_client_address(local_cluster: LocalCluste
                              {**headers, HEADER_FORWARDED_ADDR: "proxy.example.com"})
 
 
-async def test_unknown_and_pending_users_cost_a_bcrypt_check(local_cluster: LocalCluster, monkeypatch) -> None:
+async def test_unknown_and_pending_users_cost_a_bcrypt_check(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     users = local_cluster.auth.users
     await local_cluster.add_user("frank", ["access"], ["frank"], PASSWORD)
     await users.add_user("pending", ["access"], ["pending"])
