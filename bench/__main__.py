@@ -21,20 +21,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import authscale, concurrency, fleet, latency, profiling, report, throughput
+from bench import authscale, concurrency, fleet, latency, login, profiling, report, throughput
 from bench.env import OpenSSH, OurCluster, Processes, load_average, raise_nofile
 from bench.figures import Figure
 
-SECTIONS = ("latency", "throughput", "concurrency", "authscale", "fleet")
+SECTIONS = ("latency", "throughput", "concurrency", "authscale", "login", "fleet")
 #: Run unless --only says otherwise; the fleet section needs podman and runs with --fleet.
 DEFAULT_SECTIONS = SECTIONS[:-1]
 MiB = 1024 * 1024
 
 QUICK = {"latency_runs": 20, "throughput_bytes": 128 * MiB, "throughput_runs": 2, "sessions": [100],
-         "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500, "fleet_nodes": [1]}
+         "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500, "fleet_nodes": [1],
+         "login_runs": 10}
 FULL = {"latency_runs": 30, "throughput_bytes": 1024 * MiB, "throughput_runs": 3, "sessions": [100, 500, 1000],
         "latency_under_load_runs": 7, "nodes": [10000, 50000], "heartbeat_seconds": 60, "joins": 2000,
-        "fleet_nodes": [1, 3, 6]}
+        "fleet_nodes": [1, 3, 6], "login_runs": 30}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif section == "authscale":
                     got = authscale.run(root / "scale", params["nodes"], params["heartbeat_seconds"],
                                         params["joins"], args.workers, profile_dir)
+                elif section == "login":
+                    got = login.run(ours, params["login_runs"])
                 else:
                     got = fleet.run(root / "fleet", params["fleet_nodes"])
             except Exception as exc:  # one section failing still reports the others

@@ -47,6 +47,13 @@ class AccessDenied(TeleportError):
     http_status = 403
 
 
+class EventRefused(AccessDenied):
+    """An audit event its sender may not write (its type, time or size): final, since sending
+    the same event again cannot succeed (the node's spool sets it aside instead of retrying)."""
+
+    code = "event_refused"
+
+
 class ConnectionProblem(TeleportError):
     code = "connection_problem"
     http_status = 502
@@ -73,6 +80,7 @@ ERRORS_BY_CODE: dict[str, type[TeleportError]] = {
         AlreadyExists,
         CompareFailed,
         AccessDenied,
+        EventRefused,
         ConnectionProblem,
         LimitExceeded,
         ConfigError,

@@ -25,12 +25,14 @@ from cryptography import x509
 
 from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
 from teleport_runtime.agent.identity import load_cert_chain
+from teleport_runtime.auth.audit import AGENT_EVENTS, check_agent_event
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
+from teleport_runtime.auth.users import login_source
 from teleport_runtime.backend import EventType, Watcher
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, parse_tls_identity
 from teleport_runtime.durations import parse_duration
-from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
+from teleport_runtime.errors import AccessDenied, BadParameter, EventRefused, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
 from teleport_runtime.recording.asciicast import check_session_id
 
@@ -379,21 +381,58 @@ class AuthAPI:
     async def reset_user(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.users.reset_user(request.match_info["name"])
 
+    @staticmethod
+    def _client_addr(request: web.Request) -> str:
+        """The address of the user behind a proxy's request: the proxy forwards it (only a Proxy
+        identity may: login and sign-up admit no other caller), validated here."""
+        identity: TLSIdentity = request["identity"]
+        if "Proxy" not in system_roles(identity):
+            raise AccessDenied(f"only a proxy may forward a client's address ({HEADER_FORWARDED_ADDR})")
+        forwarded = request.headers.get(HEADER_FORWARDED_ADDR, "")
+        if not forwarded:
+            raise BadParameter(
+                f"{request.path} needs the client's address in {HEADER_FORWARDED_ADDR}: upgrade the proxy"
+            )
+        login_source(forwarded)  # an IP address (and port), nothing else
+        return forwarded
+
     @_route(("Proxy",))
     async def login(self, request: web.Request) -> dict[str, Any]:
+        remote_addr = self._client_addr(request)
         body = await read_object(request)
-        return await self.auth.login(body, str(body.get("remote_addr") or request.remote or ""))
+        return await self.auth.login(body, remote_addr)
 
     @_route(("Proxy",))
     async def signup_info(self, request: web.Request) -> dict[str, Any]:
-        return await self.auth.users.signup_info(request.match_info["token"])
+        token = request.match_info["token"]
+        try:
+            return await self.auth.users.signup_info(token)
+        except AccessDenied as exc:
+            await self._signup_refused(token, request.headers.get(HEADER_FORWARDED_ADDR, ""), exc)
+            raise
+
+    async def _signup_refused(self, token: str, remote_addr: str, exc: TeleportError) -> None:
+        """Audit a refused sign-up (``user.signup`` failure); the token itself is not logged."""
+        await self.auth.audit.emit({
+            "event": "user.signup", "success": False, "user": await self.auth.users.signup_user(token),
+            "remote_addr": remote_addr[:64], "reason": exc.message,
+        })
 
     @_route(("Proxy",))
     async def signup(self, request: web.Request) -> dict[str, Any]:
+        """Complete a sign-up; audited (``user.signup``) either way, a refused token too."""
+        remote_addr = self._client_addr(request)
         body = await read_object(request)
-        user = await self.auth.users.complete_signup(
-            str(body.get("token") or ""), str(body.get("password") or ""), str(body.get("otp") or "")
-        )
+        token = str(body.get("token") or "")
+        try:
+            user = await self.auth.users.complete_signup(
+                token, str(body.get("password") or ""), str(body.get("otp") or "")
+            )
+        except (AccessDenied, BadParameter) as exc:
+            await self._signup_refused(token, remote_addr, exc)
+            raise
+        await self.auth.audit.emit({"event": "user.signup", "success": True, "user": user.name,
+                                    "remote_addr": remote_addr})
         return {"user": user.name}
 
     @_route(("Admin",))
@@ -417,12 +456,25 @@ class AuthAPI:
 
     @_route(("Node", "Proxy"))
     async def emit_audit(self, request: web.Request) -> dict[str, Any]:
+        """An agent's event, within what its role may write (:func:`check_agent_event`); a
+        refusal is final for the sender and audited as ``access.denied``."""
         identity: TLSIdentity = request["identity"]
+        host_uuid = self._host(request)
         body = await read_object(request)
         if not body.get("event"):
             raise BadParameter("an audit event needs an 'event' field")
-        body["server_id"] = identity.host_uuid
-        return await self.auth.audit.emit(body)
+        role = next((r for r in system_roles(identity) if r in AGENT_EVENTS), "")
+        try:
+            record = check_agent_event(body, role=role, host_uuid=host_uuid, nodename=identity.nodename or "")
+        except EventRefused as exc:
+            log.warning("refused an audit event from %s (%s): %s", identity.name, role, exc.message)
+            await self.auth.audit.emit({
+                "event": "access.denied", "user": identity.name, "roles": list(identity.roles),
+                "server_id": host_uuid, "resource": request.path, "verb": request.method,
+                "remote_addr": request.remote or "", "reason": exc.message,
+            })
+            raise
+        return await self.auth.audit.emit(record)
 
     @_route(("Admin", "User", "Proxy"))
     async def search_audit(self, request: web.Request) -> list[dict[str, Any]]:

@@ -6,13 +6,25 @@ where it has one), ``time`` (ISO 8601 UTC), ``id``, and as far as they apply ``u
 Teleport user), ``login`` (the OS login), ``node`` (node name), ``server_id`` (host UUID),
 ``session_id`` and ``remote_addr``. Who emits what:
 
-- the auth service: ``user.login`` (success ``T1000I``, failure ``T1000W``), ``session.upload``
-  (a recording was stored), ``access.denied`` (a user's request refused by the roles);
+- the auth service: ``user.login`` (success ``T1000I``, failure ``T1000W``), ``user.signup``
+  (a password and one-time code enrolled with a sign-up token, ``T1005I``; a refused token
+  ``T1005W``), ``session.upload`` (a recording was stored), ``access.denied`` (a user's request
+  refused by the roles);
 - nodes: ``session.start``, ``session.end``, ``exec`` (with ``exit_status``), ``subsystem``,
   ``port``, ``auth.rejected``, ``session.rejected``, ``port.rejected``, ``agent.rejected``,
   ``subsystem.rejected``, ``session.recording_failed`` (node-sync: the session was ended);
-- the proxy: what its routing refuses;
+- the proxy: what its routing refuses (``proxy.connect.rejected``);
 - the auth API itself: ``access.denied`` for a request its system-role check refuses too.
+
+What an agent may write (``POST /v1/audit``, :func:`check_agent_event`): only the event types
+its own code emits (:data:`AGENT_EVENTS`; ``user.login`` and the other auth-service events never
+come from an agent). The auth service, not the body, says who sent it (``server_id``, and for a
+node ``node``/``nodename``, from the caller's certificate) and when it arrived (``received``, its
+own clock). The agent's ``time`` is kept (a spooled event sorts where it happened) only inside a
+window: at most :data:`MAX_CLOCK_SKEW` ahead of the auth service's clock and at most
+:data:`MAX_EVENT_AGE` old (how long a node's spool may hold events through an auth outage). Size
+and field names are bounded. Anything else is refused (:class:`EventRefused`, final for the
+node's spool) and audited as ``access.denied``.
 
 Idempotent on the event ID: a node gives each event an ``id`` (and its ``time``) when it spools
 it, and may send it again after a crash; the event's key derives from both, so the second
@@ -27,16 +39,16 @@ import json
 import logging
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from teleport_runtime.backend import Backend, Item
-from teleport_runtime.errors import AlreadyExists, BadParameter
+from teleport_runtime.errors import AlreadyExists, BadParameter, EventRefused
 
 log = logging.getLogger("teleport.audit")
 _PREFIX = "/events/"
 #: What an emitter's own event ID may look like.
-_ID_RE = re.compile(r"^[0-9a-f]{16,64}$")
+_ID_RE = re.compile(r"[0-9a-f]{16,64}")
 
 #: Event type -> code. ``user.login`` and ``exec``/``subsystem`` have a failure code too
 #: (:data:`FAILURE_CODES`).
@@ -56,8 +68,9 @@ EVENT_CODES = {
     "agent.rejected": "T3009W",
     "subsystem.rejected": "T3010W",
     "audit.dropped": "T9000W",
+    "user.signup": "T1005I",
 }
-FAILURE_CODES = {"user.login": "T1000W", "exec": "T3002E", "subsystem": "T3001E"}
+FAILURE_CODES = {"user.login": "T1000W", "user.signup": "T1005W", "exec": "T3002E", "subsystem": "T3001E"}
 UNKNOWN_CODE = "TCC00E"
 
 
@@ -71,6 +84,78 @@ def event_code(event: dict[str, Any]) -> str:
     if failed and kind in FAILURE_CODES:
         return FAILURE_CODES[kind]
     return EVENT_CODES.get(kind, UNKNOWN_CODE)
+
+
+#: The event types each agent role may write: what its code emits (node/session.py,
+#: node/ssh_server.py, node/service.py and the spool's ``audit.dropped``; the proxy's routing
+#: refusals in proxy/ssh.py). A new event an agent emits is added here, or it is refused.
+AGENT_EVENTS: dict[str, frozenset[str]] = {
+    "Node": frozenset({
+        "session.start", "session.end", "session.rejected", "session.recording_failed",
+        "exec", "subsystem", "port",
+        "auth.rejected", "port.rejected", "agent.rejected", "subsystem.rejected",
+        "audit.dropped",
+    }),
+    "Proxy": frozenset({"proxy.connect.rejected"}),
+}
+#: How far ahead of the auth service's clock an agent's event time may be (clock drift).
+MAX_CLOCK_SKEW = timedelta(minutes=1)
+#: How old an agent's event may be: a node spools events through an auth outage of up to this.
+MAX_EVENT_AGE = timedelta(days=7)
+#: Bounds of one agent event (its JSON form) and of its top-level field names.
+MAX_EVENT_BYTES = 64 * 1024
+MAX_EVENT_FIELDS = 64
+_FIELD_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Fields only the auth service sets on an agent's event; an agent's own values are dropped.
+_SERVER_FIELDS = ("code", "server_id", "received", "duplicate", "node", "nodename", "proxy")
+
+
+def check_agent_event(
+    event: dict[str, Any], *, role: str, host_uuid: str, nodename: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The record to store for ``event`` sent by an agent of system ``role`` whose certificate
+    names ``host_uuid`` and ``nodename``; EventRefused (naming the rule) otherwise."""
+    now = now or datetime.now(UTC)
+    kind = event.get("event")
+    allowed = AGENT_EVENTS.get(role, frozenset())
+    if not isinstance(kind, str) or kind not in allowed:
+        shown = kind[:64] if isinstance(kind, str) else kind
+        raise EventRefused(
+            f"a {role} may not write {shown!r} audit events: it may write {', '.join(sorted(allowed)) or 'none'}"
+            " (user.login and the other auth service events are recorded by the auth service only)"
+        )
+    if len(event) > MAX_EVENT_FIELDS:
+        raise EventRefused(f"audit event {kind} has {len(event)} fields: at most {MAX_EVENT_FIELDS}")
+    bad = [name for name in event if not _FIELD_RE.fullmatch(name)]
+    if bad:
+        raise EventRefused(
+            f"audit event {kind} has invalid field name {bad[0][:64]!r}: use lower-case letters, digits and _"
+        )
+    size = len(json.dumps(event, default=str))
+    if size > MAX_EVENT_BYTES:
+        raise EventRefused(f"audit event {kind} is {size} bytes: at most {MAX_EVENT_BYTES}")
+    record = {k: v for k, v in event.items() if k not in _SERVER_FIELDS}
+    if "time" in record:
+        when = _parse_time(record["time"])
+        if when is None:
+            raise EventRefused(f"audit event {kind} has an invalid time {str(record['time'])[:64]!r}: use ISO 8601")
+        if when > now + MAX_CLOCK_SKEW:
+            raise EventRefused(
+                f"audit event {kind} is dated {when.isoformat()}, ahead of the auth service's clock "
+                f"({now.isoformat()}): check the sender's clock (NTP)"
+            )
+        if when < now - MAX_EVENT_AGE:
+            raise EventRefused(
+                f"audit event {kind} is dated {when.isoformat()}, more than {MAX_EVENT_AGE.days} days "
+                "before the auth service's clock: events that old are not accepted from an agent"
+            )
+    record["server_id"] = host_uuid
+    record["received"] = now.isoformat()
+    if role == "Node":
+        record["node"] = record["nodename"] = nodename
+    else:
+        record[role.lower()] = nodename
+    return record
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -109,7 +194,7 @@ class AuditLog:
         record.pop("duplicate", None)
         if "id" in record:
             event_id = str(record["id"])
-            if not _ID_RE.match(event_id):
+            if not _ID_RE.fullmatch(event_id):
                 raise BadParameter(f"audit event id {event_id!r}: expected 16 to 64 lower-case hex digits")
             when = _parse_time(record.get("time"))
             if when is None:

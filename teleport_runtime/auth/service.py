@@ -45,7 +45,7 @@ from teleport_runtime.ca import (
 )
 from teleport_runtime.config import AuthConfig
 from teleport_runtime.durations import parse_duration
-from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, NotFound
+from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound
 from teleport_runtime.rbac import RoleSet
 
 log = logging.getLogger("teleport.auth")
@@ -365,9 +365,9 @@ class AuthService:
             await self.users.authenticate(
                 name, str(body.get("password") or ""), str(body.get("otp") or ""), remote_addr
             )
-        except (AccessDenied, BadParameter) as exc:
+        except (AccessDenied, BadParameter, LimitExceeded) as exc:
             await self.audit.emit({"event": "user.login", "code": "T1000W", "success": False,
-                                   "user": name, "remote_addr": remote_addr, "error": exc.message})
+                                   "user": name[:128], "remote_addr": remote_addr, "reason": exc.message})
             raise
         result = await self.sign_user(
             name, str(body.get("ssh_public_key") or ""),

@@ -10,8 +10,11 @@ resend after a crash between the auth service's answer and the delete here is ha
 :class:`AuditSender` posts the spooled events to the auth service in order, one at a time, and
 deletes each file once the auth service acknowledged it; while the auth service is unreachable
 (or refuses the node for now, such as during a CA rotation) it retries with backoff.
-An event the auth service refuses as malformed (BadParameter) or as another server's
-(AlreadyExists) is moved to ``rejected/``: logged, kept, never retried.
+An event the auth service refuses as malformed (BadParameter), as another server's
+(AlreadyExists) or as one this node may not write (EventRefused: its type, a time outside the
+accepted window, its size) is moved to ``rejected/``: logged, kept, never retried, so one refused
+event does not hold up the ones behind it. Other refusals (AccessDenied of the node's certificate,
+such as during a CA rotation) are retried.
 
 The spool is bounded (``max_bytes``, each file counted as its size rounded up to 4 KiB): when a
 new event does not fit, the oldest events are dropped, with an error log line, and counted in
@@ -38,7 +41,7 @@ from typing import Any
 
 from teleport_runtime.backoff import Backoff
 from teleport_runtime.durable import fsync_dir, write_private
-from teleport_runtime.errors import AlreadyExists, BadParameter, TeleportError
+from teleport_runtime.errors import AlreadyExists, BadParameter, EventRefused, TeleportError
 
 log = logging.getLogger("teleport.audit")
 
@@ -260,7 +263,7 @@ class AuditSender:
     """
 
     #: Refusals that sending again cannot fix: the event goes to ``rejected/``.
-    PERMANENT = (BadParameter, AlreadyExists)
+    PERMANENT = (BadParameter, AlreadyExists, EventRefused)
 
     def __init__(
         self,
