@@ -235,10 +235,10 @@ class StartupGate:
     def admit(self, conn: GatedServerConnection, source: str) -> bool:
         """Count ``conn`` as unauthenticated, or refuse it (False) when a limit is reached."""
         if self._per_source.get(source, 0) >= self.limits.per_source:
-            self._drop(source, f"{self.limits.per_source} unauthenticated connections from this address")
+            self._drop(source, f"{self.limits.per_source} connections from this address (the per-source limit)")
             return False
         if len(self._pending) >= self.limits.total:
-            self._drop(source, f"{self.limits.total} unauthenticated connections in all")
+            self._drop(source, f"{self.limits.total} connections (the limit of the listener)")
             return False
         self._pending[conn] = source
         self._per_source[source] = self._per_source.get(source, 0) + 1
