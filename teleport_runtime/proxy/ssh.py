@@ -45,14 +45,14 @@ log = logging.getLogger("teleport.proxy.ssh")
 CHUNK = 256 * 1024
 #: Bound on dialing a node.
 DIAL_TIMEOUT = 10.0
-SUBSYSTEM = re.compile(r"^proxy:(?P<host>\[[^\]]+\]|[^:@]+)(?::(?P<port>\d+))?(?:@(?P<cluster>.+))?$")
+SUBSYSTEM = re.compile(r"proxy:(?P<host>\[[^\]\s]+\]|[^:@\s]+)(?::(?P<port>\d+))?(?:@(?P<cluster>\S+))?")
 
 Audit = Callable[..., None]
 
 
 def parse_proxy_subsystem(name: str) -> tuple[str, int | None, str | None]:
     """``proxy:HOST:PORT@CLUSTER`` -> (host, port or None, cluster or None); ValueError if not."""
-    match = SUBSYSTEM.match(name)
+    match = SUBSYSTEM.fullmatch(name)
     if not match:
         raise ValueError(
             f"unknown subsystem {name!r}: expected proxy:HOST:PORT@CLUSTER"

@@ -110,3 +110,12 @@ async def test_unauthenticated_connections_are_capped_per_source(local_cluster, 
     async with await connect(proxy, keys, local_cluster) as conn:
         result = await conn.run("id", input="")
         assert result.exit_status == 1 and "does not run command" in result.stderr
+
+
+def test_subsystem_names_are_matched_whole():
+    from teleport_runtime.proxy.ssh import parse_proxy_subsystem
+
+    assert parse_proxy_subsystem("proxy:node1:3022@c.example.com") == ("node1", 3022, "c.example.com")
+    for name in ("proxy:node1@c.example.com\n", "proxy:node1\n"):
+        with pytest.raises(ValueError):
+            parse_proxy_subsystem(name)

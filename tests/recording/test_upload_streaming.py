@@ -124,3 +124,11 @@ async def test_a_large_upload_does_not_grow_the_auth_process_by_its_size(cluster
     stored = cluster.data_dir / "recordings" / f"{SID}.cast"
     assert stored.stat().st_size == manifest["size"]
     assert growth < 32 * MiB, f"the auth process grew by {growth // MiB} MiB for a {manifest['size'] // MiB} MiB upload"
+
+
+def test_a_session_id_with_a_trailing_newline_is_refused():
+    from teleport_runtime.recording.asciicast import check_session_id
+
+    assert check_session_id(SID) == SID
+    with pytest.raises(BadParameter):
+        check_session_id(SID + "\n")
