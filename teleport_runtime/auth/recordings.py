@@ -249,6 +249,12 @@ class RecordingStore(abc.ABC):
     async def get(self, session_id: str) -> bytes:
         """The recording's bytes; NotFound if there is none."""
 
+    async def local_path(self, session_id: str) -> Path | None:
+        """The recording's file, for answers sent from disk rather than memory; None when the
+        store keeps none; NotFound if there is no recording."""
+        await self.stat(session_id)
+        return None
+
     @abc.abstractmethod
     async def stat(self, session_id: str) -> dict[str, Any]:
         """The recording's metadata record; NotFound if there is none."""
@@ -459,6 +465,12 @@ class FileRecordingStore(RecordingStore):
 
         return await asyncio.to_thread(read)
 
+    async def local_path(self, session_id: str) -> Path:
+        cast_path, meta_path = self._paths(session_id)
+        if not await asyncio.to_thread(meta_path.exists):
+            raise NotFound(f"no recording of session {session_id}")
+        return cast_path
+
     async def stat(self, session_id: str) -> dict[str, Any]:
         _, meta_path = self._paths(session_id)
 
@@ -628,16 +640,16 @@ async def download(store: RecordingStore, session_id: str, encoding: str = "") -
     """``GET /v1/recordings/{session_id}``: the asciicast bytes, or with ``?encoding=base64``
     a JSON object ``{**metadata, "data_b64"}`` for clients that only speak JSON."""
     check_session_id(session_id)
-    data = await store.get(session_id)
     if encoding == "base64":
+        data = await store.get(session_id)
         return {**await store.stat(session_id), "data_b64": base64.b64encode(data).decode("ascii")}
     if encoding:
         raise BadParameter(f"unknown encoding {encoding!r}: leave it out or use base64")
-    return web.Response(
-        body=data,
-        content_type=CONTENT_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="{session_id}.cast"'},
-    )
+    headers = {"Content-Disposition": f'attachment; filename="{session_id}.cast"'}
+    path = await store.local_path(session_id)
+    if path is not None:  # sent from disk in pieces, not read whole into memory
+        return web.FileResponse(path, headers={**headers, "Content-Type": CONTENT_TYPE})
+    return web.Response(body=await store.get(session_id), content_type=CONTENT_TYPE, headers=headers)
 
 
 # ---------------------------------------------------------------------- sessions in progress
