@@ -564,8 +564,12 @@ class AuthAPI:
     @_route(("Node",))
     async def upload_recording(self, request: web.Request) -> dict[str, Any]:
         server_id = self._host(request)
-        upload = await read_upload(request, server_id)
-        record = await self.auth.store_recording(upload, server_id)
+        # Streamed to a temp file beside the recordings, never whole in memory.
+        upload = await read_upload(request, server_id, self.auth.recordings)
+        try:
+            record = await self.auth.store_recording(upload, server_id)
+        finally:
+            upload.discard()
         return {k: record.get(k) for k in ("session_id", "size", "sha256", "stored_at", "duplicate")}
 
     @_route(("Node",))

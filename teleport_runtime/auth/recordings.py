@@ -23,6 +23,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from teleport_runtime.backend import Backend, Item, prefix_end
-from teleport_runtime.durable import write_private
+from teleport_runtime.durable import fsync_dir, write_private
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from teleport_runtime.recording.asciicast import (
@@ -49,11 +51,13 @@ from teleport_runtime.recording.asciicast import (
 MAX_RECORDING_SIZE = 1024 * 1024 * 1024
 #: Largest metadata object kept with a recording (bytes of JSON).
 MAX_META_SIZE = 64 * 1024
+#: Bytes of an upload held in memory at a time: it is written to disk in pieces of this size.
+RECEIVE_CHUNK = 1024 * 1024
 
 #: Live streams of ``node-sync`` sessions, under the store's root.
 STREAMS_DIR = "streams"
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _STORE_FIELDS = ("session_id", "size", "sha256", "stored_at")
 
 
@@ -63,7 +67,7 @@ def recordings_dir(data_dir: Path) -> Path:
 
 
 def _check_sha256(value: object) -> str:
-    if not isinstance(value, str) or not _SHA256_RE.match(value.lower()):
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value.lower()):
         raise BadParameter(f"bad sha256 {value!r}: expected 64 hex digits")
     return value.lower()
 
@@ -106,6 +110,116 @@ def verify_recording(session_id: str, data: bytes, sha256: str, size: int | None
         )
 
 
+#: Temp files uploads are being received into (by every store of this process): a put's clean-up
+#: of the temp files a killed put left behind must not take them.
+_RECEIVING: set[Path] = set()
+
+
+@dataclass(frozen=True)
+class StagedRecording:
+    """An upload received into a temp file (``.<id>.cast.<random>.tmp``, fsynced, mode 0600),
+    never read as a recording: :meth:`RecordingStore.put` renames it into place or drops it.
+    ``size`` and ``sha256`` are what was received; ``head`` is its first line (the asciicast
+    header), or its first bytes when that line is longer than :data:`MAX_META_SIZE`."""
+
+    path: Path
+    size: int
+    sha256: str
+    head: bytes
+
+    def discard(self) -> None:
+        """Remove the temp file (nothing when it was already renamed or removed)."""
+        _forget(self.path)
+
+
+async def receive_recording(
+    content: Any, session_id: str, size: int, directory: Path | None = None
+) -> StagedRecording:
+    """Read an upload's body (an aiohttp ``StreamReader``) into a temp file in ``directory``
+    (the system's temp directory when None), hashing it on the way and holding at most
+    :data:`RECEIVE_CHUNK` bytes in memory. More than ``size`` bytes is BadParameter as soon as
+    they arrive; on any failure the temp file is removed."""
+    check_session_id(session_id)
+    target = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+    await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True, mode=0o700)
+    fd, name = tempfile.mkstemp(dir=target, prefix=f".{session_id}.cast.", suffix=".tmp")
+    path = Path(name)
+    _RECEIVING.add(path)
+    digest = hashlib.sha256()
+    head = b""
+    received = 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+
+            def write(piece: bytes) -> None:
+                fh.write(piece)
+                digest.update(piece)
+
+            pending: list[bytes] = []
+            buffered = 0
+            while chunk := await content.read(RECEIVE_CHUNK):
+                received += len(chunk)
+                if received > size:
+                    raise BadParameter(
+                        f"recording {session_id}: size mismatch: expected {size} bytes, received more"
+                    )
+                if len(head) <= MAX_META_SIZE and b"\n" not in head:
+                    head += chunk[: MAX_META_SIZE + 1]
+                pending.append(chunk)
+                buffered += len(chunk)
+                if buffered >= RECEIVE_CHUNK:
+                    await asyncio.to_thread(write, b"".join(pending))
+                    pending, buffered = [], 0
+            await asyncio.to_thread(write, b"".join(pending))
+            await asyncio.to_thread(fh.flush)
+            await asyncio.to_thread(os.fsync, fh.fileno())
+    except BaseException:
+        _forget(path)
+        raise
+    first, _, _ = head.partition(b"\n")
+    return StagedRecording(path, received, digest.hexdigest(), first[: MAX_META_SIZE + 1])
+
+
+def _forget(path: Path) -> None:
+    """Remove a temp file an upload was being received into."""
+    path.unlink(missing_ok=True)
+    _RECEIVING.discard(path)
+
+
+def _check_staged(session_id: str, staged: StagedRecording, sha256: str, size: int | None) -> None:
+    """As :func:`verify_recording`, for what :func:`receive_recording` received."""
+    if size is not None and staged.size != size:
+        raise BadParameter(
+            f"recording {session_id}: size mismatch: expected {size} bytes, received {staged.size}"
+        )
+    if staged.sha256 != sha256:
+        raise BadParameter(
+            f"recording {session_id}: sha256 mismatch: expected {sha256}, received {staged.sha256} "
+            f"(over {staged.size} bytes)"
+        )
+
+
+def _install(staged: Path, path: Path) -> None:
+    """Rename a received (fsynced) temp file over ``path`` durably, mode 0600; one from another
+    directory (maybe another file system) is copied into a temp file next to ``path`` first."""
+    source = staged
+    try:
+        if staged.parent != path.parent:
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            source = Path(name)
+            with open(staged, "rb") as src, os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, RECEIVE_CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+        os.chmod(source, 0o600)
+        os.replace(source, path)
+    except BaseException:
+        if source != staged:
+            source.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 class RecordingStore(abc.ABC):
     """Where the auth service keeps session recordings (asciicast v2 bytes plus metadata).
 
@@ -114,18 +228,32 @@ class RecordingStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def put(self, session_id: str, data: bytes, sha256: str, meta: dict[str, Any]) -> dict[str, Any]:
+    async def put(
+        self, session_id: str, data: bytes | StagedRecording, sha256: str, meta: dict[str, Any]
+    ) -> dict[str, Any]:
         """Store a recording; return its metadata record.
 
-        ``meta`` is kept with it; ``meta["size"]``, if present, is checked too. BadParameter if
-        the size or hash does not match the data; AlreadyExists if the session already has a
-        recording with a different hash. The same hash again returns the stored record (with
-        ``"duplicate": True``) and changes nothing.
+        ``data`` is the bytes, or an upload :func:`receive_recording` received into a temp file
+        (which this takes over: renamed into place or removed). ``meta`` is kept with it;
+        ``meta["size"]``, if present, is checked too. BadParameter if the size or hash does not
+        match the data; AlreadyExists if the session already has a recording with a different
+        hash. The same hash again returns the stored record (with ``"duplicate": True``) and
+        changes nothing.
         """
+
+    def staging_dir(self) -> Path | None:
+        """Where uploads are received before :meth:`put` (None: the system's temp directory)."""
+        return None
 
     @abc.abstractmethod
     async def get(self, session_id: str) -> bytes:
         """The recording's bytes; NotFound if there is none."""
+
+    async def local_path(self, session_id: str) -> Path | None:
+        """The recording's file, for answers sent from disk rather than memory; None when the
+        store keeps none; NotFound if there is no recording."""
+        await self.stat(session_id)
+        return None
 
     @abc.abstractmethod
     async def stat(self, session_id: str) -> dict[str, Any]:
@@ -187,14 +315,29 @@ class FileRecordingStore(RecordingStore):
         check_session_id(session_id)
         return self.root / f"{session_id}.cast", self.root / f"{session_id}.json"
 
-    async def put(self, session_id: str, data: bytes, sha256: str, meta: dict[str, Any]) -> dict[str, Any]:
+    def staging_dir(self) -> Path:
+        return self.root
+
+    async def put(
+        self, session_id: str, data: bytes | StagedRecording, sha256: str, meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            return await self._put_checked(session_id, data, sha256, meta)
+        finally:
+            if isinstance(data, StagedRecording):
+                data.discard()  # refused, a duplicate, or already renamed into place
+
+    async def _put_checked(
+        self, session_id: str, data: bytes | StagedRecording, sha256: str, meta: dict[str, Any]
+    ) -> dict[str, Any]:
         check_session_id(session_id)
         sha256 = _check_sha256(sha256)
-        if not isinstance(data, bytes):
+        if not isinstance(data, bytes | StagedRecording):
             raise BadParameter(f"recording {session_id}: data must be bytes")
-        if len(data) > MAX_RECORDING_SIZE:
+        length = data.size if isinstance(data, StagedRecording) else len(data)
+        if length > MAX_RECORDING_SIZE:
             raise BadParameter(
-                f"recording {session_id} is {len(data)} bytes; the limit is {MAX_RECORDING_SIZE}"
+                f"recording {session_id} is {length} bytes; the limit is {MAX_RECORDING_SIZE}"
             )
         size = meta.get("size")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
@@ -205,33 +348,44 @@ class FileRecordingStore(RecordingStore):
             raise BadParameter(f"recording {session_id}: metadata is not JSON ({exc})") from None
         if len(encoded_meta) > MAX_META_SIZE:
             raise BadParameter(f"recording {session_id}: metadata over {MAX_META_SIZE} bytes")
-        await asyncio.to_thread(verify_recording, session_id, data, sha256, size)
+        if isinstance(data, StagedRecording):
+            _check_staged(session_id, data, sha256, size)
+        else:
+            await asyncio.to_thread(verify_recording, session_id, data, sha256, size)
         async with self._locked(session_id):
-            return await asyncio.to_thread(self._put, session_id, data, sha256, meta)
+            return await asyncio.to_thread(self._put, session_id, data, length, sha256, meta)
 
-    def _put(self, session_id: str, data: bytes, sha256: str, meta: dict[str, Any]) -> dict[str, Any]:
+    def _put(
+        self, session_id: str, data: bytes | StagedRecording, length: int, sha256: str, meta: dict[str, Any]
+    ) -> dict[str, Any]:
         cast_path, meta_path = self._paths(session_id)
         if meta_path.exists():
             stored = json.loads(meta_path.read_text(encoding="utf-8"))
-            if stored.get("sha256") == sha256 and stored.get("size") == len(data):
+            if stored.get("sha256") == sha256 and stored.get("size") == length:
                 return {**stored, "duplicate": True}
             raise AlreadyExists(
                 f"session {session_id} already has a recording ({stored.get('size')} bytes, sha256 "
-                f"{stored.get('sha256')}); this upload ({len(data)} bytes, sha256 {sha256}) differs"
+                f"{stored.get('sha256')}); this upload ({length} bytes, sha256 {sha256}) differs"
             )
         # A .cast without metadata is a put that never completed (never acknowledged): replace.
         # Temp files of a put killed mid-write are never read (their names start with "."):
-        # the retry of that put, which the node makes, removes them.
+        # the retry of that put, which the node makes, removes them (not those of uploads
+        # still being received).
         for stale in self.root.glob(f".{session_id}.*.tmp"):
-            stale.unlink(missing_ok=True)
+            if stale not in _RECEIVING:
+                stale.unlink(missing_ok=True)
         record = {
             **{k: v for k, v in meta.items() if k not in _STORE_FIELDS and k != "duplicate"},
             "session_id": session_id,
-            "size": len(data),
+            "size": length,
             "sha256": sha256,
             "stored_at": datetime.now(UTC).isoformat(),
         }
-        write_private(cast_path, data)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if isinstance(data, StagedRecording):
+            _install(data.path, cast_path)
+        else:
+            write_private(cast_path, data)
         write_private(meta_path, json.dumps(record, sort_keys=True))
         for path in self._stream_paths(session_id):
             path.unlink(missing_ok=True)  # the complete recording replaces the live stream
@@ -311,6 +465,12 @@ class FileRecordingStore(RecordingStore):
 
         return await asyncio.to_thread(read)
 
+    async def local_path(self, session_id: str) -> Path:
+        cast_path, meta_path = self._paths(session_id)
+        if not await asyncio.to_thread(meta_path.exists):
+            raise NotFound(f"no recording of session {session_id}")
+        return cast_path
+
     async def stat(self, session_id: str) -> dict[str, Any]:
         _, meta_path = self._paths(session_id)
 
@@ -356,13 +516,19 @@ _MANIFEST_FIELDS = (
 
 @dataclass(frozen=True)
 class RecordingUpload:
-    """A parsed upload: the bytes, the claimed size and hash, and the metadata to keep."""
+    """A parsed upload: the data (bytes, or the received temp file), the claimed size and hash,
+    and the metadata to keep."""
 
     session_id: str
-    data: bytes
+    data: bytes | StagedRecording
     sha256: str
     size: int
     meta: dict[str, Any]
+
+    def discard(self) -> None:
+        """Drop what was received, if :meth:`RecordingStore.put` did not take it."""
+        if isinstance(self.data, StagedRecording):
+            self.data.discard()
 
 
 def recording_meta(data: bytes, manifest: dict[str, Any], uploaded_by: str = "") -> dict[str, Any]:
@@ -400,16 +566,22 @@ def _decode_manifest_header(value: str) -> dict[str, Any]:
     return manifest
 
 
-async def read_upload(request: web.Request, uploaded_by: str = "") -> RecordingUpload:
+async def read_upload(
+    request: web.Request, uploaded_by: str = "", store: RecordingStore | None = None
+) -> RecordingUpload:
     """Parse ``POST /v1/recordings/{session_id}``.
 
     Two forms: a raw asciicast body (``Content-Type: application/x-asciicast`` or
     ``application/octet-stream``) with the ``X-Teleport-Recording-Size``/``-Sha256``/
-    ``-Manifest`` headers, read as a stream (not subject to the API's JSON size limit, capped at
+    ``-Manifest`` headers, streamed into a temp file in ``store``'s :meth:`staging_dir
+    <RecordingStore.staging_dir>` (not subject to the API's JSON size limit, never whole in
+    memory, refused as soon as it exceeds its stated size, itself at most
     :data:`MAX_RECORDING_SIZE`); or a JSON body ``{"manifest": {...}, "data_b64": "..."}``.
-    The size and hash are only read here; :meth:`RecordingStore.put` verifies them.
+    The size and hash are only read here; :meth:`RecordingStore.put` verifies them. A caller
+    that does not :meth:`~RecordingStore.put` the upload must :meth:`~RecordingUpload.discard` it.
     """
     session_id = check_session_id(request.match_info.get("session_id", ""))
+    data: bytes | StagedRecording
     if request.content_type == "application/json":
         try:
             body = await request.json()
@@ -423,52 +595,61 @@ async def read_upload(request: web.Request, uploaded_by: str = "") -> RecordingU
         except (ValueError, binascii.Error):
             raise BadParameter("data_b64 is not base64") from None
         sha256, size = manifest.get("sha256"), manifest.get("size")
+        _check_manifest(session_id, manifest, size)
+        head = data
     else:
         manifest = _decode_manifest_header(request.headers.get(HEADER_MANIFEST, "")) if (
             request.headers.get(HEADER_MANIFEST)
         ) else {}
-        sha256 = request.headers.get(HEADER_SHA256)
+        sha256 = _check_sha256(request.headers.get(HEADER_SHA256))
         try:
             size = int(request.headers.get(HEADER_SIZE, ""))
         except ValueError:
             raise BadParameter(f"a raw recording upload needs the {HEADER_SIZE} header (bytes)") from None
         if size < 0 or size > MAX_RECORDING_SIZE:
             raise BadParameter(f"recording size {size} is out of range (limit {MAX_RECORDING_SIZE})")
-        chunks: list[bytes] = []
-        received = 0
-        while chunk := await request.content.read(1024 * 1024):
-            received += len(chunk)
-            if received > size:
-                raise BadParameter(
-                    f"recording {session_id}: size mismatch: expected {size} bytes, received more"
-                )
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        _check_manifest(session_id, manifest, size)
+        if request.content_length is not None and request.content_length > size:
+            raise BadParameter(
+                f"recording {session_id}: size mismatch: expected {size} bytes, the body has "
+                f"{request.content_length}"
+            )
+        staging = store.staging_dir() if store is not None else None
+        data = await receive_recording(request.content, session_id, size, staging)
+        head = data.head
+    try:
+        meta = recording_meta(head, manifest, uploaded_by)
+        meta["size"] = size
+        return RecordingUpload(session_id, data, _check_sha256(sha256), size, meta)
+    except BaseException:
+        if isinstance(data, StagedRecording):
+            data.discard()
+        raise
+
+
+def _check_manifest(session_id: str, manifest: dict[str, Any], size: object) -> None:
     if manifest.get("session_id") not in (None, session_id):
         raise BadParameter(
             f"upload for session {session_id} carries a manifest of session {manifest.get('session_id')}"
         )
     if not isinstance(size, int) or isinstance(size, bool):
         raise BadParameter("a recording upload must state its size in bytes")
-    meta = recording_meta(data, manifest, uploaded_by)
-    meta["size"] = size
-    return RecordingUpload(session_id, data, _check_sha256(sha256), size, meta)
 
 
 async def download(store: RecordingStore, session_id: str, encoding: str = "") -> web.StreamResponse | dict[str, Any]:
     """``GET /v1/recordings/{session_id}``: the asciicast bytes, or with ``?encoding=base64``
     a JSON object ``{**metadata, "data_b64"}`` for clients that only speak JSON."""
     check_session_id(session_id)
-    data = await store.get(session_id)
     if encoding == "base64":
+        data = await store.get(session_id)
         return {**await store.stat(session_id), "data_b64": base64.b64encode(data).decode("ascii")}
     if encoding:
         raise BadParameter(f"unknown encoding {encoding!r}: leave it out or use base64")
-    return web.Response(
-        body=data,
-        content_type=CONTENT_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="{session_id}.cast"'},
-    )
+    headers = {"Content-Disposition": f'attachment; filename="{session_id}.cast"'}
+    path = await store.local_path(session_id)
+    if path is not None:  # sent from disk in pieces, not read whole into memory
+        return web.FileResponse(path, headers={**headers, "Content-Type": CONTENT_TYPE})
+    return web.Response(body=await store.get(session_id), content_type=CONTENT_TYPE, headers=headers)
 
 
 # ---------------------------------------------------------------------- sessions in progress

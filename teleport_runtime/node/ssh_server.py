@@ -5,7 +5,11 @@ it is a user certificate signed by one of the trusted user CA keys (asked for on
 so a CA rotation takes effect at once), valid now, lists the login among its principals, carries
 roles (``teleport-roles``) that allow the login on this node's labels, and the login is a local
 account. Nothing else authenticates: no passwords, no plain keys, no keyboard-interactive. Each
-refusal is logged and audited (``auth.rejected``) with its reason.
+refusal is logged and audited (``auth.rejected``) with its reason. Whether the login exists here
+is looked at only after the client's signature proved it holds the certificate's key, so a
+client with someone else's certificate learns nothing about the node's accounts. Signatures
+and certificates made with SHA-1 (``ssh-rsa``) are refused, and connections that have not
+authenticated are capped per source address (:mod:`teleport_runtime.sshserver`).
 
 Asyncssh drops the ``teleport-*`` certificate extensions while parsing, so the server connection
 class (:class:`_NodeConnection`) looks at the raw certificate first, decides, and only then lets
@@ -40,7 +44,7 @@ import logging
 import os
 import struct
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
 from typing import Any
@@ -60,7 +64,13 @@ from teleport_runtime.node.session import (
     SessionRecorder,
 )
 from teleport_runtime.rbac import Role, RoleSet
-from teleport_runtime.sshserver import cert_only_options, close_listener
+from teleport_runtime.sshserver import (
+    GatedServerConnection,
+    StartupGate,
+    StartupLimits,
+    cert_only_options,
+    close_listener,
+)
 
 __all__ = [
     "DEFAULT_PORT",
@@ -73,8 +83,6 @@ __all__ = [
 
 #: The node SSH service's port in the reference.
 DEFAULT_PORT = 3022
-#: Seconds a client has to authenticate.
-LOGIN_TIMEOUT = 60.0
 #: Audit events waiting for a slow ``audit`` sink; beyond this, new events are dropped (logged).
 AUDIT_QUEUE_SIZE = 10_000
 
@@ -116,8 +124,9 @@ class _Identity:
     login: str
     cert: UserCertInfo
     roles: RoleSet
-    os_user: OSUser
     ca_key: bytes
+    #: The local account, looked up only after the client proved it holds the key.
+    os_user: OSUser = field(default=None)  # type: ignore[assignment]
 
     @property
     def can_port_forward(self) -> bool:
@@ -185,7 +194,9 @@ class _Conn:
     # ------------------------------------------------------------------ authentication
 
     async def authorize(self, login: str, key_data: bytes) -> _Identity | None:
-        """Decide (once per login and key) whether ``key_data`` may log in as ``login``."""
+        """Decide (once per login and key) whether the certificate ``key_data`` may log in as
+        ``login``, by the certificate and the roles alone: whether the login exists here is
+        only looked at once the client proved it holds the key (:meth:`admit`)."""
         cache_key = (login, key_data)
         if cache_key in self._decisions:
             return self._decisions[cache_key]
@@ -201,16 +212,35 @@ class _Conn:
                 self._plain_keys_refused += 1
                 self._decisions[cache_key] = None
                 return None
-            self.log.warning("login refused: %s", refusal.reason)
-            self._audited_refusal = True
-            self.emit({"event": "auth.rejected", "user": refusal.user, "login": login, "reason": refusal.reason})
-            if refusal.client and self.conn is not None:
-                with contextlib.suppress(Exception):
-                    self.conn.send_auth_banner(f"teleport: access denied: {refusal.client}\r\n")
+            self._refused(login, refusal)
         else:
             self.approved_ca_keys.add(decision.ca_key)
         self._decisions[cache_key] = decision
         return decision
+
+    async def admit(self, identity: _Identity) -> bool:
+        """After the signature proved the client holds the key: the login must be a local
+        account this node can start sessions as. Until then a client learns nothing about the
+        node's accounts (the same answer for a login that exists and one that does not)."""
+        try:
+            identity.os_user = await self._os_user(identity.login, identity.user)
+        except _Refusal as refusal:
+            self._refused(identity.login, refusal)
+            return False
+        self.identity = identity
+        return True
+
+    def _refused(self, login: str, refusal: _Refusal) -> None:
+        self.log.warning("login refused: %s", refusal.reason)
+        self._audited_refusal = True
+        self.emit({"event": "auth.rejected", "user": refusal.user, "login": login, "reason": refusal.reason})
+        if refusal.client and self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.send_auth_banner(f"teleport: access denied: {refusal.client}\r\n")
+
+    def signature_refused(self, login: str, identity: _Identity, reason: str) -> None:
+        """The signature's algorithm (or the certificate's) is not accepted (SHA-1, DSA)."""
+        self._refused(login, _Refusal(reason, user=identity.user))
 
     def reject_after_check(self, login: str, identity: _Identity, signed: bool) -> None:
         """asyncssh refused a certificate we accepted (bad signature, source address...)."""
@@ -291,6 +321,9 @@ class _Conn:
                 user=user,
                 client=f"your roles do not allow {login!r} on this node",
             ) from None
+        return _Identity(user, login, cert, role_set, ca_key)
+
+    async def _os_user(self, login: str, user: str) -> OSUser:
         loop = asyncio.get_running_loop()
         os_user = await loop.run_in_executor(None, lookup_os_user, login)
         if os_user is None:
@@ -305,7 +338,7 @@ class _Conn:
                 user=user,
                 client=f"this node cannot start sessions as {login!r}",
             )
-        return _Identity(user, login, cert, role_set, os_user, ca_key)
+        return os_user
 
     def _check_source_address(self, value: str, user: str) -> None:
         try:
@@ -400,22 +433,33 @@ class _Conn:
         )
 
 
-class _NodeConnection(asyncssh.SSHServerConnection):
+class _NodeConnection(GatedServerConnection):
     """asyncssh's server connection with the node's certificate checks in front."""
 
     node_conn: _Conn
+    #: The certificate being checked while asyncssh verifies its signature.
+    _checking: _Identity | None = None
 
     async def validate_public_key(self, username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
         ctx = self.node_conn
         identity = await ctx.authorize(username, key_data)
         if identity is None:
             return False
+        self._checking = identity
         ok = await super().validate_public_key(username, key_data, msg, signature)
         if not ok:
-            ctx.reject_after_check(username, identity, bool(msg))
-        elif msg:
-            ctx.identity = identity  # the signature proved possession: this is who logs in
-        return ok
+            if self._checking is not None:
+                ctx.reject_after_check(username, identity, bool(msg))
+            return False
+        if not msg:
+            return True  # a query: the client has yet to prove it holds the key
+        # The signature proved possession: only now is the login itself looked at.
+        return await ctx.admit(identity)
+
+    def signature_refused(self, username: str, reason: str) -> None:
+        identity, self._checking = self._checking, None
+        if identity is not None:
+            self.node_conn.signature_refused(username, identity, reason)
 
     def check_key_permission(self, permission: str) -> bool:
         if permission == "port-forwarding":
@@ -525,7 +569,8 @@ class NodeSSHServer:
     working while the auth service is down); a name it does not return refuses the login.
     ``audit(event)`` receives the events listed in the module docstring, in order, from one
     queue (exceptions are logged, not raised). ``recorder_factory(info)`` makes a
-    :class:`SessionRecorder` for each PTY session.
+    :class:`SessionRecorder` for each PTY session. ``startup_limits`` bound the connections that
+    have not authenticated yet (defaults: :class:`~teleport_runtime.sshserver.StartupLimits`).
     """
 
     def __init__(
@@ -542,7 +587,7 @@ class NodeSSHServer:
         nodename: str,
         host_uuid: str,
         sftp_server: str = DEFAULT_SFTP_SERVER,
-        login_timeout: float = LOGIN_TIMEOUT,
+        startup_limits: StartupLimits | None = None,
     ) -> None:
         self.cluster_name = cluster_name
         self.nodename = nodename
@@ -553,7 +598,7 @@ class NodeSSHServer:
         self._role_lookup = role_lookup
         self._audit = audit
         self._recorder_factory = recorder_factory
-        self._login_timeout = login_timeout
+        self.startup_gate = StartupGate("node SSH service", startup_limits)
         self._conn_ids = itertools.count(1)
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -582,7 +627,6 @@ class NodeSSHServer:
             allow_pty=True,
             line_editor=False,
             agent_forwarding=True,
-            login_timeout=self._login_timeout,
             max_pktsize=SSH_MAX_PACKET,
         )
 
@@ -598,7 +642,7 @@ class NodeSSHServer:
 
     def _new_connection(self) -> _NodeConnection:
         loop = asyncio.get_running_loop()
-        conn = _NodeConnection(loop, self._options)
+        conn = _NodeConnection(loop, self._options, self.startup_gate)
         conn.node_conn = _Conn(self, next(self._conn_ids))
         return conn
 

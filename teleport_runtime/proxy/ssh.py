@@ -31,7 +31,13 @@ from teleport_runtime.ca import parse_user_ssh_cert
 from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
-from teleport_runtime.sshserver import cert_only_options, close_listener
+from teleport_runtime.sshserver import (
+    GatedServerConnection,
+    StartupGate,
+    StartupLimits,
+    cert_only_options,
+    close_listener,
+)
 
 log = logging.getLogger("teleport.proxy.ssh")
 
@@ -39,14 +45,14 @@ log = logging.getLogger("teleport.proxy.ssh")
 CHUNK = 256 * 1024
 #: Bound on dialing a node.
 DIAL_TIMEOUT = 10.0
-SUBSYSTEM = re.compile(r"^proxy:(?P<host>\[[^\]]+\]|[^:@]+)(?::(?P<port>\d+))?(?:@(?P<cluster>.+))?$")
+SUBSYSTEM = re.compile(r"proxy:(?P<host>\[[^\]\s]+\]|[^:@\s]+)(?::(?P<port>\d+))?(?:@(?P<cluster>\S+))?")
 
 Audit = Callable[..., None]
 
 
 def parse_proxy_subsystem(name: str) -> tuple[str, int | None, str | None]:
     """``proxy:HOST:PORT@CLUSTER`` -> (host, port or None, cluster or None); ValueError if not."""
-    match = SUBSYSTEM.match(name)
+    match = SUBSYSTEM.fullmatch(name)
     if not match:
         raise ValueError(
             f"unknown subsystem {name!r}: expected proxy:HOST:PORT@CLUSTER"
@@ -137,7 +143,7 @@ class _BufferingForwarder(asyncssh.SSHForwarder):
             super().write_eof()
 
 
-class _ProxyServerConnection(asyncssh.SSHServerConnection):
+class _ProxyServerConnection(GatedServerConnection):
     """asyncssh's server connection, remembering who logged in and treating the jump hop as
     routing rather than port forwarding."""
 
@@ -234,6 +240,7 @@ class ProxySSHServer:
         directory: NodeDirectory,
         cluster: str,
         audit: Audit,
+        startup_limits: StartupLimits | None = None,
     ) -> None:
         self.host_key = host_key
         self.host_cert = host_cert
@@ -245,6 +252,7 @@ class ProxySSHServer:
         self._conn_options: asyncssh.SSHServerConnectionOptions | None = None
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.port: int | None = None
+        self.startup_gate = StartupGate("proxy SSH service", startup_limits)
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return cert_only_options(
@@ -256,12 +264,12 @@ class ProxySSHServer:
             allow_pty=False,
             agent_forwarding=False,
             keepalive_interval=60,
-            login_timeout=60,
             max_pktsize=SSH_MAX_PACKET + SSH_PACKET_FRAMING,
         )
 
     def _new_connection(self) -> _ProxyServerConnection:
-        return _ProxyServerConnection(asyncio.get_running_loop(), self._conn_options)
+        assert self._conn_options is not None
+        return _ProxyServerConnection(asyncio.get_running_loop(), self._conn_options, self.startup_gate)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (port 0: any free port); returns the bound port."""

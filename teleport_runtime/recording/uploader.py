@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from teleport_runtime.backoff import Backoff
 from teleport_runtime.durable import fsync_dir
 from teleport_runtime.errors import AlreadyExists, BadParameter, ConnectionProblem
@@ -308,42 +310,85 @@ def upload_headers(manifest: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _read_checked(path: Path, manifest: dict[str, Any]) -> bytes:
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != manifest["size"] or digest != manifest["sha256"]:
+#: Bytes of a spool file read at a time, to check it and to send it.
+READ_CHUNK = 1024 * 1024
+
+
+def _read_checked(path: Path, manifest: dict[str, Any]) -> None:
+    """Check a spool file against its manifest (size and sha256), reading it in pieces."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    if size != manifest["size"] or digest.hexdigest() != manifest["sha256"]:
         raise BadParameter(
             f"local recording {path.name} changed after it was completed: manifest says "
-            f"{manifest['size']} bytes sha256 {manifest['sha256']}, file has {len(data)} bytes "
-            f"sha256 {digest}"
+            f"{manifest['size']} bytes sha256 {manifest['sha256']}, file has {size} bytes "
+            f"sha256 {digest.hexdigest()}"
         )
-    return data
+
+
+class SpoolFileBody(aiohttp.payload.Payload):
+    """A spool file as a request body, read in pieces while it is sent. It is opened anew each
+    time it is sent (the auth client sends it again to its next address when one fails)."""
+
+    _autoclose = True  # nothing stays open between sends
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, content_type=CONTENT_TYPE)
+        self._path = path
+        self._size = path.stat().st_size
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return f"<recording {self._path.name}, {self._size} bytes>"
+
+    async def write(self, writer: Any) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        left = self._size if content_length is None else min(self._size, content_length)
+        fh = await asyncio.to_thread(self._path.open, "rb")
+        try:
+            while left > 0:
+                chunk = await asyncio.to_thread(fh.read, min(READ_CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                await writer.write(chunk)
+        finally:
+            await asyncio.to_thread(fh.close)
 
 
 def make_upload(client: AuthClient) -> Upload:
     """An ``upload`` function for :class:`Uploader` over the auth API.
 
     ``POST /v1/recordings/{session_id}``: with ``client.call_raw`` (preferred) the body is the
-    asciicast itself (``Content-Type: application/x-asciicast``) with the size, sha256 and
-    manifest in headers (see :func:`upload_headers`); without it, a first-version JSON body
-    ``{"manifest": ..., "data_b64": ...}``, which the auth API's 4 MiB body limit caps at about
-    3 MiB of recording (larger ones then wait in the spool, retried, until ``call_raw`` exists).
-    The file is checked against its manifest before it is sent.
+    asciicast itself (``Content-Type: application/x-asciicast``), streamed from the spool file
+    (:class:`SpoolFileBody`), with the size, sha256 and manifest in headers (see
+    :func:`upload_headers`); without it, a first-version JSON body ``{"manifest": ...,
+    "data_b64": ...}``, which the auth API's 4 MiB body limit caps at about 3 MiB of recording
+    (larger ones then wait in the spool, retried, until ``call_raw`` exists). The file is
+    checked against its manifest before it is sent.
     """
 
     async def upload(manifest: dict[str, Any], path: Path) -> None:
         session_id = check_session_id(manifest["session_id"])
-        data = await asyncio.to_thread(_read_checked, path, manifest)
+        await asyncio.to_thread(_read_checked, path, manifest)
         route = f"/v1/recordings/{session_id}"
         call_raw = getattr(client, "call_raw", None)
         if call_raw is not None:
-            await call_raw("POST", route, data, upload_headers(manifest))
+            body = await asyncio.to_thread(SpoolFileBody, path)
+            await call_raw("POST", route, body, upload_headers(manifest))
             return
-        if len(data) > MAX_JSON_UPLOAD:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        if size > MAX_JSON_UPLOAD:
             raise ConnectionProblem(
-                f"recording {session_id} is {len(data)} bytes, too large for a JSON upload; it "
+                f"recording {session_id} is {size} bytes, too large for a JSON upload; it "
                 "stays in the spool until the auth client supports raw uploads (call_raw)"
             )
+        data = await asyncio.to_thread(path.read_bytes)
         body = {"manifest": manifest, "data_b64": base64.b64encode(data).decode("ascii")}
         await client.call("POST", route, body)
 
