@@ -87,9 +87,13 @@ _SHA1_HOST_KEY_ALGS = frozenset({b"ssh-rsa", b"ssh-rsa-cert-v01@openssh.com", b"
                                  b"ssh-dss-cert-v01@openssh.com"})
 
 #: Unauthenticated connections one source address may hold (OpenSSH: PerSourceMaxStartups).
-MAX_STARTUPS_PER_SOURCE = 10
-#: Unauthenticated connections one listener may hold (OpenSSH: MaxStartups).
-MAX_STARTUPS = 100
+#: Not OpenSSH's 10: a node sees every session relayed by a proxy as coming from that proxy, and
+#: a proxy sees all of an Ansible controller's forks from one address, so a legitimate source
+#: opens dozens at once; the cap is there so that one address cannot take the whole listener.
+MAX_STARTUPS_PER_SOURCE = 100
+#: Unauthenticated connections one listener may hold (OpenSSH: MaxStartups): a bound on the
+#: memory a flood of half-open handshakes can take.
+MAX_STARTUPS = 500
 #: Seconds a connection has to authenticate (OpenSSH: LoginGraceTime).
 LOGIN_GRACE_TIME = 30.0
 #: Seconds between two log lines about dropped connections (a flood is summarised, not echoed).
