@@ -179,11 +179,10 @@ class AuthClient:
                     return data if is_json else body
             except aiohttp.ClientConnectorCertificateError as exc:
                 if isinstance(exc.certificate_error, WrongServer):
-                    log.warning("refused %s as the auth server: %s", addr, exc.certificate_error)
-                    problems.append(
-                        f"{addr} is not the auth service: {exc.certificate_error}; nothing was sent to it "
-                        "(point the auth server address at the auth service)"
-                    )
+                    problem = (f"{addr} is not the auth service: {exc.certificate_error}; nothing was sent "
+                               "to it (point the auth server address at the auth service)")
+                    log.warning("%s", problem)
+                    problems.append(problem)
                     continue
                 problems.append(f"{addr}: its certificate is not signed by the cluster's CA ({exc.certificate_error})")
             except aiohttp.ClientSSLError as exc:
