@@ -28,7 +28,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime.agent.client import AuthClient, insecure_ssl_context, trusting_ssl_context
-from teleport_runtime.agent.identity import Identity, load_cert_chain
+from teleport_runtime.agent.identity import Identity, WrongServer, load_cert_chain, require_server_role
 from teleport_runtime.agent.join import join_cluster
 from teleport_runtime.backend import open_backend
 from teleport_runtime.ca import CAType, CertAuthority, generate_tls_identity_cert, parse_tls_identity
@@ -306,6 +306,35 @@ async def test_the_real_auth_service_is_accepted_and_a_proxy_certificate_is_not(
     finally:
         await victim.close()
     assert rogue.accepted >= 2
+    assert bytes(rogue.received) == b""
+
+
+async def test_the_check_holds_for_blocking_clients_of_the_context_too(
+    local_cluster: LocalCluster, rogue_cleanup: list[RogueAuth]
+) -> None:
+    """The role check is part of the TLS context, so a standard-library client using it (no
+    aiohttp) is refused the same way, before its request is written."""
+    node_identity, _ = await local_cluster.join("node", "node1", ["127.0.0.1"])
+    host_ca = await local_cluster.auth.get_ca(CAType.HOST)
+    cert = generate_tls_identity_cert(
+        host_ca.active, _public_pem(node_identity.tls_key), parse_tls_identity(node_identity.tls_cert),
+        ttl=timedelta(hours=1), dns_names=[API_SERVER_NAME], ip_addresses=["127.0.0.1"],
+    )
+    rogue = RogueAuth(cert, node_identity.tls_key, "127.0.0.1", 0)
+    rogue_cleanup.append(rogue)
+    ctx = require_server_role(node_identity.client_ssl_context(), "Auth")
+
+    def post() -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", rogue.port, context=ctx, timeout=10)
+        conn.request("POST", "/v1/users/login", body=json.dumps({"password": PASSWORD}))
+
+    with pytest.raises(WrongServer, match="not one with the Auth role"):
+        await asyncio.to_thread(post)
+    # the same context accepts the real auth service
+    conn = http.client.HTTPSConnection("127.0.0.1", local_cluster.addr.port, context=ctx, timeout=10)
+    await asyncio.to_thread(conn.connect)
+    conn.close()
+    assert rogue.accepted == 1
     assert bytes(rogue.received) == b""
 
 
