@@ -1,23 +1,39 @@
-"""The one client of the auth API, used by nodes, proxies, tctl and tsh.
+"""The one client of the auth API, used by nodes, proxies and tctl.
 
 It verifies the auth server against the cluster's host CAs under the name
-``teleport.cluster.local`` (so joining by IP works) and presents the caller's identity.
+``teleport.cluster.local`` (so joining by IP works), requires the server's certificate to be a
+host identity with the ``Auth`` system role (of the caller's cluster when known), and presents
+the caller's identity. The host CA signs every node's and proxy's certificate too, so the chain
+alone would accept any member of the cluster as the auth service; the role is checked during
+the TLS handshake of every connection (:func:`~teleport_runtime.agent.identity.require_server_role`),
+before anything is sent, on every context the client is given, including the unverified one
+used only to fetch the CA certs a pin is checked against.
+
+Request paths are checked before anything is sent (:func:`~teleport_runtime.urlpath.check_request_path`):
+call sites put values into paths with :func:`~teleport_runtime.urlpath.api_path`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
-from teleport_runtime.agent.identity import Identity
+from teleport_runtime.agent.identity import Identity, WrongServer, require_server_role
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import ConnectionProblem, TeleportError, error_from_dict
+from teleport_runtime.urlpath import check_request_path
+
+log = logging.getLogger("teleport.client")
 
 API_SERVER_NAME = "teleport.cluster.local"
+#: The system role the auth API's certificate carries (auth/service.py issue_server_identity).
+AUTH_ROLE = "Auth"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
 #: Raw bodies (session recordings) can be large: more time in total, same time to connect.
 RAW_TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10, sock_read=60)
@@ -54,18 +70,21 @@ class AuthClient:
         ssl_context: ssl.SSLContext,
         *,
         verify_name: bool = True,
+        cluster: str | None = None,
     ) -> None:
         if not addresses:
             raise ConnectionProblem("no auth server address: pass --auth-server=HOST:3025")
         self.addresses = addresses
-        self.ssl_context = ssl_context
+        #: The cluster the auth server must belong to, when the caller knows it.
+        self.cluster = cluster
+        self.ssl_context = require_server_role(ssl_context, AUTH_ROLE, cluster)
         self.verify_name = verify_name
         self._session: aiohttp.ClientSession | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
     @classmethod
     def for_identity(cls, addresses: list[HostPort], identity: Identity) -> AuthClient:
-        return cls(addresses, identity.client_ssl_context())
+        return cls(addresses, identity.client_ssl_context(), cluster=identity.cluster)
 
     async def __aenter__(self) -> AuthClient:
         return self
@@ -85,7 +104,7 @@ class AuthClient:
         """Use a new identity or trust from the next request on (rotation, re-registration).
 
         Requests already under way finish on the old session, which is closed later."""
-        self.ssl_context = ctx
+        self.ssl_context = require_server_role(ctx, AUTH_ROLE, self.cluster)
         if self._session is not None:
             task = asyncio.get_running_loop().create_task(self._retire(self._session))
             self._retiring.add(task)
@@ -134,13 +153,15 @@ class AuthClient:
         """Try each auth address in turn. The answer is decoded JSON (any body when not ``raw``;
         with ``raw``, bytes unless the server says it is JSON); an error answer is raised as the
         TeleportError the server sent."""
+        check_request_path(path)
         session = self._get_session()
         problems = []
         for addr in self.addresses:
             try:
                 async with session.request(
                     method,
-                    f"https://{addr}{path}",
+                    # Sent as checked: no re-quoting or dot-segment normalisation on the way.
+                    URL(f"https://{addr}{path}", encoded=True),
                     timeout=limits,
                     server_hostname=API_SERVER_NAME if self.verify_name else None,
                     **send,
@@ -157,6 +178,12 @@ class AuthClient:
                         raise TeleportError(f"auth server at {addr} answered HTTP {resp.status}")
                     return data if is_json else body
             except aiohttp.ClientConnectorCertificateError as exc:
+                if isinstance(exc.certificate_error, WrongServer):
+                    problem = (f"{addr} is not the auth service: {exc.certificate_error}; nothing was sent "
+                               "to it (point the auth server address at the auth service)")
+                    log.warning("%s", problem)
+                    problems.append(problem)
+                    continue
                 problems.append(f"{addr}: its certificate is not signed by the cluster's CA ({exc.certificate_error})")
             except aiohttp.ClientSSLError as exc:
                 problems.append(f"{addr}: TLS handshake failed ({exc})")

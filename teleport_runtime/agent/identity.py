@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from teleport_runtime.ca import TLSIdentity, parse_tls_identity
 from teleport_runtime.durable import write_private
-from teleport_runtime.errors import ConfigError
+from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError
 
 _FILES = {
     "ssh_key": "ssh_key",
@@ -37,6 +38,75 @@ def load_cert_chain(ctx: ssl.SSLContext, cert: bytes | str, key: bytes | str) ->
             path.write_bytes(data.encode() if isinstance(data, str) else data)
             paths.append(path)
         ctx.load_cert_chain(*paths)
+
+
+class WrongServer(ssl.SSLCertVerificationError):
+    """The server's certificate chains to a trusted CA but does not speak for the service the
+    client meant to reach (a node's certificate where the auth service's is expected).
+
+    A certificate verification error, so that TLS stacks treat it as a failed handshake: the
+    connection is closed before the client sends anything on it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.verify_message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def check_server_identity(der: bytes | None, role: str, cluster: str | None = None) -> TLSIdentity:
+    """The identity in a server's certificate (DER), which must be a host identity holding the
+    system role ``role`` (of ``cluster`` when given); AccessDenied saying what it is otherwise.
+
+    A certificate chaining to the host CA is not enough: the host CA signs every node and proxy
+    too. The caller checks the chain (the TLS context) and names the peer in its message."""
+    if not der:
+        raise AccessDenied("it presented no certificate")
+    try:
+        identity = parse_tls_identity(der)
+    except BadParameter as exc:
+        raise AccessDenied(f"its certificate is not a Teleport identity ({exc.message})") from None
+    if identity.kind != "host" or role not in identity.roles:
+        raise AccessDenied(
+            f"it presented the certificate of {identity.name!r} (kind {identity.kind}, roles "
+            f"{','.join(identity.roles) or 'none'}), not one with the {role} role"
+        )
+    if cluster and identity.cluster != cluster:
+        raise AccessDenied(f"it is a server of cluster {identity.cluster!r}, not of {cluster!r}")
+    return identity
+
+
+def require_server_role(ctx: ssl.SSLContext, role: str, cluster: str | None = None) -> ssl.SSLContext:
+    """Make every TLS connection of ``ctx`` check :func:`check_server_identity` as the last step
+    of its handshake, and fail the handshake (:class:`WrongServer`) otherwise.
+
+    The check lives in the context (its SSLObject/SSLSocket classes, which asyncio, uvloop and
+    the standard library's clients all use), so no code path can connect with the context and
+    skip it, and nothing (no request line, no body) is written to a server that fails it."""
+
+    def check(conn: ssl.SSLObject | ssl.SSLSocket) -> None:
+        try:
+            check_server_identity(conn.getpeercert(binary_form=True), role, cluster)
+        except AccessDenied as exc:
+            raise WrongServer(exc.message) from None
+
+    class RoleCheckingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            check(self)
+
+    class RoleCheckingSSLSocket(ssl.SSLSocket):
+        def do_handshake(self, block: bool = False) -> None:
+            super().do_handshake(block)
+            check(self)
+
+    ctx.sslobject_class = RoleCheckingSSLObject
+    ctx.sslsocket_class = RoleCheckingSSLSocket
+    # The checked certificate is the one the connection keeps: no renegotiation to another.
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    return ctx
 
 
 @dataclass
@@ -103,6 +173,11 @@ class Identity:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         load_cert_chain(ctx, self.tls_cert, self.tls_key)
         return ctx
+
+    @property
+    def cluster(self) -> str:
+        """The cluster this identity belongs to (from its X.509 certificate)."""
+        return parse_tls_identity(self.tls_cert).cluster
 
 
 def split_pem(data: bytes) -> list[bytes]:

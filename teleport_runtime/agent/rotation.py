@@ -48,6 +48,7 @@ from teleport_runtime.agent.identity import Identity, write_private
 from teleport_runtime.agent.join import issued_identity
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, issuing_ca_matches
 from teleport_runtime.errors import AccessDenied, ConnectionProblem, TeleportError
+from teleport_runtime.urlpath import api_path
 
 log = logging.getLogger("teleport.rotation")
 
@@ -187,7 +188,7 @@ class RotationSync:
 
     async def sync(self, wait: float = 0) -> None:
         """Read the CA state (waiting up to ``wait`` s for a change) and converge to it."""
-        path = f"/v1/authorities/watch?revision={self.revision}&wait={wait:g}"
+        path = api_path("/v1/authorities/watch", query={"revision": self.revision, "wait": f"{wait:g}"})
         try:
             state = await self.client.get(path, time_limit=wait + 30)
         except (ConnectionProblem, AccessDenied) as exc:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import click
 import yaml
@@ -29,6 +29,7 @@ from teleport_runtime.client.output import (
 )
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import ConfigError, TeleportError
+from teleport_runtime.urlpath import api_path
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])
@@ -221,7 +222,7 @@ async def tokens_ls(client: AuthClient, fmt: str) -> None:
 
 
 async def _delete_token(client: AuthClient, token: str) -> None:
-    await client.delete(f"/v1/tokens/{quote(token, safe='')}")
+    await client.delete(api_path("/v1/tokens/{token}", token=token))
     click.echo(f"Token {token} has been deleted")
 
 
@@ -300,7 +301,7 @@ async def users_update(
 ) -> None:
     """Change a user's roles or logins."""
     user = await client.call(
-        "PUT", f"/v1/users/{name}", {"roles": _csv(set_roles), "logins": _csv(set_logins)}
+        "PUT", api_path("/v1/users/{name}", name=name), {"roles": _csv(set_roles), "logins": _csv(set_logins)}
     )
     echo_json(user) if fmt == "json" else click.echo(f"User {name!r} has been updated")
 
@@ -320,7 +321,7 @@ async def users_ls(client: AuthClient, fmt: str) -> None:
 @run
 async def users_rm(client: AuthClient, name: str) -> None:
     """Delete a user."""
-    await client.delete(f"/v1/users/{name}")
+    await client.delete(api_path("/v1/users/{name}", name=name))
     click.echo(f"User {name!r} has been deleted")
 
 
@@ -330,7 +331,7 @@ async def users_rm(client: AuthClient, name: str) -> None:
 @run
 async def users_reset(client: AuthClient, name: str, fmt: str) -> None:
     """Clear a user's password and second factor and issue a new sign-up token."""
-    result = await client.post(f"/v1/users/{name}/reset", {})
+    result = await client.post(api_path("/v1/users/{name}/reset", name=name), {})
     echo_json(result) if fmt == "json" else click.echo(_signup_text(result, await _proxy_addr(client)))
 
 
@@ -392,10 +393,10 @@ async def get(client: AuthClient, resource: str, fmt: str) -> None:
 async def rm(client: AuthClient, resource: str) -> None:
     """Delete a resource: role/NAME, user/NAME or token/VALUE."""
     kind, _, name = resource.partition("/")
-    paths = {"role": "/v1/roles/", "user": "/v1/users/", "token": "/v1/tokens/"}
+    paths = {"role": "/v1/roles/{name}", "user": "/v1/users/{name}", "token": "/v1/tokens/{name}"}
     if kind not in paths or not name:
         raise ConfigError(f"cannot remove {resource!r}: expected role/NAME, user/NAME or token/VALUE")
-    await client.delete(paths[kind] + name)
+    await client.delete(api_path(paths[kind], name=name))
     click.echo(f"{kind} {name!r} has been deleted")
 
 
@@ -464,7 +465,7 @@ async def auth_rotate(
     if manual and grace_period:
         raise ConfigError("--grace-period applies to auto mode only; drop it or drop --manual")
     view = await client.post(
-        f"/v1/authorities/{ca_type}/rotate",
+        api_path("/v1/authorities/{type}/rotate", type=ca_type),
         {"mode": "manual" if manual else "auto", "phase": phase, "grace_period": grace_period},
     )
     if fmt == "json":

@@ -69,6 +69,7 @@ from teleport_runtime.config import HostPort, parse_host_port
 from teleport_runtime.durations import format_duration, parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, TeleportError
 from teleport_runtime.recording import parse_speed
+from teleport_runtime.urlpath import api_path
 
 T = TypeVar("T")
 OTP_STEP_SUFFIX = ".last-step"  # beside a TOTP secret file: the last one-time-code step used
@@ -417,7 +418,7 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
     """
     addr = _proxy_addr(proxy)
     client, _ping = await _connect_web(addr, ca_pins, insecure)
-    info = await client.get(f"/webapi/signup/{token}")
+    info = await client.get(api_path("/webapi/signup/{token}", token=token))
     user, uri = str(info.get("user") or ""), str(info.get("otpauth_uri") or "")
     try:
         totp = pyotp.parse_uri(uri)

@@ -15,6 +15,7 @@ from teleport_runtime.durations import format_duration
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.recording import check_session_id, parse_speed, play_async, read_cast, to_json
 from teleport_runtime.recording.client import recording_data
+from teleport_runtime.urlpath import api_path
 
 #: ``tsh play --format``.
 PLAY_FORMATS = ("pty", "json", "asciicast")
@@ -29,7 +30,8 @@ async def list_recordings(client: ProxyWebClient, since: str | None = None) -> l
 async def fetch_recording(client: ProxyWebClient, session_id: str) -> bytes:
     """A recording's asciicast v2 bytes."""
     check_session_id(session_id)
-    return recording_data(await client.get(f"/webapi/recordings/{session_id}"), session_id, "the proxy")
+    return recording_data(await client.get(api_path("/webapi/recordings/{session_id}", session_id=session_id)),
+                          session_id, "the proxy")
 
 
 async def list_sessions(client: ProxyWebClient) -> list[dict[str, Any]]:

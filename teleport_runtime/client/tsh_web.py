@@ -7,7 +7,9 @@ The proxy serves its own X.509 identity, signed by the cluster's host CA. tsh tr
   (``--ca-pin``: fetched without verification, checked with the pin, then the connection is
   made again verifying against them, as a joining node does), and
 - the certificate is a host identity with the ``Proxy`` role of the expected cluster (any
-  certificate the host CA signed for a node would chain as well).
+  certificate the host CA signed for a node would chain as well): the same check as the auth
+  client's ``Auth`` role check (:func:`~teleport_runtime.agent.identity.check_server_identity`),
+  made on the connected socket before the request is written.
 
 Host names are not checked: the cluster's own CA and the Proxy role identify the proxy, so a
 proxy reached by an IP or name missing from its certificate still works. ``--insecure`` skips
@@ -25,10 +27,11 @@ import json
 import ssl
 from typing import Any
 
-from teleport_runtime.agent.identity import load_cert_chain
-from teleport_runtime.ca import check_ca_pins, parse_tls_identity
+from teleport_runtime.agent.identity import check_server_identity, load_cert_chain
+from teleport_runtime.ca import check_ca_pins
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError, error_from_dict
+from teleport_runtime.urlpath import check_request_path
 
 TIMEOUT = 60.0
 
@@ -82,22 +85,17 @@ class ProxyWebClient:
         """The server certificate must be a Proxy host identity of the expected cluster."""
         if not self.verify_proxy:
             return
-        if not der:
-            raise AccessDenied(f"{self.addr} presented no certificate")
         try:
-            identity = parse_tls_identity(der)
-        except BadParameter as exc:
-            raise AccessDenied(f"{self.addr} is not a Teleport proxy: {exc.message}") from None
-        if identity.kind != "host" or "Proxy" not in identity.roles:
+            check_server_identity(der, "Proxy", self.cluster)
+        except AccessDenied as exc:
             raise AccessDenied(
-                f"{self.addr} presented the certificate of {identity.name} "
-                f"(roles {','.join(identity.roles) or 'none'}), not of a proxy: refusing to talk to it"
-            )
-        if self.cluster and identity.cluster != self.cluster:
-            raise AccessDenied(f"{self.addr} is a proxy of cluster {identity.cluster!r}, not {self.cluster!r}")
+                f"{self.addr} is not a proxy of the cluster: {exc.message}; refusing to talk to it "
+                "(check --proxy)"
+            ) from None
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """One HTTPS request (blocking): (status, decoded JSON or None)."""
+        check_request_path(path)
         host = self.addr.host
         conn = http.client.HTTPSConnection(host, self.addr.port, context=self.ssl_context, timeout=self.timeout)
         try:

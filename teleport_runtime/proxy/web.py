@@ -19,6 +19,12 @@ auth API):
 - ``GET /webapi/recordings[?since=]``, ``GET /webapi/recordings/{session_id}`` (JSON, the
   asciicast in ``data_b64``), ``GET /webapi/sessions/active`` (user certificate): passed to the
   auth service with the user's certificate, and the auth service decides by the user's roles.
+
+Every path parameter is validated where it enters (sign-up tokens: URL-safe token characters;
+session IDs: :func:`~teleport_runtime.recording.asciicast.check_session_id`) and put into the
+auth API's path with :func:`~teleport_runtime.urlpath.api_path`: aiohttp decodes ``%2F`` in a
+parameter, so ``/webapi/signup/..%2Fnodes`` would otherwise fetch ``/v1/nodes`` with the proxy's
+identity. A refused parameter answers 400 and is audited (``access.denied``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from aiohttp import web
 
@@ -40,6 +45,7 @@ from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
+from teleport_runtime.urlpath import api_path, check_path_param, check_url_token
 
 if TYPE_CHECKING:
     from teleport_runtime.proxy.service import ProxyService
@@ -149,6 +155,19 @@ class ProxyWeb:
             raise AccessDenied(f"your certificate is not signed by the cluster's user CA: {hint}")
         return identity
 
+    def _path_param(self, request: web.Request, name: str, check: Callable[[str], str]) -> str:
+        """The path parameter ``name`` of ``request`` if ``check`` and the path-segment rules
+        accept it; otherwise BadParameter (400), and the attempt is audited."""
+        value = request.match_info[name]
+        try:
+            return check_path_param(check(value), name)
+        except BadParameter as exc:
+            self.service.audit(
+                "access.denied", resource=request.raw_path, verb=request.method,
+                remote_addr=request.remote or "", reason=exc.message,
+            )
+            raise
+
     # ------------------------------------------------------------------ handlers
 
     async def ping(self, request: web.Request) -> dict[str, Any]:
@@ -162,8 +181,8 @@ class ProxyWeb:
         return await self._forward("/v1/users/login", forwarded, request)
 
     async def get_signup(self, request: web.Request) -> dict[str, Any]:
-        token = request.match_info["token"]
-        return await self.service.client.get(f"/v1/signup/{token}")
+        token = self._path_param(request, "token", lambda v: check_url_token(v, "sign-up token"))
+        return await self.service.client.get(api_path("/v1/signup/{token}", token=token))
 
     async def signup(self, request: web.Request) -> dict[str, Any]:
         body = await read_object(request)
@@ -206,11 +225,13 @@ class ProxyWeb:
 
     async def recordings(self, request: web.Request) -> Any:
         since = request.query.get("since")
-        return await self._as_user(request, "/v1/recordings" + (f"?since={quote(since)}" if since else ""))
+        return await self._as_user(request, api_path("/v1/recordings", query={"since": since} if since else None))
 
     async def recording(self, request: web.Request) -> Any:
-        session_id = check_session_id(request.match_info["session_id"])
-        return await self._as_user(request, f"/v1/recordings/{session_id}?encoding=base64")
+        session_id = self._path_param(request, "session_id", check_session_id)
+        return await self._as_user(
+            request, api_path("/v1/recordings/{session_id}", session_id=session_id, query={"encoding": "base64"})
+        )
 
     async def active_sessions(self, request: web.Request) -> Any:
         return await self._as_user(request, "/v1/sessions/active")

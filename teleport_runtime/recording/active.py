@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from teleport_runtime.errors import NotFound, TeleportError
 from teleport_runtime.recording.asciicast import check_session_id
+from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
     from teleport_runtime.agent.client import AuthClient
@@ -82,10 +83,10 @@ class ActiveSessionReporter:
             await self.client.post("/v1/sessions/active", record)
         elif op == "end":
             with contextlib.suppress(NotFound):
-                await self.client.delete(f"/v1/sessions/active/{session_id}")
+                await self.client.delete(api_path("/v1/sessions/active/{session_id}", session_id=session_id))
         else:
             try:
-                await self.client.post(f"/v1/sessions/active/{session_id}/keepalive", {})
+                await self.client.post(api_path("/v1/sessions/active/{id}/keepalive", id=session_id), {})
             except NotFound:
                 if session_id in self.live:
                     await self.client.post("/v1/sessions/active", self.live[session_id])

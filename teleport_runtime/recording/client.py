@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from teleport_runtime.errors import BadParameter
 from teleport_runtime.recording.asciicast import check_session_id
+from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
     from teleport_runtime.agent.client import AuthClient
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 async def list_recordings(client: AuthClient, since: str | None = None) -> list[dict[str, Any]]:
     """Recording metadata records, oldest first (``since``: ISO 8601 time or a duration like 24h)."""
-    path = "/v1/recordings" + (f"?since={quote(since)}" if since else "")
+    path = api_path("/v1/recordings", query={"since": since} if since else None)
     return list(await client.get(path) or [])
 
 
@@ -31,11 +31,11 @@ async def fetch_recording(client: AuthClient, session_id: str) -> bytes:
     check_session_id(session_id)
     call_raw = getattr(client, "call_raw", None)
     if call_raw is not None:
-        data = await call_raw("GET", f"/v1/recordings/{session_id}", None, {})
+        data = await call_raw("GET", api_path("/v1/recordings/{session_id}", session_id=session_id), None, {})
         if isinstance(data, bytes | bytearray):
             return bytes(data)
         raise BadParameter(f"the auth service answered recording {session_id} with JSON, not asciicast")
-    answer = await client.get(f"/v1/recordings/{session_id}?encoding=base64")
+    answer = await client.get(api_path("/v1/recordings/{id}", id=session_id, query={"encoding": "base64"}))
     return recording_data(answer, session_id, "the auth service")
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from teleport_runtime.errors import AlreadyExists, ConnectionProblem, TeleportError
 from teleport_runtime.recording.asciicast import CONTENT_TYPE, check_session_id
+from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
     from teleport_runtime.agent.client import AuthClient
@@ -98,7 +99,7 @@ class RecordingStream:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _append(self, chunk: bytes) -> None:
-        path = f"/v1/recordings/{self.session_id}/stream?offset={self.offset}"
+        path = api_path("/v1/recordings/{session_id}/stream", session_id=self.session_id, query={"offset": self.offset})
         last: ConnectionProblem | None = None
         for attempt in range(self.attempts):
             if attempt:

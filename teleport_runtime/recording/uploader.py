@@ -53,6 +53,7 @@ from teleport_runtime.recording.spool import (
     salvage_part,
     spool_paths,
 )
+from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
     from teleport_runtime.agent.client import AuthClient
@@ -376,7 +377,7 @@ def make_upload(client: AuthClient) -> Upload:
     async def upload(manifest: dict[str, Any], path: Path) -> None:
         session_id = check_session_id(manifest["session_id"])
         await asyncio.to_thread(_read_checked, path, manifest)
-        route = f"/v1/recordings/{session_id}"
+        route = api_path("/v1/recordings/{session_id}", session_id=session_id)
         call_raw = getattr(client, "call_raw", None)
         if call_raw is not None:
             body = await asyncio.to_thread(SpoolFileBody, path)
