@@ -103,9 +103,18 @@ class User:
         }
 
 
+#: A user name: it becomes a path segment of the API, a certificate's key ID and a file name in
+#: tsh's home, so only characters that are safe in all three (no ``.``/``..``, ``%``, separators,
+#: ``@`` which ``user@host`` targets split on, or control characters).
+_USER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
 def _validate_name(name: str) -> str:
-    if not name or len(name) > 128 or any(c in name for c in "/\\:@ \t\n"):
-        raise BadParameter(f"invalid user name {name!r}: use 1-128 characters without / : @ or spaces")
+    if not _USER_NAME_RE.fullmatch(name):
+        raise BadParameter(
+            f"invalid user name {name[:130]!r}: use 1-128 letters, digits, '.', '_', '+' or '-', "
+            "starting with a letter or digit"
+        )
     return name
 
 

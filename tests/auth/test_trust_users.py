@@ -325,3 +325,9 @@ def test_login_source_is_the_address() -> None:
     assert login_source("::ffff:192.0.2.1") == "192.0.2.1"
     with pytest.raises(BadParameter, match="invalid client address"):
         login_source("example.com")
+
+
+@pytest.mark.parametrize("name", [".", "..", "a/b", "a%2Fb", "x\n", "-rf", "a@b", "a b", "é", "a" * 129, ""])
+def test_a_user_name_that_cannot_be_a_path_segment_or_login_is_refused(name):
+    with pytest.raises(BadParameter, match="invalid user name"):
+        users_module._validate_name(name)
