@@ -39,7 +39,7 @@ SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")
-LABEL_KEY = re.compile(r"^[a-zA-Z0-9/.\-_]+$")
+LABEL_KEY = re.compile(r"[a-zA-Z0-9/.\-_]+")
 
 _KNOWN_KEYS: dict[str, set[str]] = {
     "": {"version", "teleport", "auth_service", "ssh_service", "proxy_service"},
@@ -78,31 +78,50 @@ class HostPort:
         return self
 
 
+#: A host name as addresses name it: ASCII letters, digits, ``.``, ``-`` and ``_`` (container
+#: and inventory names use underscores); IDNs in their ``xn--`` form.
+HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def parse_host_port(text: str, default_port: int, key: str = "address") -> HostPort:
-    """Parse ``host``, ``host:port``, ``[v6]:port``; raises BadParameter naming ``key``."""
-    value = str(text).strip()
+    """Parse ``host``, ``host:port``, ``[v6]:port``, ``:port`` (every address); raises
+    BadParameter naming ``key``, the value and the expected form."""
+    value = str(text).strip(" \t")
     if not value:
         raise BadParameter(f"{key}: empty address, expected host:port")
+    expected = "expected host:port, such as auth.example.com:3025 or [::1]:3025"
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest.lstrip(":") or str(default_port)
+        host, closed, rest = value[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise BadParameter(f"{key}: invalid address {value!r}: {expected}")
+        port_text = rest[1:] if rest else str(default_port)
+        if not is_ipv6(host):
+            raise BadParameter(f"{key}: {host!r} in brackets is not an IPv6 address: {expected}")
     elif value.count(":") == 1:
         host, port_text = value.split(":")
     elif value.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(value)
-        except ValueError as exc:
-            raise BadParameter(f"{key}: invalid address {value!r}, expected host:port") from exc
+        if not is_ipv6(value):
+            raise BadParameter(f"{key}: invalid address {value!r}: {expected}")
         host, port_text = value, str(default_port)
     else:
         host, port_text = value, str(default_port)
+    if host and ":" not in host and not HOST_NAME.fullmatch(host):
+        raise BadParameter(
+            f"{key}: invalid host {host!r} in {value!r}: a host is an IP address or a DNS name "
+            f"of letters, digits, '.', '-' and '_'; {expected}"
+        )
+    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
+        raise BadParameter(f"{key}: invalid port {port_text!r} in {value!r}: a port is 0-65535; {expected}")
+    return HostPort(host, int(port_text))
+
+
+def is_ipv6(text: str) -> bool:
     try:
-        port = int(port_text)
-    except ValueError as exc:
-        raise BadParameter(f"{key}: invalid port in {value!r}, expected host:port") from exc
-    if not 0 <= port <= 65535:
-        raise BadParameter(f"{key}: port {port} out of range in {value!r}")
-    return HostPort(host, port)
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -258,7 +277,7 @@ def validate_labels(labels: dict[str, Any], where: str) -> dict[str, str]:
     """Check label keys; returns the labels with string values."""
     out = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
             raise BadParameter(
                 f"{where}: invalid label key {key!r}: use letters, digits and / . - _ only"
             )

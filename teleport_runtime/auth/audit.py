@@ -36,7 +36,7 @@ from teleport_runtime.errors import AlreadyExists, BadParameter
 log = logging.getLogger("teleport.audit")
 _PREFIX = "/events/"
 #: What an emitter's own event ID may look like.
-_ID_RE = re.compile(r"^[0-9a-f]{16,64}$")
+_ID_RE = re.compile(r"[0-9a-f]{16,64}")
 
 #: Event type -> code. ``user.login`` and ``exec``/``subsystem`` have a failure code too
 #: (:data:`FAILURE_CODES`).
@@ -109,7 +109,7 @@ class AuditLog:
         record.pop("duplicate", None)
         if "id" in record:
             event_id = str(record["id"])
-            if not _ID_RE.match(event_id):
+            if not _ID_RE.fullmatch(event_id):
                 raise BadParameter(f"audit event id {event_id!r}: expected 16 to 64 lower-case hex digits")
             when = _parse_time(record.get("time"))
             if when is None:

@@ -53,7 +53,7 @@ MAX_META_SIZE = 64 * 1024
 #: Live streams of ``node-sync`` sessions, under the store's root.
 STREAMS_DIR = "streams"
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _STORE_FIELDS = ("session_id", "size", "sha256", "stored_at")
 
 
@@ -63,7 +63,7 @@ def recordings_dir(data_dir: Path) -> Path:
 
 
 def _check_sha256(value: object) -> str:
-    if not isinstance(value, str) or not _SHA256_RE.match(value.lower()):
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value.lower()):
         raise BadParameter(f"bad sha256 {value!r}: expected 64 hex digits")
     return value.lower()
 

@@ -42,7 +42,7 @@ PART_SUFFIX = ".cast.part"
 CAST_SUFFIX = ".cast"
 MANIFEST_SUFFIX = ".json"
 
-_SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_session_id(session_id: object) -> str:
@@ -52,7 +52,7 @@ def check_session_id(session_id: object) -> str:
     starting with a letter or digit (so no ``..``, no ``/``, no hidden files). Raises
     BadParameter otherwise.
     """
-    if not isinstance(session_id, str) or not _SESSION_ID_RE.match(session_id) or ".." in session_id:
+    if not isinstance(session_id, str) or not _SESSION_ID_RE.fullmatch(session_id) or ".." in session_id:
         raise BadParameter(
             f"invalid session ID {session_id!r}: expected 1-128 characters of letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
