@@ -25,6 +25,7 @@ from cryptography import x509
 
 from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
 from teleport_runtime.agent.identity import load_cert_chain
+from teleport_runtime.auth.bodies import check_request_body
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
 from teleport_runtime.backend import EventType, Watcher
@@ -192,6 +193,7 @@ class AuthAPI:
                     })
                     raise AccessDenied(reason)
                 request["identity"] = identity
+            await check_request_body(request)  # types and sizes, before any handler reads it
             result = await handler(request)
             if isinstance(result, web.StreamResponse):
                 return result
