@@ -39,6 +39,15 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def query_int(request: web.Request, name: str, problem: str) -> int:
+    """The query parameter ``name`` as a whole number of ASCII digits (``int()`` alone would also
+    take ``+1``, `` 1``, ``1_0`` and other scripts' digits); BadParameter(``problem``) otherwise."""
+    text = request.query.get(name, "")
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise BadParameter(f"{problem}, got {text!r}")
+    return int(text)
+
+
 def _depth(value: Any, level: int = 1) -> int:
     if level > MAX_DEPTH:
         return level

@@ -32,7 +32,7 @@ from teleport_runtime.backend import EventType, Watcher
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, parse_tls_identity
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
-from teleport_runtime.httpjson import error_response, internal_error_response, read_object
+from teleport_runtime.httpjson import error_response, internal_error_response, query_int, read_object
 from teleport_runtime.recording.asciicast import check_session_id
 
 log = logging.getLogger("teleport.auth.api")
@@ -522,10 +522,7 @@ class AuthAPI:
     async def stream_recording(self, request: web.Request) -> dict[str, Any]:
         server_id = self._host(request)
         session_id = check_session_id(request.match_info["session_id"])
-        try:
-            offset = int(request.query.get("offset", ""))
-        except ValueError:
-            raise BadParameter("a recording stream append needs ?offset=BYTES") from None
+        offset = query_int(request, "offset", "a recording stream append needs ?offset=BYTES")
         data = await request.content.read(MAX_STREAM_CHUNK + 1)
         if len(data) > MAX_STREAM_CHUNK:
             raise BadParameter(f"a recording stream append is at most {MAX_STREAM_CHUNK} bytes")
