@@ -37,7 +37,7 @@ BODIES: dict[tuple[str, str], dict[str, Field]] = {
         "addr": Field("string", example='"10.0.0.5:3022"', max_len=512),
         "labels": Field("labels", example='{"env": "prod"}', max_len=1024),
         "cmd_labels": Field("labels", example='{"arch": "x86_64"}', max_len=1024),
-        "rotation": Field("object", example='{"host": {"phase": "standby", "id": ""}}'),
+        # rotation: any shape; presence reads one it does not understand as standby
         "version": Field("string", max_len=128),
         "web_addr": Field("string", example='"proxy.example.com:3080"', max_len=512),
         "ssh_addr": Field("string", example='"proxy.example.com:3023"', max_len=512),

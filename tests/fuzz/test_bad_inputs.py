@@ -45,7 +45,7 @@ API_CASES: list[tuple[str, str, str | None, Any, int, str, str]] = [
     ("POST", "/v1/heartbeat", "node", {"labels": {"env\n": "x"}}, 400, "bad_parameter", "invalid label key 'env\\n'"),
     ("POST", "/v1/heartbeat", "proxy", {"cmd_labels": {"arch": "x86\n"}}, 400, "bad_parameter",
      "invalid value 'x86\\n'"),
-    ("POST", "/v1/heartbeat", "node", {"rotation": "standby"}, 400, "bad_parameter", "'rotation' is a string"),
+    ("POST", "/v1/heartbeat", "node", {"version": ["1"]}, 400, "bad_parameter", "'version' is a list"),
     ("POST", "/v1/tokens", "admin", {"ttl": {"h": 1}}, 400, "bad_parameter",
      "'ttl' is an object: expected a duration such as 5m or 1h30m"),
     ("POST", "/v1/tokens", "admin", {"ttl": "99999999d"}, 400, "bad_parameter", "longer than 36500 days"),

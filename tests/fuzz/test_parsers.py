@@ -229,3 +229,39 @@ def test_session_id_junk_is_bad_parameter(value: Any) -> None:
         assert "invalid session ID" in exc.message
     else:
         assert "/" not in checked and ".." not in checked and checked.isascii() and checked.isprintable()
+
+
+# ---------------------------------------------------------------------------- role documents
+
+
+def role_doc() -> st.SearchStrategy[dict[str, Any]]:
+    """Role documents from the known keys, any of them junk or missing."""
+    conditions = st.fixed_dictionaries({}, optional={
+        "logins": st.one_of(junk_json, st.lists(st.one_of(junk_text, st.just("{{internal.logins}}")), max_size=3)),
+        "node_labels": st.one_of(junk_json, st.dictionaries(st.one_of(label_key, junk_text), junk_json, max_size=3)),
+        "rules": st.one_of(junk_json, st.lists(st.fixed_dictionaries({}, optional={
+            "resources": junk_json, "verbs": st.one_of(junk_json, st.lists(st.sampled_from(["list", "read", "*"])))}),
+            max_size=2)),
+    })
+    spec = st.fixed_dictionaries({}, optional={
+        "allow": st.one_of(conditions, junk_json), "deny": st.one_of(conditions, junk_json),
+        "options": st.one_of(junk_json, st.fixed_dictionaries({}, optional={
+            "max_session_ttl": junk_json, "forward_agent": junk_json, "port_forwarding": junk_json})),
+    })
+    return st.fixed_dictionaries({
+        "kind": st.one_of(st.just("role"), junk_json), "version": st.one_of(st.just("v1"), junk_json),
+        "metadata": st.one_of(st.fixed_dictionaries({"name": st.one_of(st.just("r"), junk_json)}), junk_json),
+        "spec": st.one_of(spec, junk_json),
+    })
+
+
+@FUZZ
+@given(doc=role_doc())
+def test_role_documents_are_a_role_or_bad_parameter(doc: dict[str, Any]) -> None:
+    try:
+        role = parse_role(doc)
+    except BadParameter as exc:
+        assert exc.message.startswith("role")
+    else:
+        assert role.name == "r"
+        assert parse_role(role.to_dict()) == role
