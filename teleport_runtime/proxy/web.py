@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ log = logging.getLogger("teleport.proxy.web")
 Handler = Callable[[web.Request], Awaitable[Any]]
 #: Fields of a login request passed on to the auth service.
 LOGIN_FIELDS = ("user", "password", "otp", "ssh_public_key", "tls_public_key", "ttl")
+#: What a sign-up token can look like (hex or URL-safe base64, as the auth service makes them).
+SIGNUP_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def server_ssl_context(identity: Identity, user_ca_certs: list[str]) -> ssl.SSLContext:
@@ -162,8 +165,14 @@ class ProxyWeb:
         return await self.service.client.post("/v1/users/login", forwarded)
 
     async def get_signup(self, request: web.Request) -> dict[str, Any]:
+        # The token becomes a path segment of a request the proxy makes with its own identity:
+        # "..%2Fnodes" would turn it into GET /v1/nodes for an unauthenticated caller.
         token = request.match_info["token"]
-        return await self.service.client.get(f"/v1/signup/{token}")
+        if not SIGNUP_TOKEN.fullmatch(token):
+            raise BadParameter(
+                f"invalid sign-up token {token[:80]!r}: use the token of the invitation `tctl users add` printed"
+            )
+        return await self.service.client.get(f"/v1/signup/{quote(token, safe='')}")
 
     async def signup(self, request: web.Request) -> dict[str, Any]:
         body = await read_object(request)

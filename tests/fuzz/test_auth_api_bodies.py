@@ -76,6 +76,7 @@ def fill(template: str, value: str) -> str:
 
 
 def assert_answer(server: AuthServer, before: dict[str, int], status: int, answer: Any, what: str) -> None:
+    what = what[:200]
     assert status < 500, f"{what}: {status} {answer}"
     if status >= 400:
         assert isinstance(answer, dict) and set(answer) == {"error"}, f"{what}: {status} {answer!r}"
