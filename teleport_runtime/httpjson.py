@@ -73,6 +73,8 @@ class Field:
     example: str = ""
     max_len: int = MAX_STRING
     max_items: int = 256
+    #: Text that is ASCII by its format (SSH and PEM public keys).
+    ascii: bool = False
 
 
 _EXPECTED = {
@@ -118,6 +120,8 @@ def _string_problem(value: Any, spec: Field) -> str:
         return f"is longer than {spec.max_len} characters"
     if "\x00" in value:
         return "holds a NUL character"
+    if spec.ascii and not value.isascii():
+        return "holds characters that are not ASCII"
     return ""
 
 

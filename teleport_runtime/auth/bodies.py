@@ -10,7 +10,7 @@ from aiohttp import web
 
 from teleport_runtime.httpjson import Field, check_body, read_object
 
-_KEY = Field("string", example="the PEM or OpenSSH public key", max_len=8192)
+_KEY = Field("string", example="the PEM or OpenSSH public key", max_len=8192, ascii=True)
 _ADDRESSES = Field("strings", example='["10.0.0.5", "node1.example.com"]', max_len=256, max_items=64)
 _NAME = Field("string", example='"alice"', max_len=256)
 _NAMES = Field("strings", example='["access", "auditor"]', max_len=256, max_items=256)
@@ -23,13 +23,13 @@ BODIES: dict[tuple[str, str], dict[str, Field]] = {
         "role": Field("string", required=True, example='"node" or "proxy"', max_len=32),
         "host_uuid": Field("string", required=True, example="a UUID", max_len=256),
         "nodename": Field("string", required=True, example='"node1"', max_len=256),
-        "ssh_public_key": Field("string", required=True, example="an OpenSSH public key", max_len=8192),
-        "tls_public_key": Field("string", required=True, example="a PEM public key", max_len=8192),
+        "ssh_public_key": Field("string", required=True, example="an OpenSSH public key", max_len=8192, ascii=True),
+        "tls_public_key": Field("string", required=True, example="a PEM public key", max_len=8192, ascii=True),
         "addresses": _ADDRESSES,
     },
     ("POST", "/v1/reregister"): {
-        "ssh_public_key": Field("string", required=True, example="an OpenSSH public key", max_len=8192),
-        "tls_public_key": Field("string", required=True, example="a PEM public key", max_len=8192),
+        "ssh_public_key": Field("string", required=True, example="an OpenSSH public key", max_len=8192, ascii=True),
+        "tls_public_key": Field("string", required=True, example="a PEM public key", max_len=8192, ascii=True),
         "addresses": _ADDRESSES,
     },
     ("POST", "/v1/heartbeat"): {

@@ -49,7 +49,8 @@ def pytest_configure(config: pytest.Config) -> None:
 junk_text = st.one_of(
     st.text(max_size=40),
     st.sampled_from(["", " ", "\n", "a\n", "\x00", "..", "../../etc/passwd", "-rf", "*", "{{internal.x}}",
-                     "ü", "\u202e", "node\r\n", "1e400", "NaN", "99999999999999999999d", "-5m", "0"]),
+                     "ü", "\u202e", "node\r\n", "1e400", "NaN", "99999999999999999999d", "-5m", "0",
+                     "ssh-ed25519 \u00a1", "ssh-rsa AAAA\u00e9", "-----BEGIN PUBLIC KEY-----\n\u00a1\n"]),
     # huge strings, cheap to generate: one character repeated
     st.tuples(st.sampled_from(["x", "\u00fc", "\n", "\U0001f600"]), st.integers(5000, 70000)).map(
         lambda t: t[0] * t[1]

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from teleport_runtime.auth.api import PUBLIC, AuthAPI
-from tests.fuzz.conftest import FUZZ, AuthServer, junk_json, shaped_body
+from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair
+from tests.fuzz.conftest import FUZZ, AuthServer, junk_json, junk_text, shaped_body
 
 pytestmark = pytest.mark.fuzz
 
@@ -41,6 +42,46 @@ KEYS: dict[str, list[str]] = {
     "/v1/sessions/active": ["id", "session_id", "user", "login", "started", "remote_addr"],
     "/v1/sessions/active/{session_id}/keepalive": [],
 }
+_SSH_KEY = generate_ssh_keypair()[1]
+_TLS_KEY = generate_tls_keypair()[1].decode()
+_ROLE = {"kind": "role", "version": "v1", "metadata": {"name": "fuzzed"},
+         "spec": {"allow": {"logins": ["root"], "node_labels": {"env": "prod"}}}}
+#: A body each endpoint could accept (or refuse only late, deep in the service): the fuzzer
+#: replaces one or two of its values, so junk also reaches the code behind the first checks.
+VALID: dict[str, dict[str, Any]] = {
+    "/v1/join": {"token": "0123456789abcdef", "role": "node", "host_uuid": "6f1c", "nodename": "n1",
+                 "ssh_public_key": _SSH_KEY, "tls_public_key": _TLS_KEY, "addresses": ["127.0.0.1"]},
+    "/v1/reregister": {"ssh_public_key": _SSH_KEY, "tls_public_key": _TLS_KEY, "addresses": ["127.0.0.1"]},
+    "/v1/heartbeat": {"hostname": "n1", "addr": "127.0.0.1:3022", "labels": {"env": "prod"},
+                      "cmd_labels": {"arch": "x86_64"}, "version": "1"},
+    "/v1/tokens": {"roles": ["node"], "ttl": "5m"},
+    "/v1/roles": {"role": _ROLE, "force": True},
+    "/v1/users": {"name": "fuzzed", "roles": ["access"], "logins": ["root"]},
+    "/v1/users/{name}": {"roles": ["access"], "logins": ["root"]},
+    "/v1/users/{name}/reset": {},
+    "/v1/users/login": {"user": "fuzzed", "password": "a long password", "otp": "123456",
+                        "ssh_public_key": _SSH_KEY, "tls_public_key": _TLS_KEY, "ttl": "1h"},
+    "/v1/signup": {"token": "0123456789abcdef", "password": "a long password", "otp": "123456"},
+    "/v1/certs/user": {"user": "fuzzed", "ssh_public_key": _SSH_KEY, "tls_public_key": _TLS_KEY, "ttl": "1h"},
+    "/v1/certs/host": {"names": ["h.example.com"], "ssh_public_key": _SSH_KEY, "ttl": "1h"},
+    "/v1/audit": {"event": "exec", "time": "2026-01-01T00:00:00+00:00", "user": "bob"},
+    "/v1/authorities/{type}/rotate": {"mode": "manual", "phase": "init", "grace_period": "30h"},
+    "/v1/sessions/active": {"id": "0b7f6bd5-6a9e-4f8e-9d3a-2f0c2d6b1c11", "user": "bob", "login": "root"},
+    "/v1/sessions/active/{session_id}/keepalive": {},
+}
+
+
+def mutated(template: str) -> st.SearchStrategy[dict[str, Any]]:
+    """The endpoint's valid body with one or two of its keys given junk or removed."""
+    valid = VALID[template]
+    keys = sorted(set(KEYS[template]) | set(valid)) or ["x"]
+    # Strings first: most fields are strings, and what a string holds is what slips through types.
+    junk = st.one_of(junk_text, junk_json, st.just(_REMOVE))
+    changes = st.dictionaries(st.sampled_from(keys), junk, min_size=1, max_size=2)
+    return changes.map(lambda c: {k: v for k, v in {**valid, **c}.items() if v is not _REMOVE})
+
+
+_REMOVE = object()
 #: Raw (non-JSON) bodies: fuzzed by test_recording_uploads.
 RAW = {"/v1/recordings/{session_id}", "/v1/recordings/{session_id}/stream"}
 #: The system roles a test can present, and the identity that holds each.
@@ -107,6 +148,8 @@ def test_json_bodies(auth_server: AuthServer, method: str, template: str, who: s
                      data: st.DataObject) -> None:
     body = data.draw(st.one_of(
         shaped_body(KEYS[template]).map(lambda b: json.dumps(b).encode()),
+        mutated(template).map(lambda b: json.dumps(b).encode()),
+        mutated(template).map(lambda b: json.dumps(b).encode()),
         junk_json.map(lambda b: json.dumps(b).encode()),
         not_json,
     ), label="body")
