@@ -5,6 +5,7 @@ matches before a final newline). Normalisers that trim input (CA pins) return it
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,7 +66,7 @@ def test_label_regex_does_not_match_a_trailing_newline() -> None:
     assert not match_labels({"env": ("^prod$",)}, {"env": "prod\n"})
 
 
-async def test_audit_event_id_refuses_a_trailing_newline(tmp_path) -> None:
+async def test_audit_event_id_refuses_a_trailing_newline(tmp_path: Path) -> None:
     backend = open_backend({"type": "sqlite"}, tmp_path)
     try:
         audit = AuditLog(backend)
