@@ -39,7 +39,7 @@ SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")
-LABEL_KEY = re.compile(r"^[a-zA-Z0-9/.\-_]+$")
+LABEL_KEY = re.compile(r"[a-zA-Z0-9/.\-_]+")
 
 _KNOWN_KEYS: dict[str, set[str]] = {
     "": {"version", "teleport", "auth_service", "ssh_service", "proxy_service"},
@@ -78,31 +78,52 @@ class HostPort:
         return self
 
 
+#: A host name as addresses name it: ASCII letters, digits, ``.``, ``-`` and ``_`` (container
+#: and inventory names use underscores); IDNs in their ``xn--`` form.
+HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
 def parse_host_port(text: str, default_port: int, key: str = "address") -> HostPort:
-    """Parse ``host``, ``host:port``, ``[v6]:port``; raises BadParameter naming ``key``."""
-    value = str(text).strip()
+    """Parse ``host``, ``host:port``, ``[v6]:port``, ``:port`` (every address); raises
+    BadParameter naming ``key``, the value and the expected form."""
+    value = str(text).strip(" \t")
     if not value:
         raise BadParameter(f"{key}: empty address, expected host:port")
+    expected = "expected host:port, such as auth.example.com:3025 or [::1]:3025"
     if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest.lstrip(":") or str(default_port)
+        host, closed, rest = value[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise BadParameter(f"{key}: invalid address {value!r}: {expected}")
+        port_text = rest[1:] if rest else str(default_port)
+        if not is_ipv6(host):
+            raise BadParameter(f"{key}: {host!r} in brackets is not an IPv6 address: {expected}")
     elif value.count(":") == 1:
         host, port_text = value.split(":")
     elif value.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(value)
-        except ValueError as exc:
-            raise BadParameter(f"{key}: invalid address {value!r}, expected host:port") from exc
+        if not is_ipv6(value):
+            raise BadParameter(f"{key}: invalid address {value!r}: {expected}")
         host, port_text = value, str(default_port)
     else:
         host, port_text = value, str(default_port)
+    if host and ":" not in host and not HOST_NAME.fullmatch(host):
+        raise BadParameter(
+            f"{key}: invalid host {host!r} in {value!r}: a host is an IP address or a DNS name "
+            f"of letters, digits, '.', '-' and '_'; {expected}"
+        )
+    if not _PORT.fullmatch(port_text):
+        raise BadParameter(f"{key}: invalid port {port_text!r} in {value!r}: {expected}")
+    if int(port_text) > 65535:
+        raise BadParameter(f"{key}: port {port_text} out of range 0-65535 in {value!r}: {expected}")
+    return HostPort(host, int(port_text))
+
+
+def is_ipv6(text: str) -> bool:
     try:
-        port = int(port_text)
-    except ValueError as exc:
-        raise BadParameter(f"{key}: invalid port in {value!r}, expected host:port") from exc
-    if not 0 <= port <= 65535:
-        raise BadParameter(f"{key}: port {port} out of range in {value!r}")
-    return HostPort(host, port)
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -189,6 +210,12 @@ class Config:
         return []
 
 
+def _yaml_type(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing"}.get(
+        type(value), type(value).__name__
+    )
+
+
 class _Reader:
     """Walks the YAML tree, remembering the path so errors name the key and the file."""
 
@@ -232,6 +259,15 @@ class _Reader:
         except BadParameter as exc:
             raise self.fail(where, exc.message) from exc
 
+    def string(self, value: Any, where: str, example: str) -> str:
+        """A one-line scalar (numbers are written as text, as YAML users expect)."""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(where, f"expected a string such as {example}, got {_yaml_type(value)}")
+        text = str(value)
+        if not text.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise self.fail(where, f"expected a string such as {example} on one line, got {text!r}")
+        return text
+
     def string_list(self, value: Any, where: str) -> list[str]:
         if value is None:
             return []
@@ -245,24 +281,41 @@ class _Reader:
 def parse_labels(text: str, where: str = "--labels") -> dict[str, str]:
     """``k=v,k2=v2`` -> dict; raises BadParameter naming the bad pair."""
     labels: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in text.split(","))):
+    # Spaces around pairs are forgiven; other whitespace (a newline) is refused with the value.
+    for pair in filter(None, (p.strip(" ") for p in text.split(","))):
         key, sep, value = pair.partition("=")
         if not sep:
-            raise BadParameter(f"{where}: {pair!r} is not key=value")
-        labels[key.strip()] = value.strip()
+            raise BadParameter(f"{where}: {pair!r} is not key=value, such as env=prod,role=db")
+        key = key.strip(" ")
+        if key in labels:
+            raise BadParameter(f"{where}: label {key!r} is given twice in {text!r}")
+        labels[key] = value.strip(" ")
     validate_labels(labels, where)
     return labels
 
 
+#: The longest label key and value (node listings print them; heartbeats carry them).
+MAX_LABEL_LENGTH = 256
+
+
 def validate_labels(labels: dict[str, Any], where: str) -> dict[str, str]:
-    """Check label keys; returns the labels with string values."""
+    """Check label keys and values; returns the labels with string values (numbers and booleans
+    as text, nothing as an empty value)."""
     out = {}
     for key, value in labels.items():
-        if not isinstance(key, str) or not LABEL_KEY.match(key):
+        if not isinstance(key, str) or len(key) > MAX_LABEL_LENGTH or not LABEL_KEY.fullmatch(key):
             raise BadParameter(
-                f"{where}: invalid label key {key!r}: use letters, digits and / . - _ only"
+                f"{where}: invalid label key {key!r}: use up to {MAX_LABEL_LENGTH} letters, digits and / . - _"
             )
-        out[key] = str(value)
+        if isinstance(value, dict | list):
+            raise BadParameter(f"{where}: label {key!r} has a {type(value).__name__} as its value: use a string")
+        text = "" if value is None else str(value)
+        if len(text) > MAX_LABEL_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise BadParameter(
+                f"{where}: label {key!r} has an invalid value {text[:40]!r}: use up to "
+                f"{MAX_LABEL_LENGTH} characters on one line"
+            )
+        out[key] = text
     return out
 
 
@@ -284,6 +337,8 @@ def read_token(value: str, where: str) -> str:
             content = Path(value).read_text().strip()
         except OSError as exc:
             raise BadParameter(f"{where}: cannot read token file {value}: {exc.strerror}") from exc
+        except (ValueError, UnicodeError) as exc:  # a NUL in the path, a binary file
+            raise BadParameter(f"{where}: cannot read token file {value!r}: {exc}") from exc
         if not content:
             raise BadParameter(f"{where}: token file {value} is empty")
         return content
@@ -334,11 +389,14 @@ def config_from_dict(
     tp = r.section(data, "teleport")
     try:
         if "nodename" in tp:
-            cfg.nodename = str(tp["nodename"])
+            cfg.nodename = r.string(tp["nodename"], "teleport.nodename", "node1")
         if "data_dir" in tp:
-            cfg.data_dir = Path(str(tp["data_dir"]))
+            cfg.data_dir = Path(r.string(tp["data_dir"], "teleport.data_dir", "/var/lib/teleport"))
         if tp.get("auth_token"):
-            cfg.auth_token = read_token(str(tp["auth_token"]), "teleport.auth_token")
+            cfg.auth_token = read_token(
+                r.string(tp["auth_token"], "teleport.auth_token", "a token or /path/to/token.file"),
+                "teleport.auth_token",
+            )
         cfg.ca_pins = [
             validate_pin(p, "teleport.ca_pin")
             for p in r.string_list(tp.get("ca_pin"), "teleport.ca_pin")
@@ -349,11 +407,17 @@ def config_from_dict(
         if tp.get("diag_addr"):
             cfg.diag_addr = r.addr(tp["diag_addr"], "teleport.diag_addr", 3000)
         if tp.get("advertise_ip"):
-            cfg.advertise_ip = str(tp["advertise_ip"])
+            cfg.advertise_ip = r.string(tp["advertise_ip"], "teleport.advertise_ip", "10.0.0.5")
+            try:
+                ipaddress.ip_address(cfg.advertise_ip)
+            except ValueError:
+                raise r.fail(
+                    "teleport.advertise_ip", f"{cfg.advertise_ip!r} is not an IP address such as 10.0.0.5"
+                ) from None
         log = tp.get("log") or {}
         if not isinstance(log, dict):
             raise r.fail("teleport.log", "expected a mapping with output and severity")
-        severity = str(log.get("severity", "INFO")).upper()
+        severity = r.string(log.get("severity", "INFO"), "teleport.log.severity", "INFO").upper()
         if severity not in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR"):
             raise r.fail("teleport.log.severity", f"{severity!r}: expected DEBUG, INFO, WARN or ERROR")
         cfg.log_severity = "WARNING" if severity == "WARN" else severity
@@ -373,13 +437,14 @@ def config_from_dict(
         cfg.auth.enabled = r.boolean(auth, "enabled", "auth_service", all_on or bool(auth))
         if "listen_addr" in auth:
             cfg.auth.listen_addr = r.addr(auth["listen_addr"], "auth_service.listen_addr", AUTH_PORT)
-        cfg.auth.cluster_name = str(auth.get("cluster_name") or "")
+        if auth.get("cluster_name"):
+            cfg.auth.cluster_name = r.string(auth["cluster_name"], "auth_service.cluster_name", "example.com")
         cfg.auth.public_addr = r.string_list(auth.get("public_addr"), "auth_service.public_addr")
         cfg.auth.static_tokens = [
             parse_static_token(t, "auth_service.tokens")
             for t in r.string_list(auth.get("tokens"), "auth_service.tokens")
         ]
-        mode = str(auth.get("session_recording", "node"))
+        mode = r.string(auth.get("session_recording", "node"), "auth_service.session_recording", "node")
         if mode not in RECORDING_MODES:
             raise r.fail(
                 "auth_service.session_recording",
@@ -436,7 +501,7 @@ def _command_labels(r: _Reader, items: Any) -> list[CommandLabel]:
         where = f"ssh_service.commands[{i}]"
         if not isinstance(item, dict) or not item.get("name") or not item.get("command"):
             raise r.fail(where, "expected {name: NAME, command: [prog, args...], period: 1h}")
-        name = str(item["name"])
+        name = r.string(item["name"], f"{where}.name", "arch")
         try:
             validate_labels({name: ""}, f"{where}.name")
         except BadParameter as exc:

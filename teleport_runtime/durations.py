@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
 from teleport_runtime.errors import BadParameter
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+#: The longest duration anything in the cluster asks for (TTLs, grace periods, "since" windows):
+#: far above any real use, and far below what timedelta and the certificate fields can hold.
+MAX_DURATION = timedelta(days=100 * 365)
+_EXPECTED = "expected a number with a unit, such as 30s, 5m, 12h or 1h30m"
 
 
 def parse_duration(text: str | int | float) -> timedelta:
     """Parse ``text`` into a timedelta; a bare number means seconds.
 
-    Raises BadParameter naming the value and the expected form.
+    Raises BadParameter naming the value and the expected form: for anything but a string or a
+    number, for negative, non-finite or absurdly long durations (at most ``MAX_DURATION``).
     """
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise BadParameter(f"invalid duration {text!r}: {_EXPECTED}")
     if isinstance(text, int | float):
-        return timedelta(seconds=text)
-    value = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        return timedelta(seconds=float(value))
+        if not math.isfinite(text) or text < 0:
+            raise BadParameter(f"invalid duration {text!r}: {_EXPECTED}")
+        return _bounded(float(text), text)
+    # Spaces around the value are forgiven (YAML, CLI flags); a newline or other control
+    # character is not: a value is one line.
+    value = text.strip(" \t")
+    if _NUMBER.fullmatch(value):
+        return _bounded(float(value), text)
     pos, total = 0, 0.0
     for match in _PART.finditer(value):
         if match.start() != pos:
@@ -28,10 +41,16 @@ def parse_duration(text: str | int | float) -> timedelta:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(value) or not value:
+        raise BadParameter(f"invalid duration {text!r}: {_EXPECTED}")
+    return _bounded(total, text)
+
+
+def _bounded(seconds: float, text: object) -> timedelta:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION.total_seconds():
         raise BadParameter(
-            f"invalid duration {text!r}: expected a number with a unit, such as 30s, 5m, 12h or 1h30m"
+            f"invalid duration {text!r}: longer than {MAX_DURATION.days} days; {_EXPECTED}"
         )
-    return timedelta(seconds=total)
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:

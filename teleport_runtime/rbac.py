@@ -59,8 +59,8 @@ VERBS = ("*", "list", "read", "create", "update", "delete")
 #: Wildcard for label keys/values, rule resources and verbs.
 WILDCARD = "*"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
-_TEMPLATE_RE = re.compile(r"^\{\{\s*(internal|external)\.([A-Za-z0-9_.-]+)\s*\}\}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+_TEMPLATE_RE = re.compile(r"\{\{\s*(internal|external)\.([A-Za-z0-9_.-]+)\s*\}\}")
 _CONDITION_KEYS = ("logins", "node_labels", "rules")
 _OPTION_KEYS = ("max_session_ttl", "forward_agent", "port_forwarding")
 
@@ -185,7 +185,7 @@ def _strings(value: Any, where: str, *, allow_scalar: bool = False) -> tuple[str
 
 def _parse_login(login: str, where: str) -> str:
     if "{{" in login or "}}" in login:
-        if not _TEMPLATE_RE.match(login):
+        if not _TEMPLATE_RE.fullmatch(login):
             raise BadParameter(
                 f"{where}: invalid trait template {login!r}: expected "
                 "'{{internal.NAME}}' or '{{external.NAME}}', such as '{{internal.logins}}'"
@@ -294,7 +294,7 @@ def parse_role(data: dict[str, Any]) -> Role:
     metadata = _mapping(data.get("metadata"), "role: metadata")
     _check_keys(metadata, ("name", "description"), "role: metadata")
     name = metadata.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise BadParameter(f"role: metadata.name: expected a name of letters, digits and . _ @ -, got {name!r}")
     description = metadata.get("description") or ""
     if not isinstance(description, str):
@@ -378,7 +378,7 @@ def _value_pattern(value: str) -> re.Pattern[str]:
 def _value_matches(selector_value: str, value: str) -> bool:
     if selector_value == WILDCARD:
         return True
-    return _value_pattern(selector_value).match(value) is not None
+    return _value_pattern(selector_value).fullmatch(value) is not None
 
 
 def match_labels(selector: Mapping[str, Iterable[str]], labels: Mapping[str, str]) -> bool:
@@ -399,7 +399,7 @@ def expand_logins(logins: Iterable[str], traits: Mapping[str, Any]) -> list[str]
     """Expand ``{{internal.NAME}}`` templates in ``logins`` from ``traits``; dedupe, keep order."""
     out: list[str] = []
     for login in logins:
-        match = _TEMPLATE_RE.match(login)
+        match = _TEMPLATE_RE.fullmatch(login)
         if match:
             value = traits.get(match.group(2)) or []
             values = [value] if isinstance(value, str) else list(value)

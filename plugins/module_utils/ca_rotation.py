@@ -45,7 +45,7 @@ def parse_duration(value):
         seconds = float(value)
     else:
         text = str(value or "").strip()
-        if re.match(r"^\d+(\.\d+)?$", text):
+        if re.fullmatch(r"\d+(\.\d+)?", text):
             seconds = float(text)
         elif text and _DURATION_PART.sub("", text) == "":
             seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))

@@ -26,6 +26,7 @@ from cryptography import x509
 from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
 from teleport_runtime.agent.identity import load_cert_chain
 from teleport_runtime.auth.audit import AGENT_EVENTS, check_agent_event
+from teleport_runtime.auth.bodies import check_request_body
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
 from teleport_runtime.auth.users import login_source
@@ -33,7 +34,7 @@ from teleport_runtime.backend import EventType, Watcher
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, parse_tls_identity
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, EventRefused, TeleportError
-from teleport_runtime.httpjson import error_response, internal_error_response, read_object
+from teleport_runtime.httpjson import error_response, internal_error_response, query_int, read_object
 from teleport_runtime.recording.asciicast import check_session_id
 
 log = logging.getLogger("teleport.auth.api")
@@ -194,6 +195,7 @@ class AuthAPI:
                     })
                     raise AccessDenied(reason)
                 request["identity"] = identity
+            await check_request_body(request)  # types and sizes, before any handler reads it
             result = await handler(request)
             if isinstance(result, web.StreamResponse):
                 return result
@@ -576,10 +578,7 @@ class AuthAPI:
     async def stream_recording(self, request: web.Request) -> dict[str, Any]:
         server_id = self._host(request)
         session_id = check_session_id(request.match_info["session_id"])
-        try:
-            offset = int(request.query.get("offset", ""))
-        except ValueError:
-            raise BadParameter("a recording stream append needs ?offset=BYTES") from None
+        offset = query_int(request, "offset", "a recording stream append needs ?offset=BYTES")
         data = await request.content.read(MAX_STREAM_CHUNK + 1)
         if len(data) > MAX_STREAM_CHUNK:
             raise BadParameter(f"a recording stream append is at most {MAX_STREAM_CHUNK} bytes")

@@ -13,7 +13,8 @@ Teleport user), ``login`` (the OS login), ``node`` (node name), ``server_id`` (h
 - nodes: ``session.start``, ``session.end``, ``exec`` (with ``exit_status``), ``subsystem``,
   ``port``, ``auth.rejected``, ``session.rejected``, ``port.rejected``, ``agent.rejected``,
   ``subsystem.rejected``, ``session.recording_failed`` (node-sync: the session was ended);
-- the proxy: what its routing refuses (``proxy.connect.rejected``);
+- the proxy: what its routing refuses (``proxy.connect.rejected``) and web requests it refuses
+  before they reach the auth service (``access.denied``);
 - the auth API itself: ``access.denied`` for a request its system-role check refuses too.
 
 What an agent may write (``POST /v1/audit``, :func:`check_agent_event`): only the event types
@@ -88,7 +89,7 @@ def event_code(event: dict[str, Any]) -> str:
 
 #: The event types each agent role may write: what its code emits (node/session.py,
 #: node/ssh_server.py, node/service.py and the spool's ``audit.dropped``; the proxy's routing
-#: refusals in proxy/ssh.py). A new event an agent emits is added here, or it is refused.
+#: refusals in proxy/ssh.py and proxy/web.py). A new event an agent emits is added here, or it is refused.
 AGENT_EVENTS: dict[str, frozenset[str]] = {
     "Node": frozenset({
         "session.start", "session.end", "session.rejected", "session.recording_failed",
@@ -96,7 +97,9 @@ AGENT_EVENTS: dict[str, frozenset[str]] = {
         "auth.rejected", "port.rejected", "agent.rejected", "subsystem.rejected",
         "audit.dropped",
     }),
-    "Proxy": frozenset({"proxy.connect.rejected"}),
+    # access.denied: a web request the proxy refused before it reached the auth service (a path
+    # parameter that is not a valid token, name or session ID).
+    "Proxy": frozenset({"proxy.connect.rejected", "access.denied"}),
 }
 #: How far ahead of the auth service's clock an agent's event time may be (clock drift).
 MAX_CLOCK_SKEW = timedelta(minutes=1)

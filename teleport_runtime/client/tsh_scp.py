@@ -15,7 +15,7 @@ import asyncssh
 
 from teleport_runtime.errors import BadParameter, TeleportError
 
-_REMOTE = re.compile(r"^(?:(?P<login>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<path>.*)$")
+_REMOTE = re.compile(r"(?:(?P<login>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<path>.*)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def parse_location(text: str) -> Location:
     """``[login@]node:path`` is remote; anything else (``./a:b``, ``/x``) is local."""
     if text.startswith(("/", "./", "../")):
         return Location(text)
-    match = _REMOTE.match(text)
+    match = _REMOTE.fullmatch(text)
     if not match:
         return Location(text)
     host = match.group("host")

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from teleport_runtime.config import HostPort, parse_host_port
+from teleport_runtime.config import HOST_NAME, HostPort, parse_host_port
 from teleport_runtime.errors import BadParameter, NotFound, TeleportError
 
 log = logging.getLogger("teleport.proxy.directory")
@@ -87,6 +87,19 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_target(target: str) -> str:
+    """``target`` if it can name a node (a node name, UUID, DNS name or IP, IPv6 possibly in
+    brackets); BadParameter naming it otherwise, so junk never reaches the node list or DNS."""
+    printable = isinstance(target, str) and not any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target)
+    host = _normalize_host(target) if printable else ""
+    if not host or not (_is_ip(host) or HOST_NAME.fullmatch(host)):
+        raise BadParameter(
+            f"invalid node name {target!r}: expected a node name, UUID, DNS name or IP address "
+            "(see `tsh ls`)"
+        )
+    return target
 
 
 def match_nodes(nodes: list[NodeRecord], target: str, cluster: str) -> list[NodeRecord]:
@@ -204,7 +217,9 @@ class NodeDirectory:
         await self.refresh()
 
     async def resolve(self, target: str) -> NodeRecord:
-        """The node ``target`` names; NotFound (naming the cluster and `tsh ls`) otherwise."""
+        """The node ``target`` names; BadParameter if it cannot name a host at all (checked
+        before any lookup), NotFound (naming the cluster and `tsh ls`) otherwise."""
+        check_target(target)
         matches = match_nodes(self.nodes, target, self.cluster)
         if not matches:
             try:

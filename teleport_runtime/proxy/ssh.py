@@ -28,7 +28,7 @@ from typing import Any
 import asyncssh
 
 from teleport_runtime.ca import parse_user_ssh_cert
-from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
+from teleport_runtime.config import HOST_NAME, SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW, is_ipv6
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.sshserver import (
@@ -45,23 +45,32 @@ log = logging.getLogger("teleport.proxy.ssh")
 CHUNK = 256 * 1024
 #: Bound on dialing a node.
 DIAL_TIMEOUT = 10.0
-SUBSYSTEM = re.compile(r"proxy:(?P<host>\[[^\]\s]+\]|[^:@\s]+)(?::(?P<port>\d+))?(?:@(?P<cluster>\S+))?")
+SUBSYSTEM = re.compile(r"proxy:(?P<host>\[[^\]]+\]|[^:@\[\]]+)(?::(?P<port>[0-9]{1,5}))?(?:@(?P<cluster>[^@]+))?")
+_SUBSYSTEM_FORM = "expected proxy:HOST:PORT@CLUSTER, such as proxy:node1:3022@example.com"
 
 Audit = Callable[..., None]
 
 
 def parse_proxy_subsystem(name: str) -> tuple[str, int | None, str | None]:
-    """``proxy:HOST:PORT@CLUSTER`` -> (host, port or None, cluster or None); ValueError if not."""
+    """``proxy:HOST:PORT@CLUSTER`` -> (host, port or None, cluster or None); ValueError naming
+    the bad part if not (the host a DNS name, node name, UUID or IP; the port 0-65535)."""
     match = SUBSYSTEM.fullmatch(name)
     if not match:
-        raise ValueError(
-            f"unknown subsystem {name!r}: expected proxy:HOST:PORT@CLUSTER"
-        )
+        raise ValueError(f"unknown subsystem {name!r}: {_SUBSYSTEM_FORM}")
     host = match.group("host")
     if host.startswith("["):
         host = host[1:-1]
+        if not is_ipv6(host):
+            raise ValueError(f"subsystem {name!r}: {host!r} in brackets is not an IPv6 address")
+    elif not HOST_NAME.fullmatch(host):
+        raise ValueError(f"subsystem {name!r}: invalid host {host!r}: {_SUBSYSTEM_FORM}")
     port = int(match.group("port")) if match.group("port") else None
-    return host, port, match.group("cluster")
+    if port is not None and port > 65535:
+        raise ValueError(f"subsystem {name!r}: port {port} is out of range 0-65535")
+    cluster = match.group("cluster")
+    if cluster is not None and not HOST_NAME.fullmatch(cluster):
+        raise ValueError(f"subsystem {name!r}: invalid cluster name {cluster!r}: {_SUBSYSTEM_FORM}")
+    return host, port, cluster
 
 
 class _TrustedUserCAs:
