@@ -63,11 +63,14 @@ class FakeCluster:
                           "last_rotated": None}},
         ]
         self.calls: list[list[str]] = []
+        #: What each call wrote to tctl's stdin (None: nothing).
+        self.stdin: list[str | None] = []
         self.fail_with: tuple[int, str] = (0, "")
 
     def __call__(self, module, args, **kwargs):  # AnsibleModule.run_command signature
         argv = list(args) if isinstance(args, list) else shlex.split(args)
         self.calls.append(argv)
+        self.stdin.append(kwargs.get("data"))
         rc, msg = self.fail_with
         if rc:
             return rc, "", f"ERROR: {msg}\n"
@@ -89,6 +92,12 @@ class FakeCluster:
             if w.startswith(name + "="):
                 return w.split("=", 1)[1]
         return None
+
+    def _value(self, words, flag):
+        """A token value as tctl reads it: ``flag=VALUE`` or ``--value-file=-`` and stdin."""
+        if self._flag(words, "--value-file") == "-":
+            return (self.stdin[-1] or "").removesuffix("\n")
+        return self._flag(words, flag)
 
     def status(self, words):
         return {"cluster": "example.test", "version": "0.1.0", "ca_pins": list(self.pins),
@@ -130,7 +139,7 @@ class FakeCluster:
         return self.tokens
 
     def tokens_add(self, words):
-        value = self._flag(words, "--value") or "f" * 32
+        value = self._value(words, "--value") or "f" * 32
         roles = self._flag(words, "--type").split(",")
         self.tokens = [t for t in self.tokens if t["token"] != value]
         token = {"token": value, "roles": roles, "expires": "2030-01-01T00:30:00+00:00", "static": False}
@@ -139,8 +148,9 @@ class FakeCluster:
                     join_command=f"teleport start --token={value}")
 
     def tokens_rm(self, words):
-        self.tokens = [t for t in self.tokens if t["token"] != words[2]]
-        return f"Token {words[2]} has been deleted\n"
+        value = self._value(words, "--value") or words[2]
+        self.tokens = [t for t in self.tokens if t["token"] != value]
+        return "The token has been deleted\n"
 
     def nodes_ls(self, words):
         return self.nodes
