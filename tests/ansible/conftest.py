@@ -27,6 +27,7 @@ _install_collection_finder()
 
 PIN = "sha256:" + "ab" * 32
 NEW_PIN = "sha256:" + "cd" * 32
+SIGNUP_TOKEN = "5e" * 16
 #: The phases the fake auth service allows next (as teleport_runtime/auth/rotation.py does).
 ALLOWED_NEXT = {"standby": ["init"], "init": ["update_clients", "rollback"],
                 "update_clients": ["update_servers", "rollback"], "update_servers": ["standby", "rollback"],
@@ -162,7 +163,7 @@ class FakeCluster:
         user = {"name": words[2], "roles": self._flag(words, "--roles").split(","),
                 "logins": self._flag(words, "--logins").split(",")}
         self.users.append(user)
-        return {"user": user["name"], "token": "abc", "expires": "2030-01-01T01:00:00+00:00"}
+        return {"user": user["name"], "token": SIGNUP_TOKEN, "expires": "2030-01-01T01:00:00+00:00"}
 
     def users_update(self, words):
         user = next(u for u in self.users if u["name"] == words[2])
@@ -226,9 +227,9 @@ def run_module(cluster, tmp_path):
     """Run a module's main() with these args; returns (result, failed)."""
     from ansible.module_utils.testing import patch_module_args
 
-    def run(module, args, check=False, diff=False):
+    def run(module, args, check=False, diff=False, no_log=False):
         args = dict(args, tctl_path="/usr/local/bin/tctl", _ansible_check_mode=check,
-                    _ansible_diff=diff, _ansible_tmpdir=str(tmp_path))
+                    _ansible_diff=diff, _ansible_no_log=no_log, _ansible_tmpdir=str(tmp_path))
         with patch_module_args(args), pytest.raises(ModuleExit) as exc:
             module.main()
         return exc.value.result, exc.value.failed
