@@ -101,6 +101,7 @@ import shlex
 import subprocess
 import tempfile
 from collections import Counter
+from typing import Any
 
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
@@ -117,12 +118,12 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _GROUP_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
-def valid_dns_name(value):
+def valid_dns_name(value: object) -> bool:
     """True for a host name such as ``node1`` or ``node1.example.com`` (at most 253 characters)."""
     return isinstance(value, str) and len(value) <= 253 and _DNS_NAME.fullmatch(value) is not None
 
 
-def valid_address_host(value):
+def valid_address_host(value: object) -> bool:
     """True for an IP literal or a DNS name."""
     if not isinstance(value, str):
         return False
@@ -133,30 +134,30 @@ def valid_address_host(value):
         return valid_dns_name(value)
 
 
-def address_host(addr):
+def address_host(addr: object) -> str | None:
     """The host part of ``host:port`` or ``[v6]:port``; None when there is none."""
     if not isinstance(addr, str) or not addr:
         return None
     if addr.startswith("["):
-        host, sep, _ = addr[1:].partition("]")
+        host, sep, _port = addr[1:].partition("]")
         return host if sep else None
-    host, _, _ = addr.rpartition(":") if addr.count(":") == 1 else (addr, "", "")
+    host = addr.rpartition(":")[0] if addr.count(":") == 1 else addr
     return host or None
 
 
-def safe_group_name(name):
+def safe_group_name(name: object) -> str:
     """A group name Ansible accepts as is: ASCII letters, digits and ``_``, not starting with a digit."""
     name = _GROUP_UNSAFE.sub("_", str(name))
     return "_" + name if name[:1].isdigit() else name
 
 
-def inventory_names(nodes):
+def inventory_names(nodes: list[dict[str, Any]]) -> dict[str, str]:
     """Inventory name per node UUID: the node's name where no other node reports it, else
     ``name-<uuid8>``; a name still used twice, or one that is another node's UUID (a node may
     pick a name that looks like another node's derived name or ID), falls back to the node's
     own UUID, which is unique."""
     counts = Counter(node["hostname"].lower() for node in nodes)
-    names = {}
+    names: dict[str, str] = {}
     for node in nodes:
         name = node["hostname"]
         names[node["id"]] = name if counts[name.lower()] == 1 else "%s-%s" % (name, node["id"][:8])
@@ -170,7 +171,8 @@ def inventory_names(nodes):
             names[uuid] = uuid
 
 
-def host_vars(node, cluster, login, ssh_config_file, use_cluster_suffix, unique_name=True):
+def host_vars(node: dict[str, Any], cluster: str | None, login: str | None, ssh_config_file: str,
+              use_cluster_suffix: bool, unique_name: bool = True) -> dict[str, Any]:
     """Host variables for one checked node of ``tsh ls --format=json``."""
     if use_cluster_suffix and cluster:
         # The proxy routes UUID.CLUSTER to that node only, and its host certificate names it.
@@ -271,12 +273,12 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._cache[cache_key] = data
         self._populate(data)
 
-    def _checked_nodes(self, nodes, cluster, use_cluster_suffix):
+    def _checked_nodes(self, nodes: object, cluster: str | None, use_cluster_suffix: bool) -> list[dict[str, Any]]:
         """The nodes whose UUID, name and labels are safe to use; each other one is warned about
         by UUID (or by what it gave as one) and left out."""
         if not isinstance(nodes, list):
             raise AnsibleParserError("tsh ls --format=json printed %s, not a list of nodes" % type(nodes).__name__)
-        out = []
+        out: list[dict[str, Any]] = []
         for node in nodes:
             node_id = node.get("id") if isinstance(node, dict) else None
             node_id = node_id.lower() if isinstance(node_id, str) else node_id
@@ -306,7 +308,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         return out
 
     @staticmethod
-    def _sanitize_group_name(name):
+    def _sanitize_group_name(name: str) -> str:
         # Label values are what the nodes report: keep group names within Ansible's rules.
         return safe_group_name(name)
 

@@ -84,8 +84,8 @@ token:
   description:
     - The token's value. When O(value) was given Ansible hides it in the output, as it does every
       value of a C(no_log) option; use your own copy.
-    - A generated value (no O(value)) is shown like any other result, here and in RV(join_command):
-      set C(no_log: true) on such a task, or give O(value).
+    - A generated value (no O(value)) is shown like any other result, here and in RV(join_command);
+      set C(no_log=true) on such a task, or give O(value).
   returned: state is present
   type: str
   sample: 4f8b7c1e9a0d2b3c5e6f7a8b9c0d1e2f

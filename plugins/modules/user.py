@@ -15,7 +15,7 @@ description:
     the sign-up with C(tsh signup --proxy=PROXY --token=TOKEN) (a password and a second factor)
     before C(tsh login) works. Whoever holds the token until then can become that user.
   - The module returns the token only with O(return_token=true), and then only from a task with
-    C(no_log: true), so it never shows in C(-v) output, callbacks or logs; the registered result
+    C(no_log=true), so it never shows in C(-v) output, callbacks or logs; the registered result
     still holds it for the next task (mail it, write it to a mode C(0600) file). Without it, the
     result says when the invite expires; run C(tctl users reset NAME) on the auth host to issue a
     new token when you need one.
@@ -50,8 +50,8 @@ options:
     default: []
   return_token:
     description:
-      - Return a new user's sign-up token in RV(invite.token). It is a secret: the task must set
-        C(no_log: true), or the module fails before it changes anything.
+      - Return a new user's sign-up token in RV(invite.token). It is a secret, so the task must set
+        C(no_log=true), or the module fails before it changes anything.
     type: bool
     default: false
 seealso:
@@ -118,7 +118,7 @@ invite:
       type: str
     token:
       description:
-        - The sign-up token, a secret. Only with O(return_token=true) (which needs C(no_log: true)).
+        - The sign-up token, a secret. Only with O(return_token=true) (which needs C(no_log=true)).
       type: str
       returned: when O(return_token=true)
 """
