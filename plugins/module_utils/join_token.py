@@ -81,7 +81,8 @@ class JoinTokenManager(TctlModule):
                 "token %s is a static token from auth_service.tokens in the auth server's "
                 "config; remove it there" % mask(value)
             )
-        return self.remove(existing, ["tokens", "rm", value], public_view, secrets=secrets)
+        # The value goes on stdin, never on tctl's argv.
+        return self.remove(existing, ["tokens", "rm", "--value-file=-"], public_view, secrets=secrets, stdin=value)
 
     def present(self, existing, value, roles, secrets):
         if existing is not None and sorted(existing.get("roles") or []) == sorted(roles):
@@ -107,8 +108,9 @@ class JoinTokenManager(TctlModule):
             return self.diff(result, public_view(existing), public_view(planned))
         args = ["tokens", "add", "--type=%s" % ",".join(roles), "--ttl=%s" % self.module.params["ttl"]]
         if value:
-            args.append("--value=%s" % value)
-        created = self.tctl.run(args, secrets=secrets)
+            # On stdin, not as --value: an argv is readable by every local user (ps).
+            args.append("--value-file=-")
+        created = self.tctl.run(args, secrets=secrets, stdin=value or None)
         result = dict(
             changed=True,
             state="present",

@@ -91,15 +91,19 @@ class Tctl:
             )
         return found
 
-    def run(self, args, json_output=True, secrets=()):
+    def run(self, args, json_output=True, secrets=(), stdin=None):
         """Run ``tctl args`` (+ ``--format=json``); returns the decoded JSON, or stdout text.
 
-        ``secrets`` are masked in the command reported on failure (they still reach tctl's argv).
+        A secret goes to tctl as ``stdin`` (with ``--value-file=-`` in ``args``): an argv is
+        readable by every local user (ps, /proc/PID/cmdline). ``secrets`` are also masked in
+        anything reported on failure.
         """
         cmd = self.command(list(args) + (["--format=json"] if json_output else []))
-        rc, stdout, stderr = self.module.run_command(cmd, environ_update={"LC_ALL": "C"})
+        kwargs = {} if stdin is None else dict(data=stdin)
+        rc, stdout, stderr = self.module.run_command(cmd, environ_update={"LC_ALL": "C"}, **kwargs)
         shown = " ".join(_mask(cmd, secrets))
         if rc != 0:
+            stdout, stderr = _mask([stdout or "", stderr or ""], secrets)
             reason = _first_error_line(stderr) or _first_error_line(stdout) or "no message"
             raise TctlError(
                 "%s failed (exit %d): %s" % (shown, rc, reason),
@@ -156,15 +160,17 @@ class TctlModule:
         rm_args: Sequence[str],
         view: Callable[[Optional[dict]], dict],
         secrets: Sequence[str] = (),
+        stdin: Optional[str] = None,
         **result: Any,
     ) -> dict:
         """``state=absent``: run ``tctl <rm_args>`` when ``existing`` is there (not in check mode).
 
-        ``view`` gives the diff's before; ``result`` holds the module's own keys (such as ``name``).
+        ``view`` gives the diff's before; ``result`` holds the module's own keys (such as ``name``);
+        ``stdin`` is what tctl reads for ``--value-file=-``.
         """
         result.update(changed=existing is not None, state="absent")
         if existing is not None and not self.check_mode:
-            self.tctl.run(rm_args, json_output=False, secrets=secrets)
+            self.tctl.run(rm_args, json_output=False, secrets=secrets, stdin=stdin)
         return self.diff(result, view(existing), {})
 
     def run(self):

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import TctlModule
+from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import TctlError, TctlModule
 
 
 def user_logins(record):
@@ -29,13 +29,19 @@ def user_view(record):
 class UserManager(TctlModule):
     """Make a user present with exactly these roles and logins, or absent.
 
-    A new user has no password: tctl returns a sign-up invite (URL and token) that the person
-    completes with a password and a second factor; the module returns it as ``invite``.
+    A new user has no password: tctl returns a sign-up invite (token and expiry) that the person
+    completes with a password and a second factor. The module returns ``invite`` with the expiry;
+    the token, which makes its holder that user, only with ``return_token`` from a ``no_log`` task.
     """
 
     def run(self):
         params = self.module.params
         name = params["name"]
+        if params["state"] == "present" and params.get("return_token") and not self.module.no_log:
+            raise TctlError(
+                "return_token: true returns %s's sign-up token, a secret that would show in the output and "
+                "logs: set no_log: true on this task (the registered result still holds the token)" % name
+            )
         existing = self.find(["users", "ls"], lambda record: record.get("name") == name)
         if params["state"] == "absent":
             return self.remove(existing, ["users", "rm", name], user_view, name=name)
@@ -48,9 +54,9 @@ class UserManager(TctlModule):
             result["changed"] = True
             if not self.check_mode:
                 created = self.tctl.run(["users", "add", name] + flags)
-                result["invite"] = dict(
-                    (k, v) for k, v in created.items() if k not in ("name", "roles", "logins")
-                )
+                result["invite"] = dict(user=created.get("user", name), expires=created.get("expires"))
+                if params.get("return_token"):
+                    result["invite"]["token"] = created.get("token")
         elif user_view(existing) != wanted:
             result["changed"] = True
             if not self.check_mode:

@@ -40,6 +40,8 @@ options:
     description:
       - The token's value (1-256 characters, no C(/)). Required with O(state=absent).
       - When omitted with O(state=present), the auth service generates one (32 hex digits).
+      - The module hands the value to C(tctl) on standard input (C(--value-file=-)), never on its
+        command line, which every local user of the auth host can read.
     type: str
   roles:
     description:
@@ -82,6 +84,8 @@ token:
   description:
     - The token's value. When O(value) was given Ansible hides it in the output, as it does every
       value of a C(no_log) option; use your own copy.
+    - A generated value (no O(value)) is shown like any other result, here and in RV(join_command);
+      set C(no_log=true) on such a task, or give O(value).
   returned: state is present
   type: str
   sample: 4f8b7c1e9a0d2b3c5e6f7a8b9c0d1e2f

@@ -28,7 +28,7 @@ from teleport_runtime.client.output import (
     humanize_ttl,
 )
 from teleport_runtime.durations import parse_duration
-from teleport_runtime.errors import ConfigError, TeleportError
+from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
 from teleport_runtime.urlpath import api_path
 
 T = TypeVar("T")
@@ -167,6 +167,28 @@ def _roles(text: str) -> list[str]:
     return [r.strip().lower() for r in text.split(",") if r.strip()]
 
 
+#: --value-file: a token value read from a file or stdin stays off the command line, which every
+#: local user can read (ps, /proc/PID/cmdline).
+VALUE_FILE = click.option("--value-file", metavar="PATH",
+                          help="Read the token value from PATH (- for stdin) instead of the command line.")
+
+
+def _token_value(value: str | None, value_file: str | None, flag: str) -> str | None:
+    """The token value from ``flag`` or ``--value-file`` (one line; ``-`` reads stdin)."""
+    if value_file is None:
+        return value
+    if value is not None:
+        raise BadParameter(f"{flag} and --value-file both give the token value: use one of them")
+    try:
+        text = sys.stdin.read() if value_file == "-" else Path(value_file).read_text()
+    except OSError as exc:
+        raise BadParameter(f"cannot read --value-file {value_file}: {exc.strerror}") from exc
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text or "\n" in text:
+        raise BadParameter(f"--value-file {value_file} must hold the token value on one line")
+    return text
+
+
 @cli.group()
 def nodes() -> None:
     """Invite and list nodes."""
@@ -176,11 +198,13 @@ def nodes() -> None:
 @click.option("--roles", default="node", show_default=True, help="Roles the token admits: node,proxy.")
 @click.option("--ttl", help="Token lifetime, such as 5m or 1h (default 30m).")
 @click.option("--token", "value", help="Use this token value instead of a generated one.")
+@VALUE_FILE
 @click.option("--format", "fmt", type=FORMATS, default="text")
 @run
-async def nodes_add(client: AuthClient, roles: str, ttl: str | None, value: str | None, fmt: str) -> None:
+async def nodes_add(client: AuthClient, roles: str, ttl: str | None, value: str | None, value_file: str | None,
+                    fmt: str) -> None:
     """Create an invite token and print the command that joins a new node."""
-    token = await _create_token(client, _roles(roles), ttl, value)
+    token = await _create_token(client, _roles(roles), ttl, _token_value(value, value_file, "--token"))
     echo_json(token) if fmt == "json" else _print_invite(token)
 
 
@@ -203,11 +227,13 @@ def tokens() -> None:
 @click.option("--type", "types", default="node", show_default=True, help="Roles: node, proxy or node,proxy.")
 @click.option("--ttl", help="Token lifetime, such as 5m or 1h (default 30m).")
 @click.option("--value", help="Use this token value instead of a generated one.")
+@VALUE_FILE
 @click.option("--format", "fmt", type=FORMATS, default="text")
 @run
-async def tokens_add(client: AuthClient, types: str, ttl: str | None, value: str | None, fmt: str) -> None:
+async def tokens_add(client: AuthClient, types: str, ttl: str | None, value: str | None, value_file: str | None,
+                     fmt: str) -> None:
     """Create a join token."""
-    token = await _create_token(client, _roles(types), ttl, value)
+    token = await _create_token(client, _roles(types), ttl, _token_value(value, value_file, "--value"))
     echo_json(token) if fmt == "json" else _print_invite(token)
 
 
@@ -221,25 +247,30 @@ async def tokens_ls(client: AuthClient, fmt: str) -> None:
                  lambda t: (t["token"], ",".join(r.capitalize() for r in t["roles"]), format_expiry(t["expires"])))
 
 
-async def _delete_token(client: AuthClient, token: str) -> None:
-    await client.delete(api_path("/v1/tokens/{token}", token=token))
-    click.echo(f"Token {token} has been deleted")
+async def _delete_token(client: AuthClient, token: str | None, value_file: str | None) -> None:
+    value = _token_value(token, value_file, "TOKEN")
+    if not value:
+        raise BadParameter("name the token to revoke: tctl tokens rm TOKEN, or --value-file PATH (- for stdin)")
+    await client.delete(api_path("/v1/tokens/{token}", token=value))
+    click.echo(f"Token {value} has been deleted" if token else "The token has been deleted")
 
 
 @tokens.command("rm")
-@click.argument("token")
+@click.argument("token", required=False)
+@VALUE_FILE
 @run
-async def tokens_rm(client: AuthClient, token: str) -> None:
+async def tokens_rm(client: AuthClient, token: str | None, value_file: str | None) -> None:
     """Revoke a token."""
-    await _delete_token(client, token)
+    await _delete_token(client, token, value_file)
 
 
 @tokens.command("del")
-@click.argument("token")
+@click.argument("token", required=False)
+@VALUE_FILE
 @run
-async def tokens_del(client: AuthClient, token: str) -> None:
+async def tokens_del(client: AuthClient, token: str | None, value_file: str | None) -> None:
     """Revoke a token (same as rm)."""
-    await _delete_token(client, token)
+    await _delete_token(client, token, value_file)
 
 
 # ---------------------------------------------------------------------------- users

@@ -27,6 +27,7 @@ _install_collection_finder()
 
 PIN = "sha256:" + "ab" * 32
 NEW_PIN = "sha256:" + "cd" * 32
+SIGNUP_TOKEN = "5e" * 16
 #: The phases the fake auth service allows next (as teleport_runtime/auth/rotation.py does).
 ALLOWED_NEXT = {"standby": ["init"], "init": ["update_clients", "rollback"],
                 "update_clients": ["update_servers", "rollback"], "update_servers": ["standby", "rollback"],
@@ -63,11 +64,14 @@ class FakeCluster:
                           "last_rotated": None}},
         ]
         self.calls: list[list[str]] = []
+        #: What each call wrote to tctl's stdin (None: nothing).
+        self.stdin: list[str | None] = []
         self.fail_with: tuple[int, str] = (0, "")
 
     def __call__(self, module, args, **kwargs):  # AnsibleModule.run_command signature
         argv = list(args) if isinstance(args, list) else shlex.split(args)
         self.calls.append(argv)
+        self.stdin.append(kwargs.get("data"))
         rc, msg = self.fail_with
         if rc:
             return rc, "", f"ERROR: {msg}\n"
@@ -89,6 +93,12 @@ class FakeCluster:
             if w.startswith(name + "="):
                 return w.split("=", 1)[1]
         return None
+
+    def _value(self, words, flag):
+        """A token value as tctl reads it: ``flag=VALUE`` or ``--value-file=-`` and stdin."""
+        if self._flag(words, "--value-file") == "-":
+            return (self.stdin[-1] or "").removesuffix("\n")
+        return self._flag(words, flag)
 
     def status(self, words):
         return {"cluster": "example.test", "version": "0.1.0", "ca_pins": list(self.pins),
@@ -130,7 +140,7 @@ class FakeCluster:
         return self.tokens
 
     def tokens_add(self, words):
-        value = self._flag(words, "--value") or "f" * 32
+        value = self._value(words, "--value") or "f" * 32
         roles = self._flag(words, "--type").split(",")
         self.tokens = [t for t in self.tokens if t["token"] != value]
         token = {"token": value, "roles": roles, "expires": "2030-01-01T00:30:00+00:00", "static": False}
@@ -139,8 +149,9 @@ class FakeCluster:
                     join_command=f"teleport start --token={value}")
 
     def tokens_rm(self, words):
-        self.tokens = [t for t in self.tokens if t["token"] != words[2]]
-        return f"Token {words[2]} has been deleted\n"
+        value = self._value(words, "--value") or words[2]
+        self.tokens = [t for t in self.tokens if t["token"] != value]
+        return "The token has been deleted\n"
 
     def nodes_ls(self, words):
         return self.nodes
@@ -152,7 +163,7 @@ class FakeCluster:
         user = {"name": words[2], "roles": self._flag(words, "--roles").split(","),
                 "logins": self._flag(words, "--logins").split(",")}
         self.users.append(user)
-        return {"user": user["name"], "token": "abc", "expires": "2030-01-01T01:00:00+00:00"}
+        return {"user": user["name"], "token": SIGNUP_TOKEN, "expires": "2030-01-01T01:00:00+00:00"}
 
     def users_update(self, words):
         user = next(u for u in self.users if u["name"] == words[2])
@@ -216,9 +227,9 @@ def run_module(cluster, tmp_path):
     """Run a module's main() with these args; returns (result, failed)."""
     from ansible.module_utils.testing import patch_module_args
 
-    def run(module, args, check=False, diff=False):
+    def run(module, args, check=False, diff=False, no_log=False):
         args = dict(args, tctl_path="/usr/local/bin/tctl", _ansible_check_mode=check,
-                    _ansible_diff=diff, _ansible_tmpdir=str(tmp_path))
+                    _ansible_diff=diff, _ansible_no_log=no_log, _ansible_tmpdir=str(tmp_path))
         with patch_module_args(args), pytest.raises(ModuleExit) as exc:
             module.main()
         return exc.value.result, exc.value.failed

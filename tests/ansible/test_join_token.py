@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
+
 from ansible_collections.teleport_access.cluster.plugins.modules import join_token
 
-from .conftest import PIN
+from .conftest import PIN, FakeTctlError
 
 VALUE = "0123456789abcdef0123456789abcdef"
 
@@ -15,7 +17,32 @@ def test_creates_missing_token_and_returns_it(run_module, cluster):
     assert result["ca_pins"] == [PIN]
     add = cluster.mutations()[0]
     assert add[1:3] == ["tokens", "add"]
-    assert "--type=node,proxy" in add and "--ttl=15m" in add and f"--value={VALUE}" in add
+    assert "--type=node,proxy" in add and "--ttl=15m" in add and "--value-file=-" in add
+    assert [t["token"] for t in cluster.tokens] == [VALUE]
+
+
+def test_the_token_value_never_reaches_tctls_argv(run_module, cluster):
+    """Every local user on the auth host can read a process's argv (ps): the value goes on stdin."""
+    run_module(join_token, {"value": VALUE, "roles": ["node"]})
+    run_module(join_token, {"value": VALUE, "roles": ["node", "proxy"]})  # replaced
+    result, failed = run_module(join_token, {"value": VALUE, "state": "absent"})
+    assert not failed and result["changed"] is True
+    assert cluster.tokens == []
+    assert cluster.calls and not any(VALUE in arg for argv in cluster.calls for arg in argv)
+    writes = (["tokens", "add"], ["tokens", "rm"])
+    adds_and_removals = [i for i, argv in enumerate(cluster.calls) if argv[1:3] in writes]
+    assert len(adds_and_removals) == 3
+    assert all(cluster.stdin[i] == VALUE and "--value-file=-" in cluster.calls[i] for i in adds_and_removals)
+
+
+def test_a_failure_does_not_show_the_value(run_module, cluster, monkeypatch):
+    def refuse(words):
+        raise FakeTctlError(f"token {cluster.stdin[-1]} is not valid")
+
+    monkeypatch.setattr(cluster, "tokens_add", refuse)
+    result, failed = run_module(join_token, {"value": VALUE, "roles": ["node"]})
+    assert failed
+    assert VALUE not in json.dumps(result)
 
 
 def test_second_run_is_unchanged(run_module, cluster):

@@ -1,13 +1,32 @@
 from __future__ import annotations
 
+import json
+
 from ansible_collections.teleport_access.cluster.plugins.modules import user
 
+from .conftest import SIGNUP_TOKEN
 
-def test_creates_user_and_returns_invite(run_module, cluster):
-    result, failed = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice", "root"]})
+
+def test_creates_user_and_returns_invite_without_the_token(run_module, cluster):
+    """The sign-up token makes its holder the new user: it stays out of the result (and so out of
+    -v output, callbacks and --diff) unless asked for."""
+    result, failed = run_module(user, {"name": "alice", "roles": ["access"], "logins": ["alice", "root"]},
+                                diff=True)
     assert not failed and result["changed"] is True
-    assert result["invite"] == {"user": "alice", "token": "abc", "expires": "2030-01-01T01:00:00+00:00"}
+    assert result["invite"] == {"user": "alice", "expires": "2030-01-01T01:00:00+00:00"}
+    assert SIGNUP_TOKEN not in json.dumps(result)
     assert cluster.users[0]["logins"] == ["alice", "root"]
+
+
+def test_return_token_needs_no_log_and_changes_nothing_without_it(run_module, cluster):
+    args = {"name": "alice", "roles": ["access"], "return_token": True}
+    result, failed = run_module(user, args)
+    assert failed and "no_log: true" in result["msg"]
+    assert cluster.users == [] and cluster.mutations() == []
+    result, failed = run_module(user, args, no_log=True, diff=True)
+    assert not failed and result["changed"] is True
+    assert result["invite"]["token"] == SIGNUP_TOKEN
+    assert SIGNUP_TOKEN not in json.dumps(result["diff"])
 
 
 def test_same_roles_and_logins_in_any_order_is_unchanged(run_module, cluster):
