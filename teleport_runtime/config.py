@@ -20,6 +20,7 @@ import yaml
 from teleport_runtime.ca.pin import normalize_pin
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError
+from teleport_runtime.names import check_host_name
 
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 DEFAULT_DATA_DIR = "/var/lib/teleport"
@@ -39,6 +40,8 @@ SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")
+#: Shortest static join token: a static token never expires, so it must not be guessable.
+MIN_STATIC_TOKEN = 16
 LABEL_KEY = re.compile(r"^[a-zA-Z0-9/.\-_]+$")
 
 _KNOWN_KEYS: dict[str, set[str]] = {
@@ -471,6 +474,19 @@ def validate(cfg: Config) -> None:
         )
     if cfg.auth.presence_ttl < timedelta(seconds=1):
         raise ConfigError(f"{cfg.source}: auth_service.presence_ttl must be at least 1s")
+    try:
+        check_host_name(cfg.nodename, "teleport.nodename")
+    except BadParameter as exc:
+        raise ConfigError(f"{cfg.source}: {exc.message} (or pass --nodename=NAME)") from None
+    for token in cfg.auth.static_tokens:
+        if len(token.value) < MIN_STATIC_TOKEN:
+            roles = ",".join(token.roles)
+            raise ConfigError(
+                f"{cfg.source}: auth_service.tokens: the static {roles} token is {len(token.value)} "
+                f"characters long; a static token never expires and must have at least "
+                f"{MIN_STATIC_TOKEN}: use a longer random value (such as `openssl rand -hex 16`) or "
+                f"the file form \"{roles}:/path/to/tokenfile\""
+            )
 
 
 def apply_flags(
