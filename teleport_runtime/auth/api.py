@@ -363,7 +363,7 @@ class AuthAPI:
 
     @_route(("Node", "Proxy", "Admin"))
     async def list_nodes(self, request: web.Request) -> list[dict[str, Any]]:
-        return await self.auth.presence.list("Node")
+        return await self.auth.list_hosts("Node")
 
     @_route(("Admin",))
     async def remove_node(self, request: web.Request) -> dict[str, Any]:
@@ -372,7 +372,7 @@ class AuthAPI:
 
     @_route(("Node", "Proxy", "Admin"))
     async def list_proxies(self, request: web.Request) -> list[dict[str, Any]]:
-        return await self.auth.presence.list("Proxy")
+        return await self.auth.list_hosts("Proxy")
 
     @_route(("Admin",))
     async def status(self, request: web.Request) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from teleport_runtime.auth.hosts import HOSTS_PREFIX
 from teleport_runtime.backend import Backend, Item, prefix_end
 from teleport_runtime.config import HostPort, parse_host_port, validate_labels
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound
@@ -152,7 +151,7 @@ class Presence:
         """Where the auth API and the proxies listen (proxies' addresses from their records,
         loaded once and then kept current by their heartbeats)."""
         if self._proxy_addrs is None:
-            self._proxy_addrs = {r["id"]: _listen_pairs(r) for r in await self.list("Proxy", include_unbound=True)}
+            self._proxy_addrs = {r["id"]: _listen_pairs(r) for r in await self.list("Proxy")}
         out = {(_canonical(h), p) for h, p in served}
         for pairs in self._proxy_addrs.values():
             out |= pairs
@@ -193,21 +192,13 @@ class Presence:
                     if not done.done():
                         done.set_result(None)
 
-    async def list(self, role: str = "Node", include_unbound: bool = False) -> list[dict[str, Any]]:
-        """Live records, sorted by hostname, with static and command labels merged. Records of
-        hosts with no binding (removed with ``tctl nodes rm``: a heartbeat in flight may have
-        stored one after the removal) are left out unless ``include_unbound``."""
+    async def list(self, role: str = "Node") -> list[dict[str, Any]]:
+        """Live records, sorted by hostname, with static and command labels merged."""
         prefix = _KINDS[role]
         items = await self.backend.get_range(prefix, prefix_end(prefix))
-        bound: set[str] = set()
-        if not include_unbound:
-            hosts = await self.backend.get_range(HOSTS_PREFIX, prefix_end(HOSTS_PREFIX))
-            bound = {i.key[len(HOSTS_PREFIX):] for i in hosts}
         records = []
         for item in items:
             record = json.loads(item.value)
-            if not include_unbound and record["id"] not in bound:
-                continue
             record["labels"] = {**record["static_labels"], **record["command_labels"]}
             records.append(record)
         return sorted(records, key=lambda r: (r["hostname"], r["id"]))

@@ -450,7 +450,7 @@ class AuthService:
         presence records. The host may join again with a new key (see ``auth/hosts.py``)."""
         target = name_or_uuid.strip()
         host_uuid = target if _is_uuid(target) else await self.hosts.holder(target)
-        records = [r for role in ("Node", "Proxy") for r in await self.presence.list(role, include_unbound=True)
+        records = [r for role in ("Node", "Proxy") for r in await self.presence.list(role)
                    if target in (r["id"], r["hostname"])]
         if host_uuid is None and records:
             host_uuid = records[0]["id"]
@@ -464,6 +464,12 @@ class AuthService:
         await self.presence.remove(host_uuid)
         log.info("host %s (%s) removed and locked", nodename, host_uuid)
         return {"removed": host_uuid, "nodename": nodename, "locked_keys": len(lock.keys), "all_keys": lock.all}
+
+    async def list_hosts(self, role: str) -> list[dict[str, Any]]:
+        """Presence records of hosts that are bound: a removed host's record (a heartbeat in
+        flight during `tctl nodes rm` may store one after the removal) is not listed."""
+        bound = {b.uuid for b in await self.hosts.bindings()}
+        return [r for r in await self.presence.list(role) if r["id"] in bound]
 
     async def heartbeat(
         self, identity: TLSIdentity, cert_names: list[str], report: dict[str, Any], remote_ip: str
