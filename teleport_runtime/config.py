@@ -484,8 +484,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"{cfg.source}: auth_service.tokens: the static {roles} token is {len(token.value)} "
                 f"characters long; a static token never expires and must have at least "
-                f"{MIN_STATIC_TOKEN}: use a longer random value (such as `openssl rand -hex 16`) or "
-                f"the file form \"{roles}:/path/to/tokenfile\""
+                f"{MIN_STATIC_TOKEN}: use a longer random value (such as `openssl rand -hex 16`), "
+                f"best in the file form \"{roles}:/path/to/tokenfile\" that keeps it out of the config"
             )
 
 
@@ -586,7 +586,7 @@ auth_service:
   enabled: true
   listen_addr: 0.0.0.0:3025
   # cluster_name: example.com     # default: this host's hostname; cannot change later
-  # tokens: ["proxy,node:secret-value", "auth:/path/to/tokenfile"]
+  # tokens: ["proxy,node:a-long-random-secret-value", "auth:/path/to/tokenfile"]  # 16+ characters
   session_recording: node         # node | node-sync | off
   presence_ttl: 10m
 
