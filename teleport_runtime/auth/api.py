@@ -56,8 +56,8 @@ KEEPALIVE_SECONDS = 2 * AGENT_KEEPALIVE_SECONDS
 #: steady rate; a refused join (a wrong token) costs ``JOIN_FAILURE_COST`` more, so guessing
 #: tokens runs at about one a second.
 JOIN_BURST = 100
-JOIN_RATE = 10.0
-JOIN_FAILURE_COST = 10.0
+JOIN_RATE = 50.0
+JOIN_FAILURE_COST = 50.0
 
 
 def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:

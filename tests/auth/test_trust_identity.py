@@ -26,6 +26,7 @@ from tests.conftest import (
     TELEPORT,
     Cluster,
     Node,
+    free_port,
     next_loopback_ip,
     run_tsh,
     sign_up_and_log_in,
@@ -346,3 +347,25 @@ def test_nodes_rm_locks_the_old_certificate_out(env: Env) -> None:
     status, answer, _ = attacker.call("GET", "/v1/nodes", identity=old, source="127.0.0.1")
     assert status == 403 and "removed from the cluster" in message(answer)
     wait_for(lambda: env.tsh("ssh", "root@node3", "echo", "ok").returncode == 0, what="node3 reachable again")
+
+
+def test_a_host_with_two_roles_joins_both(env: Env) -> None:
+    """Node and proxy on one host share a UUID: the second role's join presents the first
+    role's certificate, which is how the auth service knows it is the same host."""
+    cluster = env.cluster
+    ip = next_loopback_ip()
+    ssh_port, web_port = free_port(ip), free_port(ip)
+    combo = cluster.start_node(
+        "combo",
+        [TELEPORT, "start", "--roles=node,proxy", f"--token={env.token()}", f"--ca-pin={cluster.pin()}",
+         f"--auth-server={cluster.addr}"],
+        config={"proxy_service": {"enabled": True, "listen_addr": f"{ip}:{ssh_port}",
+                                  "web_listen_addr": f"{ip}:{web_port}"}},
+        listen_ip=ip,
+    )
+    wait_for(lambda: env.node_record("combo"), what="combo listed as a node")
+    proxies = cluster.tctl_json("get", "proxies")
+    assert [p["id"] for p in proxies if p["hostname"] == "combo"] == [combo.host_uuid()]
+    node = Identity.load(combo.identity_dir())
+    proxy = Identity.load(combo.data_dir / "identity" / "proxy")
+    assert node.tls_cert != proxy.tls_cert
