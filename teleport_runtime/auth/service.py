@@ -17,6 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.auth.audit import AuditLog
@@ -244,10 +247,11 @@ class AuthService:
         self.served_addrs |= {("127.0.0.1", port), ("::1", port), ("localhost", port)}
 
     async def refuse(self, exc: TeleportError, *, resource: str, remote_addr: str, host_uuid: str = "",
-                     nodename: str = "", role: str = "") -> TeleportError:
+                     nodename: str = "", role: str = "", log_it: bool = True) -> TeleportError:
         """Log and audit a refused host request (``access.denied``); returns ``exc`` to raise."""
-        log.warning("%s refused for %s (%s) from %s: %s", resource, nodename or "?", host_uuid or "?",
-                    remote_addr, exc.message)
+        if log_it:
+            log.warning("%s refused for %s (%s) from %s: %s", resource, _printable(nodename) or "?",
+                        _printable(host_uuid) or "?", remote_addr, exc.message)
         await self.audit.emit({
             "event": "access.denied", "user": nodename or host_uuid, "roles": [role] if role else [],
             "server_id": host_uuid, "node": nodename, "resource": resource, "verb": "POST",
@@ -273,14 +277,15 @@ class AuthService:
         except AccessDenied as exc:
             log.warning(
                 "join refused for %s (%s) from %s with token %s: %s",
-                req.nodename[:80], req.role, remote_addr, mask(req.token), exc.message,
+                _printable(req.nodename), req.role, remote_addr, mask(req.token), exc.message,
             )
             raise await self.refuse(exc, resource="/v1/join", remote_addr=remote_addr,
-                                    nodename=req.nodename[:80], role=role) from None
+                                    nodename=req.nodename[:80], role=role, log_it=False) from None
         try:
             host_uuid = check_host_uuid(req.host_uuid)
             nodename = check_host_name(req.nodename, "nodename")
             fingerprint = key_fingerprint(req.tls_public_key)
+            check_ssh_public_key(req.ssh_public_key)  # before anything is bound to the keys
             addresses = await self._bind(
                 host_uuid, nodename, role, fingerprint, [*req.addresses, remote_addr],
                 remote_addr, presented,
@@ -695,6 +700,20 @@ def _host_part(address: str) -> str:
     if text.count(":") == 1:
         return text.split(":")[0]
     return text
+
+
+def _printable(text: str) -> str:
+    """``text`` for a log line: control characters escaped, at most 80 characters."""
+    return text.encode("unicode_escape").decode("ascii")[:80]
+
+
+def check_ssh_public_key(text: str) -> None:
+    try:
+        serialization.load_ssh_public_key(text.strip().encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError):
+        raise BadParameter(
+            "ssh_public_key: not an SSH public key; expected the authorized_keys form 'ssh-ed25519 AAAA...'"
+        ) from None
 
 
 def _is_uuid(text: str) -> bool:
