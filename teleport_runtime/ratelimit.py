@@ -18,11 +18,14 @@ from teleport_runtime.errors import LimitExceeded
 
 
 class RateLimited(LimitExceeded):
-    """A request refused for rate; ``retry_after`` (whole seconds) is the Retry-After header."""
+    """A request refused for rate; ``retry_after`` (whole seconds) is the Retry-After header;
+    ``first``: the first refusal since this source's last admitted request (callers audit that
+    one, so a flood does not turn into a flood of audit writes)."""
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, first: bool) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.first = first
 
 
 def source_key(address: str) -> str:
@@ -44,15 +47,15 @@ class TokenBuckets:
         self.burst = burst
         self.max_sources = max_sources
         self.what = what
-        #: source -> (tokens, monotonic time of that count)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: source -> (tokens, monotonic time of that count, refused since the last admitted)
+        self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()
 
     def _level(self, key: str, now: float) -> float:
-        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens, at, _ = self._buckets.get(key, (self.burst, now, False))
         return min(self.burst, tokens + (now - at) * self.rate)
 
-    def _set(self, key: str, tokens: float, now: float) -> None:
-        self._buckets[key] = (tokens, now)
+    def _set(self, key: str, tokens: float, now: float, refused: bool = False) -> None:
+        self._buckets[key] = (tokens, now, refused)
         self._buckets.move_to_end(key)
         while len(self._buckets) > self.max_sources:
             self._buckets.popitem(last=False)
@@ -63,10 +66,11 @@ class TokenBuckets:
         tokens = self._level(key, now)
         if tokens < 1:
             wait = max(1, math.ceil((1 - tokens) / self.rate))
-            self._set(key, tokens, now)
+            first = not self._buckets.get(key, (0.0, 0.0, False))[2]
+            self._set(key, tokens, now, refused=True)
             raise RateLimited(
                 f"too many {self.what} from {address}: at most {self.burst:g} at once and "
-                f"{self.rate:g} per second after that; retry in {wait}s", wait,
+                f"{self.rate:g} per second after that; retry in {wait}s", wait, first,
             )
         self._set(key, tokens - 1, now)
 

@@ -310,6 +310,8 @@ class AuthAPI:
         try:
             self.join_limit.take(remote)
         except RateLimited as exc:
+            if not exc.first:
+                raise
             raise await self.auth.refuse(exc, resource="/v1/join", remote_addr=remote) from None
         body = await read_object(request)
         try:

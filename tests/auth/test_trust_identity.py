@@ -22,6 +22,7 @@ from teleport_runtime.agent.client import API_SERVER_NAME, insecure_ssl_context
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import issued_identity
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, parse_host_ssh_cert
+from teleport_runtime.ratelimit import RateLimited, TokenBuckets
 from tests.conftest import (
     TELEPORT,
     Cluster,
@@ -371,3 +372,18 @@ def test_a_host_with_two_roles_joins_both(env: Env) -> None:
     node = Identity.load(combo.identity_dir())
     proxy = Identity.load(combo.data_dir / "identity" / "proxy")
     assert node.tls_cert != proxy.tls_cert
+
+
+def test_join_limit_memory_is_bounded_and_sources_are_counted_apart() -> None:
+    limits = TokenBuckets(rate=1, burst=2, max_sources=50)
+    for i in range(1000):
+        limits.take(f"10.0.{i // 250}.{i % 250}")
+    assert len(limits) == 50
+    limits.take("2001:db8::1")
+    limits.take("2001:db8::2")
+    with pytest.raises(RateLimited) as first:
+        limits.take("2001:db8::3")  # one /64 is one source
+    with pytest.raises(RateLimited) as again:
+        limits.take("2001:db8::4")
+    assert first.value.first and not again.value.first  # only the first refusal is audited
+    limits.take("2001:db8:1::1")
