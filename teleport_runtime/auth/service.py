@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import socket
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -77,15 +78,15 @@ def _ca_key(ca_type: CAType) -> str:
 _DEFAULT_PRINCIPALS = ("localhost", "127.0.0.1", "::1")
 
 
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
 def check_host_uuid(value: str) -> str:
-    """A host UUID in its canonical form (it is a backend key segment and a principal)."""
-    try:
-        canonical = str(uuidlib.UUID(value))
-    except (ValueError, TypeError, AttributeError):
-        canonical = ""
-    if canonical != value:
+    """A host's ID (a UUID from ``<data_dir>/host_uuid``): a backend key segment and a principal,
+    so letters, digits, ``-`` and ``_`` only (no dots: it is never a name under another)."""
+    if not isinstance(value, str) or not _HOST_ID.fullmatch(value):
         raise BadParameter(
-            f"invalid host UUID {value!r:.60}: expected the canonical form such as "
+            f"invalid host UUID {value!r:.60}: expected a UUID such as "
             "123e4567-e89b-12d3-a456-426614174000 (the host's <data_dir>/host_uuid)"
         )
     return value
@@ -454,7 +455,7 @@ class AuthService:
         """``tctl nodes rm``: lock the host's certificates, forget its binding and names, delete its
         presence records. The host may join again with a new key (see ``auth/hosts.py``)."""
         target = name_or_uuid.strip()
-        host_uuid = target if _is_uuid(target) else await self.hosts.holder(target)
+        host_uuid = await self.hosts.holder(target)  # names and UUIDs are both claimed
         records = [r for role in ("Node", "Proxy") for r in await self.presence.list(role)
                    if target in (r["id"], r["hostname"])]
         if host_uuid is None and records:
@@ -714,13 +715,6 @@ def check_ssh_public_key(text: str) -> None:
         raise BadParameter(
             "ssh_public_key: not an SSH public key; expected the authorized_keys form 'ssh-ed25519 AAAA...'"
         ) from None
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        return str(uuidlib.UUID(text)) == text
-    except ValueError:
-        return False
 
 
 def _own_names(host_uuid: str, nodename: str, cluster: str) -> list[str]:
