@@ -8,7 +8,8 @@ Backend records:
   the same host only when it brings a bound key (a rerun) or presents a certificate of that UUID
   (a second role of the same host). Fingerprints are the SHA-256 of the TLS public key (SPKI).
 - ``/hostnames/<name>``: which UUID holds a name (nodename, UUID and their cluster-scoped forms,
-  certificate addresses); a name is signed for one host only.
+  certificate addresses); a name is signed for one host only, except a proxy's address, which
+  other proxies may share (``"proxies": [uuid, ...]``: proxies behind one load balancer).
 - ``/locks/hosts/<uuid>``: a removed host (``tctl nodes rm``): ``{"uuid", "nodename", "keys":
   [fingerprint, ...], "all": bool, "created"}``. Certificates of that UUID with a locked key are
   refused by the auth API and the host's record is not listed. The lock names the keys the host
@@ -123,25 +124,40 @@ class HostRegistry:
         except NotFound:
             return None
 
-    async def holder(self, name: str) -> str | None:
-        """The UUID that holds ``name``, if any."""
+    async def _name(self, name: str) -> dict[str, Any] | None:
         try:
-            return json.loads((await self.backend.get(NAMES_PREFIX + name.lower())).value)["uuid"]
+            return json.loads((await self.backend.get(NAMES_PREFIX + name.lower())).value)
         except NotFound:
             return None
+
+    async def holder(self, name: str) -> str | None:
+        """The UUID that holds ``name``, if any (the first, for a name proxies share)."""
+        record = await self._name(name)
+        return record["uuid"] if record else None
 
     async def bindings(self) -> list[Binding]:
         items = await self.backend.get_range(HOSTS_PREFIX, prefix_end(HOSTS_PREFIX))
         return [Binding.from_item(i) for i in items]
 
-    async def claim(self, host_uuid: str, name: str) -> bool:
-        """Claim ``name`` for ``host_uuid``; False when another host holds it."""
+    async def claim(self, host_uuid: str, name: str, proxy_shared: bool = False) -> bool:
+        """Claim ``name`` for ``host_uuid``; False when another host holds it. ``proxy_shared``:
+        a proxy's address, which other proxies may hold too (proxies behind one load balancer
+        share their public address), never a node."""
         key = NAMES_PREFIX + name.lower()
+        record: dict[str, Any] = {"uuid": host_uuid, **({"proxies": [host_uuid]} if proxy_shared else {})}
         try:
-            await self.backend.create(Item(key=key, value=json.dumps({"uuid": host_uuid}).encode()))
+            await self.backend.create(Item(key=key, value=json.dumps(record).encode()))
             return True
         except AlreadyExists:
-            return await self.holder(name) == host_uuid
+            pass
+        held = await self._name(name)
+        if held is None or held["uuid"] == host_uuid or host_uuid in held.get("proxies", []):
+            return held is not None
+        if not proxy_shared or "proxies" not in held:
+            return False
+        held["proxies"].append(host_uuid)
+        await self.backend.put(Item(key=key, value=json.dumps(held).encode()))
+        return True
 
     async def save(self, binding: Binding, *, new: bool) -> None:
         """Store a binding; ``new``: only if no binding of that UUID exists (two joins racing
@@ -161,8 +177,15 @@ class HostRegistry:
     async def forget(self, binding: Binding) -> None:
         """Delete a binding and the names its host holds."""
         for name in binding.names:
-            if await self.holder(name) == binding.uuid:
+            held = await self._name(name)
+            if held is None:
+                continue
+            others = [u for u in held.get("proxies", []) if u != binding.uuid]
+            if held["uuid"] == binding.uuid and not others:
                 await self.backend.delete(NAMES_PREFIX + name.lower())
+            elif binding.uuid in held.get("proxies", []) or held["uuid"] == binding.uuid:
+                held.update(uuid=held["uuid"] if held["uuid"] != binding.uuid else others[0], proxies=others)
+                await self.backend.put(Item(key=NAMES_PREFIX + name.lower(), value=json.dumps(held).encode()))
         try:
             await self.backend.delete(HOSTS_PREFIX + binding.uuid)
         except NotFound:

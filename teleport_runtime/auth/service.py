@@ -361,12 +361,14 @@ class AuthService:
                 if new:
                     await self.hosts.forget(binding)
                 raise AccessDenied(f"the name {name} was taken by another host a moment ago: join again")
-        addresses = await self._signable(host_uuid, nodename, candidates, local)
+        addresses = await self._signable(host_uuid, nodename, role, candidates, local)
         binding.names = list(dict.fromkeys([*binding.names, *own, *addresses]))
         await self.hosts.save(binding, new=False)
         return addresses
 
-    async def _signable(self, host_uuid: str, nodename: str, candidates: list[str], local: bool) -> list[str]:
+    async def _signable(
+        self, host_uuid: str, nodename: str, role: str, candidates: list[str], local: bool
+    ) -> list[str]:
         """The addresses a host's certificates may carry: literal IPs and plain DNS names that are
         not reserved, not the auth server's (unless the host is on the auth host) and not
         another host's (each is claimed for this host). Loopback addresses only for a host that
@@ -387,7 +389,7 @@ class AuthService:
                 reason = "a loopback address of a host that is not on this machine"
             elif not local and name in self.served_names:
                 reason = "the auth server's"
-            elif not await self.hosts.claim(host_uuid, name):
+            elif not await self.hosts.claim(host_uuid, name, proxy_shared=role == "Proxy"):
                 reason = "another host's"
             if reason:
                 log.warning("not signing %r for %s (%s): %s", name[:80], nodename, host_uuid, reason)
@@ -416,7 +418,7 @@ class AuthService:
         )
         binding.add_key(role, fingerprint)
         await self.hosts.save(binding, new=False)
-        addresses = await self._signable(host_uuid, nodename, caller_names, is_loopback(remote_addr))
+        addresses = await self._signable(host_uuid, nodename, role, caller_names, is_loopback(remote_addr))
         binding.names = list(dict.fromkeys([*binding.names, *addresses]))
         await self.hosts.save(binding, new=False)
         identity = await self.issue_host_identity(

@@ -387,3 +387,13 @@ def test_join_limit_memory_is_bounded_and_sources_are_counted_apart() -> None:
         limits.take("2001:db8::4")
     assert first.value.first and not again.value.first  # only the first refusal is audited
     limits.take("2001:db8:1::1")
+
+
+def test_proxies_may_share_a_public_address_nodes_may_not(env: Env) -> None:
+    """Proxies behind one load balancer share their public name; a node never gets it."""
+    token = env.token()
+    shared = "lb.trust.example.org"
+    for role, name in (("proxy", "proxy-a"), ("proxy", "proxy-b"), ("node", "sneaky")):
+        status, body, identity = Attacker(env.cluster).join(token, str(uuidlib.uuid4()), name, [shared], role=role)
+        assert status == 200 and identity is not None, body
+        assert (shared in cert_names(identity)) == (role == "proxy"), (name, cert_names(identity))
