@@ -8,8 +8,8 @@ Backend records:
   the same host only when it brings a bound key (a rerun) or presents a certificate of that UUID
   (a second role of the same host). Fingerprints are the SHA-256 of the TLS public key (SPKI).
 - ``/hostnames/<name>``: which UUID holds a name (nodename, UUID and their cluster-scoped forms,
-  certificate addresses); a name is signed for one host only, except a proxy's address, which
-  other proxies may share (``"proxies": [uuid, ...]``: proxies behind one load balancer).
+  certificate addresses); a name is signed for one host only, except a proxy's DNS name (not an
+  IP), which other proxies may share (``"proxies": [uuid, ...]``: proxies behind one load balancer).
 - ``/locks/hosts/<uuid>``: a removed host (``tctl nodes rm``): ``{"uuid", "nodename", "keys":
   [fingerprint, ...], "all": bool, "created"}``. Certificates of that UUID with a locked key are
   refused by the auth API and the host's record is not listed. The lock names the keys the host

@@ -389,7 +389,7 @@ class AuthService:
                 reason = "a loopback address of a host that is not on this machine"
             elif not local and name in self.served_names:
                 reason = "the auth server's"
-            elif not await self.hosts.claim(host_uuid, name, proxy_shared=role == "Proxy"):
+            elif not await self.hosts.claim(host_uuid, name, proxy_shared=role == "Proxy" and ip_literal(name) is None):
                 reason = "another host's"
             if reason:
                 log.warning("not signing %r for %s (%s): %s", name[:80], nodename, host_uuid, reason)
