@@ -32,6 +32,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import uvloop
 
 from bench.env import BenchError, cpu_seconds, rss_bytes
@@ -66,6 +67,8 @@ REGISTER_IN_FLIGHT = 64
 FD_RESERVE = 1000
 #: Joins in flight.
 JOIN_IN_FLIGHT = 16
+#: Source addresses the join figure's requests come from.
+JOIN_SOURCES = 64
 #: Bound on one heartbeat (connect, TLS, request, answer).
 HEARTBEAT_TIMEOUT = 30.0
 #: The agents' heartbeat interval at the default presence TTL.
@@ -131,7 +134,8 @@ class SimNode:
         self.source_ip = source_ip
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        body = json.dumps({"hostname": f"sim-{uuid[:8]}", "addr": "127.0.0.1:3022",
+        # the address it connects from: the auth service accepts no address a node cannot justify
+        body = json.dumps({"hostname": f"sim-{uuid[:8]}", "addr": f"{source_ip}:3022",
                            "labels": {"sim": "true", "group": uuid[0]}}).encode()
         self.request = (b"POST /v1/heartbeat HTTP/1.1\r\nHost: " + API_SERVER_NAME.encode()
                         + b"\r\nContent-Type: application/json\r\nContent-Length: "
@@ -375,25 +379,41 @@ def open_files_limit(pid: int) -> int:
 async def _joins(cluster: Cluster, token: str, count: int) -> dict[str, Any]:
     ca_certs = [c.encode() for c in (await _public_cas(cluster))]
     keys = [(generate_ssh_keypair()[1], generate_tls_keypair()[1]) for _ in range(count)]
-    client = AuthClient([HostPort(cluster.host, cluster.port)], trusting_ssl_context(ca_certs))
+    # Joins are rate limited per source address (auth/api.py JOIN_BURST): spread them over
+    # source addresses, as joins from a fleet come from many hosts.
+    sources = [f"127.0.4.{i + 1}" for i in range(JOIN_SOURCES)]
+    sessions = [
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            ssl=trusting_ssl_context(ca_certs), local_addr=(ip, 0)))
+        for ip in sources
+    ]
     limit = asyncio.Semaphore(JOIN_IN_FLIGHT)
     failed: list[str] = []
 
     async def join(i: int) -> None:
         ssh_public, tls_public = keys[i]
+        body = {
+            "token": token, "role": "node", "host_uuid": str(uuidlib.uuid4()), "nodename": f"join-{i}",
+            "ssh_public_key": ssh_public, "tls_public_key": tls_public.decode(),
+            "addresses": [sources[i % JOIN_SOURCES]],
+        }
         async with limit:
             try:
-                await client.post("/v1/join", {
-                    "token": token, "role": "node", "host_uuid": str(uuidlib.uuid4()), "nodename": f"join-{i}",
-                    "ssh_public_key": ssh_public, "tls_public_key": tls_public.decode(), "addresses": ["127.0.0.1"],
-                })
+                async with sessions[i % JOIN_SOURCES].post(
+                    f"https://{cluster.host}:{cluster.port}/v1/join", json=body, server_hostname=API_SERVER_NAME,
+                ) as resp:
+                    if resp.status != 200:
+                        failed.append(f"HTTP {resp.status}: {await resp.text()}")
             except Exception as exc:  # counted and reported, the run goes on
                 failed.append(repr(exc))
 
-    async with client:
+    try:
         start = time.monotonic()
         await asyncio.gather(*(join(i) for i in range(count)))
         wall = time.monotonic() - start
+    finally:
+        for session in sessions:
+            await session.close()
     return {"count": count, "failed": len(failed), "errors": failed[:5], "wall_s": wall,
             "per_s": (count - len(failed)) / wall}
 

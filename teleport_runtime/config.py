@@ -20,6 +20,7 @@ import yaml
 from teleport_runtime.ca.pin import normalize_pin
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError
+from teleport_runtime.names import check_host_name, is_host_name
 
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 DEFAULT_DATA_DIR = "/var/lib/teleport"
@@ -39,6 +40,8 @@ SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")
+#: Shortest static join token: a static token never expires, so it must not be guessable.
+MIN_STATIC_TOKEN = 16
 LABEL_KEY = re.compile(r"[a-zA-Z0-9/.\-_]+")
 
 _KNOWN_KEYS: dict[str, set[str]] = {
@@ -78,9 +81,6 @@ class HostPort:
         return self
 
 
-#: A host name as addresses name it: ASCII letters, digits, ``.``, ``-`` and ``_`` (container
-#: and inventory names use underscores); IDNs in their ``xn--`` form.
-HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9_.])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
@@ -106,7 +106,7 @@ def parse_host_port(text: str, default_port: int, key: str = "address") -> HostP
         host, port_text = value, str(default_port)
     else:
         host, port_text = value, str(default_port)
-    if host and ":" not in host and not HOST_NAME.fullmatch(host):
+    if host and ":" not in host and not is_host_name(host):
         raise BadParameter(
             f"{key}: invalid host {host!r} in {value!r}: a host is an IP address or a DNS name "
             f"of letters, digits, '.', '-' and '_'; {expected}"
@@ -536,6 +536,19 @@ def validate(cfg: Config) -> None:
         )
     if cfg.auth.presence_ttl < timedelta(seconds=1):
         raise ConfigError(f"{cfg.source}: auth_service.presence_ttl must be at least 1s")
+    try:
+        check_host_name(cfg.nodename, "teleport.nodename")
+    except BadParameter as exc:
+        raise ConfigError(f"{cfg.source}: {exc.message} (or pass --nodename=NAME)") from None
+    for token in cfg.auth.static_tokens:
+        if len(token.value) < MIN_STATIC_TOKEN:
+            roles = ",".join(token.roles)
+            raise ConfigError(
+                f"{cfg.source}: auth_service.tokens: the static {roles} token is {len(token.value)} "
+                f"characters long; a static token never expires and must have at least "
+                f"{MIN_STATIC_TOKEN}: use a longer random value (such as `openssl rand -hex 16`), "
+                f"best in the file form \"{roles}:/path/to/tokenfile\" that keeps it out of the config"
+            )
 
 
 def apply_flags(
@@ -635,7 +648,7 @@ auth_service:
   enabled: true
   listen_addr: 0.0.0.0:3025
   # cluster_name: example.com     # default: this host's hostname; cannot change later
-  # tokens: ["proxy,node:secret-value", "auth:/path/to/tokenfile"]
+  # tokens: ["proxy,node:a-long-random-secret-value", "auth:/path/to/tokenfile"]  # 16+ characters
   session_recording: node         # node | node-sync | off
   presence_ttl: 10m
 

@@ -7,6 +7,10 @@
    public keys, and receive the host SSH certificate and the X.509 identity.
 4. Keep them in ``<data_dir>/identity/<role>/``; later starts reuse them without a token.
 
+The auth service binds the host UUID to the first key that joined with it. A host that joins a
+second role (node and proxy on one host) presents the certificate of the role it already holds
+on the join connection, which is how the auth service knows it is the same host.
+
 The server side (token check, signing) is ``auth/service.py: AuthService.register``.
 """
 
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from teleport_runtime.agent.client import AuthClient, insecure_ssl_context, trusting_ssl_context
-from teleport_runtime.agent.identity import Identity, host_uuid
+from teleport_runtime.agent.identity import Identity, host_uuid, load_cert_chain
 from teleport_runtime.ca import check_ca_pins, generate_ssh_keypair, generate_tls_keypair
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import AccessDenied, ConfigError
@@ -51,8 +55,10 @@ async def join_cluster(
     uuid: str,
     addresses: list[str],
     warn: Callable[[str], None] = _stderr,
+    presenting: Identity | None = None,
 ) -> Identity:
-    """Join with ``token`` as ``role`` (node or proxy); returns the issued identity."""
+    """Join with ``token`` as ``role`` (node or proxy); returns the issued identity.
+    ``presenting``: this host's identity of another role, shown on the join connection."""
     async with AuthClient(auth_servers, insecure_ssl_context(), verify_name=False) as probe:
         cas = await probe.get("/v1/ca")
     ca_certs = [c.encode() for c in cas.get("host_ca_certs", [])]
@@ -69,7 +75,10 @@ async def join_cluster(
         warn(NO_PIN_WARNING)
     ssh_key, ssh_public = generate_ssh_keypair()
     tls_key, tls_public = generate_tls_keypair()
-    async with AuthClient(auth_servers, trusting_ssl_context(ca_certs)) as client:
+    context = trusting_ssl_context(ca_certs)
+    if presenting is not None:
+        load_cert_chain(context, presenting.tls_cert, presenting.tls_key)
+    async with AuthClient(auth_servers, context) as client:
         issued = await client.post(
             "/v1/join",
             {
@@ -118,6 +127,11 @@ async def ensure_identity(cfg: Config, role: str, addresses: list[str]) -> Ident
         nodename=cfg.nodename,
         uuid=host_uuid(cfg.data_dir),
         addresses=addresses,
+        presenting=next(
+            (Identity.load(identity_dir(cfg.data_dir, other)) for other in ("node", "proxy")
+             if other != role and Identity.exists(identity_dir(cfg.data_dir, other))),
+            None,
+        ),
     )
     identity.save(directory)
     log.info("joined the cluster as %s %s", role, cfg.nodename)

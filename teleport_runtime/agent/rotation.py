@@ -293,6 +293,7 @@ class RotationSync:
         raise IdentityNotTrusted(
             f"this {self.role}'s identity in {self.directory} was issued by a host CA the cluster no "
             f"longer trusts (a CA rotation completed while it was away, {problem.message}); re-join it: "
-            f"stop teleport, remove {self.directory}, and start it again with a new token "
-            f"(`tctl nodes add --roles={self.role}`) and the CA pin `tctl status` prints"
+            f"stop teleport, remove {self.directory}, remove the host on the auth server "
+            f"(`tctl nodes rm <nodename>`: its UUID is bound to the old key), and start it again with "
+            f"a new token (`tctl nodes add --roles={self.role}`) and the CA pin `tctl status` prints"
         )

@@ -16,7 +16,7 @@ import logging
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,7 @@ from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_S
 from teleport_runtime.agent.identity import load_cert_chain
 from teleport_runtime.auth.audit import AGENT_EVENTS, check_agent_event
 from teleport_runtime.auth.bodies import check_request_body
+from teleport_runtime.auth.hosts import LOCKS_PREFIX, Lock, key_fingerprint
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
 from teleport_runtime.auth.users import login_source
@@ -35,6 +36,7 @@ from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, par
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, EventRefused, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, query_int, read_object
+from teleport_runtime.ratelimit import RateLimited, TokenBuckets
 from teleport_runtime.recording.asciicast import check_session_id
 
 log = logging.getLogger("teleport.auth.api")
@@ -53,6 +55,12 @@ MAX_WATCH_SECONDS = 60.0
 #: one connection across its heartbeats and is always the side that closes it (a request never
 #: meets a connection the server is closing).
 KEEPALIVE_SECONDS = 2 * AGENT_KEEPALIVE_SECONDS
+#: Joins per source address: a burst a fleet installing through one NAT gets through, then a
+#: steady rate; a refused join (a wrong token) costs ``JOIN_FAILURE_COST`` more, so guessing
+#: tokens runs at about one a second.
+JOIN_BURST = 100
+JOIN_RATE = 50.0
+JOIN_FAILURE_COST = 50.0
 
 
 def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
@@ -71,6 +79,27 @@ class TrustedCAs:
 
     host: tuple[x509.Certificate, ...]
     user: tuple[x509.Certificate, ...]
+    #: Removed hosts (``tctl nodes rm``) by UUID: their locked certificates are refused.
+    locks: dict[str, Lock] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    """What a caller's certificate says beyond its identity: its key and its names (SANs)."""
+
+    fingerprint: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def from_der(cls, der: bytes) -> PeerCert:
+        cert = x509.load_der_x509_certificate(der)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names = (*san.get_values_for_type(x509.DNSName),
+                     *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
+        except x509.ExtensionNotFound:
+            names = ()
+        return cls(key_fingerprint(cert), tuple(names))
 
 
 def system_roles(identity: TLSIdentity) -> list[str]:
@@ -89,9 +118,10 @@ class AuthAPI:
         self._active_ssl: ssl.SSLContext | None = None
         self._closing = asyncio.Event()
         #: Per connection: the trust it was checked against and the identity it presented.
-        self._callers: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[TrustedCAs, TLSIdentity]] = (
+        self._callers: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[TrustedCAs, TLSIdentity, PeerCert]] = (
             weakref.WeakKeyDictionary()
         )
+        self.join_limit = TokenBuckets(rate=JOIN_RATE, burst=JOIN_BURST, what="join attempts")
         self._ca_watcher: Watcher | None = None
         self._trust: TrustedCAs | None = None
 
@@ -125,6 +155,7 @@ class AuthAPI:
         app.router.add_post("/v1/reregister", self.reregister)
         app.router.add_post("/v1/heartbeat", self.heartbeat)
         app.router.add_get("/v1/nodes", self.list_nodes)
+        app.router.add_delete("/v1/nodes/{name}", self.remove_node)
         app.router.add_get("/v1/proxies", self.list_proxies)
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/tokens", self.list_tokens)
@@ -163,6 +194,7 @@ class AuthAPI:
         await site.start()
         sockets = site._server.sockets if site._server else []
         bound = sockets[0].getsockname()[1] if sockets else port
+        self.auth.served_at([host, *extra_names], bound)
         log.info("auth API listening on %s:%s", host, bound)
         return bound
 
@@ -203,7 +235,10 @@ class AuthAPI:
         except web.HTTPException:
             raise
         except TeleportError as exc:
-            return error_response(exc)
+            response = error_response(exc)
+            if isinstance(exc, RateLimited):
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         except Exception:
             log.exception("internal error in %s %s", request.method, request.path)
             return internal_error_response("auth")
@@ -212,22 +247,32 @@ class AuthAPI:
         """The verified client identity; fail closed on anything unexpected.
 
         A connection's certificate is read and checked once and remembered with the connection
-        (agents keep theirs across heartbeats), until the CAs change: the next request after a
-        rotation step checks it again against the new trust.
+        (agents keep theirs across heartbeats), until the CAs or the host locks change: the next
+        request after a rotation step or a `tctl nodes rm` checks it again. A host certificate
+        must be the one its UUID is bound to, and not locked.
         """
         sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
         trust = await self._trusted_cas()
         cached = self._callers.get(sslobj) if sslobj is not None else None
         if cached is not None and cached[0] is trust:
-            identity = cached[1]
+            identity, peer = cached[1], cached[2]
         else:
-            identity = self._verify_peer(sslobj, trust)
-            self._callers[sslobj] = (trust, identity)
+            identity, peer = self._verify_peer(sslobj, trust)
+            if identity.kind == "host" and identity.host_uuid:
+                try:
+                    await self.auth.check_host_caller(identity, peer.fingerprint, trust.locks)
+                except AccessDenied as exc:
+                    raise await self.auth.refuse(
+                        exc, resource=request.path, remote_addr=request.remote or "",
+                        host_uuid=identity.host_uuid, nodename=identity.nodename or "",
+                        role=",".join(identity.roles)) from None
+            self._callers[sslobj] = (trust, identity, peer)
         if identity.expires is not None and identity.expires <= datetime.now(UTC):
             raise AccessDenied(f"the certificate of {identity.name} expired: log in or join again")
+        request["peer"] = peer
         return identity
 
-    def _verify_peer(self, sslobj: ssl.SSLObject | None, trust: TrustedCAs) -> TLSIdentity:
+    def _verify_peer(self, sslobj: ssl.SSLObject | None, trust: TrustedCAs) -> tuple[TLSIdentity, PeerCert]:
         der = sslobj.getpeercert(binary_form=True) if sslobj else None
         if not der:
             raise AccessDenied("this endpoint needs a client certificate issued by the cluster")
@@ -237,21 +282,23 @@ class AuthAPI:
         # Host and admin identities must come from the host CA, users from the user CA.
         if not issuing_ca_matches(der, trust.user if identity.kind == "user" else trust.host):
             raise AccessDenied(f"{identity.kind} certificate not issued by the expected CA")
-        return identity
+        return identity, PeerCert.from_der(der)
 
     async def _trusted_cas(self) -> TrustedCAs:
         """The CA certificates of the cluster, parsed once and again after any change under
         ``/authorities/`` (a backend watcher: a commit's events are queued before the write
-        returns, so no check after a rotation step sees the old trust)."""
+        returns, so no check after a rotation step sees the old trust). Host locks
+        (``/locks/hosts/``) are part of the trust and followed the same way."""
         watcher = self._ca_watcher
         if watcher is None or watcher.closed:
-            watcher = self._ca_watcher = await self.auth.backend.new_watcher([AUTHORITIES_PREFIX])
+            watcher = self._ca_watcher = await self.auth.backend.new_watcher([AUTHORITIES_PREFIX, LOCKS_PREFIX])
             self._trust = None
         if watcher.take_pending() or self._trust is None:
             cas = await self.auth.public_cas()
             self._trust = TrustedCAs(
                 host=tuple(c for pem in cas["host_ca_certs"] for c in load_certs(pem)),
                 user=tuple(c for pem in cas["user_ca_certs"] for c in load_certs(pem)),
+                locks=await self.auth.hosts.locks(),
             )
         return self._trust
 
@@ -263,6 +310,13 @@ class AuthAPI:
 
     @_route(PUBLIC)
     async def join(self, request: web.Request) -> dict[str, Any]:
+        remote = request.remote or "unknown"
+        try:
+            self.join_limit.take(remote)
+        except RateLimited as exc:
+            if not exc.first:
+                raise
+            raise await self.auth.refuse(exc, resource="/v1/join", remote_addr=remote) from None
         body = await read_object(request)
         try:
             req = JoinRequest(
@@ -276,16 +330,32 @@ class AuthAPI:
             )
         except KeyError as exc:
             raise BadParameter(f"join request is missing {exc.args[0]}") from None
-        return await self.auth.register(req, request.remote or "unknown")
+        # A host joining a second role (node and proxy on one host) proves it is the host
+        # holding its UUID with the certificate of its first role.
+        presented = None
+        if request.transport is not None and request.transport.get_extra_info("peercert"):
+            try:
+                presented = await self._caller(request)
+            except AccessDenied:
+                presented = None
+        try:
+            return await self.auth.register(req, remote, presented)
+        except (AccessDenied, BadParameter):
+            self.join_limit.charge(remote, JOIN_FAILURE_COST)
+            raise
 
     @_route(("Node", "Proxy"))
     async def reregister(self, request: web.Request) -> dict[str, Any]:
+        """A new identity for the caller's own UUID, name, role and certificate names: names in
+        the body are ignored."""
         body = await read_object(request)
+        peer: PeerCert = request["peer"]
         return await self.auth.reregister(
             request["identity"],
+            list(peer.names),
             str(body.get("ssh_public_key") or ""),
             str(body.get("tls_public_key") or "").encode(),
-            tuple(str(a) for a in body.get("addresses") or ()),
+            request.remote or "",
         )
 
     @_route(("Node", "Proxy"))
@@ -294,20 +364,21 @@ class AuthAPI:
         if not identity.host_uuid:
             raise AccessDenied("heartbeat needs a host identity")
         body = await read_object(request)
-        return await self.auth.presence.heartbeat(
-            role=identity.roles[0],
-            host_uuid=identity.host_uuid,
-            report=body,
-            remote_ip=request.remote or "",
-        )
+        peer: PeerCert = request["peer"]
+        return await self.auth.heartbeat(identity, list(peer.names), body, request.remote or "")
 
     @_route(("Node", "Proxy", "Admin"))
     async def list_nodes(self, request: web.Request) -> list[dict[str, Any]]:
-        return await self.auth.presence.list("Node")
+        return await self.auth.list_hosts("Node")
+
+    @_route(("Admin",))
+    async def remove_node(self, request: web.Request) -> dict[str, Any]:
+        """``tctl nodes rm``: remove a host and lock its certificates."""
+        return await self.auth.remove_host(request.match_info["name"])
 
     @_route(("Node", "Proxy", "Admin"))
     async def list_proxies(self, request: web.Request) -> list[dict[str, Any]]:
-        return await self.auth.presence.list("Proxy")
+        return await self.auth.list_hosts("Proxy")
 
     @_route(("Admin",))
     async def status(self, request: web.Request) -> dict[str, Any]:

@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from teleport_runtime.backend import Backend, Item, prefix_end
-from teleport_runtime.config import validate_labels
-from teleport_runtime.errors import BadParameter
+from teleport_runtime.config import HostPort, parse_host_port, validate_labels
+from teleport_runtime.errors import AccessDenied, BadParameter, NotFound
+from teleport_runtime.names import check_host_name, ip_literal
 
 _KINDS = {"Node": "/nodes/", "Proxy": "/proxies/"}
 #: How long a heartbeat waits for others to share its write (seconds).
@@ -41,6 +42,22 @@ def _rotation_report(value: Any) -> dict[str, dict[str, str]]:
     return out
 
 
+def _canonical(host: str) -> str:
+    """A host for comparison: IPs in canonical form, names in lower case."""
+    return ip_literal(host) or host.lower().rstrip(".")
+
+
+def _listen_pairs(record: dict[str, Any]) -> set[tuple[str, int]]:
+    out = set()
+    for key in ("addr", "ssh_addr", "web_addr"):
+        try:
+            addr = parse_host_port(str(record.get(key) or ""), 3023, key)
+        except BadParameter:
+            continue
+        out.add((_canonical(addr.host), addr.port))
+    return out
+
+
 class Presence:
     """Node and proxy records keyed by host UUID."""
 
@@ -51,40 +68,104 @@ class Presence:
         self.cluster_settings: dict[str, Any] = {}
         self._pending: list[tuple[Item, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: Proxy UUID -> the ``(host, port)`` pairs it listens at (None: not loaded yet).
+        self._proxy_addrs: dict[str, set[tuple[str, int]]] | None = None
 
     async def heartbeat(
-        self, *, role: str, host_uuid: str, report: dict[str, Any], remote_ip: str
+        self, *, role: str, host_uuid: str, report: dict[str, Any], remote_ip: str, nodename: str,
+        cert_names: list[str], forbidden: set[tuple[str, int]] | None = None,
     ) -> dict[str, Any]:
-        """Store a host's report. The host UUID comes from its certificate, never the body."""
+        """Store a host's report. Who it is comes from its certificate, never the body: the
+        UUID and ``nodename`` are the certificate's (a ``hostname`` in the body must equal it),
+        and each address must be justified by the certificate (``cert_names``: its SANs) or be
+        the connection's source address. A node may not register where the auth API or a proxy
+        listens (the proxy would relay to it). AccessDenied otherwise."""
         prefix = _KINDS.get(role)
         if prefix is None:
             raise BadParameter(f"role {role} does not heartbeat")
-        addr = str(report.get("addr") or "")
-        host, _, port = addr.rpartition(":")
-        if host in ("", "0.0.0.0", "[::]", "::"):  # noqa: S104 - wildcard: use what we saw
-            seen = f"[{remote_ip}]" if ":" in remote_ip else remote_ip  # IPv6 needs brackets
-            addr = f"{seen}:{port or 3022}"
+        hostname = str(report.get("hostname") or nodename)
+        if hostname != nodename:
+            check_host_name(hostname, "heartbeat hostname")
+            raise AccessDenied(
+                f"heartbeat hostname {hostname!r} is not this host's name: its certificate is for "
+                f"{nodename!r}; set teleport.nodename back to {nodename!r}, or remove the host with "
+                f"`tctl nodes rm {nodename}` and join it again under the new name"
+            )
+        justified = {_canonical(n) for n in cert_names} | {_canonical(remote_ip)}
+        addr = self._address(str(report.get("addr") or ""), remote_ip, justified, "addr")
+        if role == "Node" and (_canonical(addr.host), addr.port) in await self._forbidden(forbidden or set()):
+            raise AccessDenied(
+                f"heartbeat addr {addr} is where the auth service or a proxy listens, not a node: "
+                "set ssh_service.public_addr (or listen_addr) to this node's own SSH address"
+            )
+        extra = {}
+        for key in ("web_addr", "ssh_addr"):  # proxies also report where clients reach them
+            value = str(report.get(key) or "")
+            extra[key] = str(self._address(value, remote_ip, justified, key)) if value and role == "Proxy" else ""
         static = validate_labels(dict(report.get("labels") or {}), "heartbeat labels")
         commands = validate_labels(dict(report.get("cmd_labels") or {}), "heartbeat command labels")
         now = datetime.now(UTC)
         expires = now + self.ttl
         record = {
             "id": host_uuid,
-            "hostname": str(report.get("hostname") or host_uuid),
-            "addr": addr,
+            "hostname": nodename,
+            "addr": str(addr),
             "static_labels": static,
             "command_labels": commands,
             "roles": [role],
             "rotation": _rotation_report(report.get("rotation")),
-            "version": str(report.get("version") or ""),
+            "version": str(report.get("version") or "")[:64],
             # proxies also report where clients reach them (tctl prints it in sign-up commands)
-            "web_addr": str(report.get("web_addr") or ""),
-            "ssh_addr": str(report.get("ssh_addr") or ""),
+            "web_addr": extra["web_addr"],
+            "ssh_addr": extra["ssh_addr"],
             "last_heartbeat": now.isoformat(),
             "expires": expires.isoformat(),
         }
+        if role == "Proxy" and self._proxy_addrs is not None:
+            self._proxy_addrs[host_uuid] = _listen_pairs(record)
         await self._store(Item(key=prefix + host_uuid, value=json.dumps(record).encode(), expires=expires))
         return {"heartbeat_interval": heartbeat_interval(self.ttl), **self.cluster_settings}
+
+    @staticmethod
+    def _address(text: str, remote_ip: str, justified: set[str], key: str) -> HostPort:
+        """A reported ``host:port``; a wildcard host is the address the connection came from."""
+        try:
+            addr = parse_host_port(text or ":3022", 3022, f"heartbeat {key}")
+        except BadParameter:
+            raise BadParameter(f"heartbeat {key} {text[:80]!r} is not host:port") from None
+        if addr.host in ("", "0.0.0.0", "::"):  # noqa: S104 - wildcard: use what we saw
+            addr = HostPort(remote_ip, addr.port)
+        host = _canonical(addr.host)
+        if host not in justified:
+            if ip_literal(host) is None:
+                check_host_name(host, f"heartbeat {key}")
+            raise AccessDenied(
+                f"heartbeat {key} {addr} is not this host's address: it is neither in its certificate "
+                f"nor the address it connects from ({remote_ip}); set ssh_service.public_addr or "
+                "--listen-ip to an address of this host, then re-join it (remove <data_dir>/identity, "
+                "`tctl nodes rm` it and start it with a new token) so its certificate carries the address"
+            )
+        return addr
+
+    async def _forbidden(self, served: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Where the auth API and the proxies listen (proxies' addresses from their records,
+        loaded once and then kept current by their heartbeats)."""
+        if self._proxy_addrs is None:
+            self._proxy_addrs = {r["id"]: _listen_pairs(r) for r in await self.list("Proxy")}
+        out = {(_canonical(h), p) for h, p in served}
+        for pairs in self._proxy_addrs.values():
+            out |= pairs
+        return out
+
+    async def remove(self, host_uuid: str) -> None:
+        """Delete a host's records (``tctl nodes rm``)."""
+        for prefix in _KINDS.values():
+            try:
+                await self.backend.delete(prefix + host_uuid)
+            except NotFound:
+                pass
+        if self._proxy_addrs is not None:
+            self._proxy_addrs.pop(host_uuid, None)
 
     async def _store(self, item: Item) -> None:
         """Queue ``item`` for the next group write and wait until it is committed."""

@@ -10,16 +10,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import socket
 import uuid as uuidlib
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.auth.audit import AuditLog
+from teleport_runtime.auth.hosts import Binding, HostRegistry, Lock, key_fingerprint, removed_message
 from teleport_runtime.auth.presence import Presence
 from teleport_runtime.auth.recordings import (
     ActiveSessions,
@@ -45,7 +50,8 @@ from teleport_runtime.ca import (
 )
 from teleport_runtime.config import AuthConfig
 from teleport_runtime.durations import parse_duration
-from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound
+from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound, TeleportError
+from teleport_runtime.names import check_host_name, ip_literal, is_host_name, is_loopback, is_reserved
 from teleport_runtime.rbac import RoleSet
 
 log = logging.getLogger("teleport.auth")
@@ -65,6 +71,25 @@ AUTHORITIES_PREFIX = "/authorities/"
 
 def _ca_key(ca_type: CAType) -> str:
     return f"{AUTHORITIES_PREFIX}{ca_type.value}"
+
+
+#: The loopback names every host certificate carries (``generate_host_ssh_cert``); they are
+#: nobody's in particular and never claimed.
+_DEFAULT_PRINCIPALS = ("localhost", "127.0.0.1", "::1")
+
+
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_host_uuid(value: str) -> str:
+    """A host's ID (a UUID from ``<data_dir>/host_uuid``): a backend key segment and a principal,
+    so letters, digits, ``-`` and ``_`` only (no dots: it is never a name under another)."""
+    if not isinstance(value, str) or not _HOST_ID.fullmatch(value):
+        raise BadParameter(
+            f"invalid host UUID {value!r:.60}: expected a UUID such as "
+            "123e4567-e89b-12d3-a456-426614174000 (the host's <data_dir>/host_uuid)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -90,6 +115,11 @@ class AuthService:
         self.cluster_name = ""
         self.tokens = TokenStore(backend, config.static_tokens)
         self.presence = Presence(backend, config.presence_ttl)
+        self.hosts = HostRegistry(backend)
+        #: Names and addresses the auth API serves at (set by the API when it listens): never
+        #: signed for a host that joins from elsewhere, never a node's address.
+        self.served_names: set[str] = {n.lower() for n in config.public_addr}
+        self.served_addrs: set[tuple[str, int]] = set()
         self.audit = AuditLog(backend)
         self.users = UserStore(backend, "")
         self.rotation = RotationManager(backend, _ca_key)
@@ -208,10 +238,37 @@ class AuthService:
 
     # ------------------------------------------------------------------ join
 
-    async def register(self, req: JoinRequest, remote_addr: str) -> dict[str, Any]:
-        """The server side of the join flow: check the token, sign the host's keys.
+    def served_at(self, names: list[str], port: int) -> None:
+        """Where the auth API listens: its names (host part) and ``(host, port)`` pairs."""
+        for raw in names:
+            host = _host_part(raw)
+            if host:
+                self.served_names.add(ip_literal(host) or host.lower())
+        self.served_addrs |= {(name, port) for name in self.served_names}
+        self.served_addrs |= {("127.0.0.1", port), ("::1", port), ("localhost", port)}
 
-        The client side (pin check before the token is sent) is ``agent/join.py``.
+    async def refuse(self, exc: TeleportError, *, resource: str, remote_addr: str, host_uuid: str = "",
+                     nodename: str = "", role: str = "", log_it: bool = True) -> TeleportError:
+        """Log and audit a refused host request (``access.denied``); returns ``exc`` to raise."""
+        if log_it:
+            log.warning("%s refused for %s (%s) from %s: %s", resource, _printable(nodename) or "?",
+                        _printable(host_uuid) or "?", remote_addr, exc.message)
+        await self.audit.emit({
+            "event": "access.denied", "user": nodename or host_uuid, "roles": [role] if role else [],
+            "server_id": host_uuid, "node": nodename, "resource": resource, "verb": "POST",
+            "remote_addr": remote_addr, "reason": exc.message,
+        })
+        return exc
+
+    async def register(
+        self, req: JoinRequest, remote_addr: str, presented: TLSIdentity | None = None
+    ) -> dict[str, Any]:
+        """The server side of the join flow: check the token, decide who the host is, sign.
+
+        The host's UUID is bound to the first key that joined with it; names are unique (see
+        ``auth/hosts.py``). ``presented``: the verified certificate the joining connection
+        presented, if any (a host joining a second role presents its first one). The client side
+        (pin check before the token is sent) is ``agent/join.py``.
         """
         role = JOIN_ROLES.get(req.role)
         if role is None:
@@ -221,43 +278,222 @@ class AuthService:
         except AccessDenied as exc:
             log.warning(
                 "join refused for %s (%s) from %s with token %s: %s",
-                req.nodename, req.role, remote_addr, mask(req.token), exc.message,
+                _printable(req.nodename), req.role, remote_addr, mask(req.token), exc.message,
             )
-            raise
-        if not req.host_uuid or not req.nodename:
-            raise BadParameter("join request needs host_uuid and nodename")
+            raise await self.refuse(exc, resource="/v1/join", remote_addr=remote_addr,
+                                    nodename=req.nodename[:80], role=role, log_it=False) from None
+        try:
+            host_uuid = check_host_uuid(req.host_uuid)
+            nodename = check_host_name(req.nodename, "nodename")
+            fingerprint = key_fingerprint(req.tls_public_key)
+            check_ssh_public_key(req.ssh_public_key)  # before anything is bound to the keys
+            addresses = await self._bind(
+                host_uuid, nodename, role, fingerprint, [*req.addresses, remote_addr],
+                remote_addr, presented,
+            )
+        except (AccessDenied, BadParameter) as exc:
+            raise await self.refuse(exc, resource="/v1/join", remote_addr=remote_addr,
+                                    host_uuid=req.host_uuid[:64], nodename=req.nodename[:80],
+                                    role=role) from None
         identity = await self.issue_host_identity(
-            host_uuid=req.host_uuid,
-            nodename=req.nodename,
+            host_uuid=host_uuid,
+            nodename=nodename,
             role=role,
             ssh_public_key=req.ssh_public_key,
             tls_public_key=req.tls_public_key,
-            addresses=req.addresses,
+            addresses=tuple(addresses),
         )
-        log.info("%s %s (%s) joined from %s", req.role, req.nodename, req.host_uuid, remote_addr)
+        log.info("%s %s (%s) joined from %s", req.role, nodename, host_uuid, remote_addr)
         return identity
 
+    async def _bind(
+        self, host_uuid: str, nodename: str, role: str, fingerprint: str, candidates: list[str],
+        remote_addr: str, presented: TLSIdentity | None,
+    ) -> list[str]:
+        """Bind ``host_uuid`` (first key wins), claim its names; returns the addresses its
+        certificates may carry. AccessDenied names the holder and the fix."""
+        lock = await self.hosts.get_lock(host_uuid)
+        if lock is not None and lock.covers(fingerprint):
+            raise AccessDenied(removed_message(lock))
+        local = is_loopback(remote_addr)
+        if is_reserved(nodename, self.cluster_name) or (not local and nodename.lower() in self.served_names):
+            raise AccessDenied(
+                f"the nodename {nodename} is reserved (the cluster's or the auth server's name): "
+                "give this host another nodename (teleport.nodename or --nodename)"
+            )
+        binding = await self.hosts.binding(host_uuid)
+        new = binding is None
+        if binding is None:
+            binding = Binding(uuid=host_uuid, nodename=nodename, remote_addr=remote_addr,
+                              joined=datetime.now(UTC).isoformat())
+        else:
+            same_host = binding.holds(fingerprint) or (
+                presented is not None and presented.kind == "host" and presented.host_uuid == host_uuid
+            )
+            if not same_host:
+                raise AccessDenied(
+                    f"host UUID {host_uuid} belongs to host {binding.nodename} (joined from "
+                    f"{binding.remote_addr or 'unknown'} at {binding.joined or 'an earlier time'}) with another key. "
+                    f"If this host is {binding.nodename} and lost its identity, remove the old one on the auth "
+                    f"server with `tctl nodes rm {binding.nodename}`, then join again; otherwise give this host "
+                    "its own UUID (remove <data_dir>/host_uuid) and join again"
+                )
+            if binding.nodename != nodename:
+                raise AccessDenied(
+                    f"host {host_uuid} is registered as {binding.nodename}, not {nodename}: to rename it, "
+                    f"run `tctl nodes rm {binding.nodename}` on the auth server, then join again"
+                )
+        own = _own_names(host_uuid, nodename, self.cluster_name)
+        for name in own:
+            holder = await self.hosts.holder(name)
+            if holder is not None and holder != host_uuid:
+                other = await self.hosts.binding(holder)
+                held_by = other.nodename if other else holder
+                raise AccessDenied(
+                    f"the name {name} belongs to host {held_by} ({holder}); names are unique in the "
+                    f"cluster: give this host another nodename, or if {held_by} is gone, run "
+                    f"`tctl nodes rm {held_by}` on the auth server, then join again"
+                )
+        binding.add_key(role, fingerprint)
+        await self.hosts.save(binding, new=new)
+        for name in own:
+            if not await self.hosts.claim(host_uuid, name):
+                if new:
+                    await self.hosts.forget(binding)
+                raise AccessDenied(f"the name {name} was taken by another host a moment ago: join again")
+        addresses = await self._signable(host_uuid, nodename, role, candidates, local)
+        binding.names = list(dict.fromkeys([*binding.names, *own, *addresses]))
+        await self.hosts.save(binding, new=False)
+        return addresses
+
+    async def _signable(
+        self, host_uuid: str, nodename: str, role: str, candidates: list[str], local: bool
+    ) -> list[str]:
+        """The addresses a host's certificates may carry: literal IPs and plain DNS names that are
+        not reserved, not the auth server's (unless the host is on the auth host) and not
+        another host's (each is claimed for this host). Loopback addresses only for a host that
+        connects from loopback. Others are dropped, with a log line."""
+        out: list[str] = []
+        own = {n.lower() for n in _own_names(host_uuid, nodename, self.cluster_name)}
+        for raw in candidates:
+            host = _host_part(str(raw))
+            name = ip_literal(host) or host.lower()
+            if not name or name in out or name in own or name in _DEFAULT_PRINCIPALS:
+                continue
+            reason = ""
+            if ip_literal(name) is None and not is_host_name(name):
+                reason = "not a literal IP or a plain DNS name"
+            elif is_reserved(name, self.cluster_name):
+                reason = "a reserved name"
+            elif is_loopback(name) and not local:
+                reason = "a loopback address of a host that is not on this machine"
+            elif not local and name in self.served_names:
+                reason = "the auth server's"
+            elif not await self.hosts.claim(host_uuid, name, proxy_shared=role == "Proxy" and ip_literal(name) is None):
+                reason = "another host's"
+            if reason:
+                log.warning("not signing %r for %s (%s): %s", name[:80], nodename, host_uuid, reason)
+                continue
+            out.append(name)
+        return out
+
     async def reregister(
-        self, caller: TLSIdentity, ssh_public_key: str, tls_public_key: bytes, addresses: tuple[str, ...]
+        self, caller: TLSIdentity, caller_names: list[str], ssh_public_key: str, tls_public_key: bytes,
+        remote_addr: str = "",
     ) -> dict[str, Any]:
         """A joined host asks for a new identity with the one it holds (no token): during a host
         CA rotation this is how agents get certificates signed by the key that signs now. Who it
-        is (UUID, name, role) comes from its verified certificate, never from the request."""
+        is (UUID, name, role) and the names it is signed for come from its verified certificate
+        (``caller_names``: its SANs), never from the request."""
         role = caller.roles[0] if caller.roles else ""
         if caller.kind != "host" or role not in JOIN_ROLES.values() or not caller.host_uuid:
             raise AccessDenied("re-registration needs a node or proxy identity issued by the host CA")
         if not ssh_public_key or not tls_public_key:
             raise BadParameter("re-registration needs ssh_public_key and tls_public_key")
+        host_uuid = caller.host_uuid
+        nodename = caller.nodename or host_uuid
+        fingerprint = key_fingerprint(tls_public_key)
+        binding = await self.hosts.binding(host_uuid) or Binding(
+            uuid=host_uuid, nodename=nodename, joined=datetime.now(UTC).isoformat(), remote_addr=remote_addr
+        )
+        addresses = await self._signable(host_uuid, nodename, role, caller_names, is_loopback(remote_addr))
+        # Signed first: signing checks both public keys, so a request with a bad key stores nothing.
         identity = await self.issue_host_identity(
-            host_uuid=caller.host_uuid,
-            nodename=caller.nodename or caller.host_uuid,
+            host_uuid=host_uuid,
+            nodename=nodename,
             role=role,
             ssh_public_key=ssh_public_key,
             tls_public_key=tls_public_key,
-            addresses=addresses,
+            addresses=tuple(addresses),
         )
-        log.info("%s %s (%s) re-registered", role.lower(), caller.nodename, caller.host_uuid)
+        binding.add_key(role, fingerprint)
+        binding.names = list(dict.fromkeys([*binding.names, *addresses]))
+        await self.hosts.save(binding, new=False)
+        log.info("%s %s (%s) re-registered", role.lower(), caller.nodename, host_uuid)
         return identity
+
+    async def check_host_caller(self, identity: TLSIdentity, fingerprint: str, locks: dict[str, Lock]) -> None:
+        """A host certificate may call the API while its UUID is bound to its key. A certificate
+        of a UUID with no binding (joined before bindings existed) binds it on first use."""
+        host_uuid = identity.host_uuid or ""
+        lock = locks.get(host_uuid)
+        if lock is not None and lock.covers(fingerprint):
+            raise AccessDenied(removed_message(lock))
+        binding = await self.hosts.binding(host_uuid)
+        if binding is None:
+            role = identity.roles[0] if identity.roles else ""
+            binding = Binding(uuid=host_uuid, nodename=identity.nodename or host_uuid,
+                              joined=datetime.now(UTC).isoformat())
+            binding.add_key(role, fingerprint)
+            await self.hosts.save(binding, new=False)
+        elif not binding.holds(fingerprint):
+            raise AccessDenied(
+                f"this certificate of host {binding.nodename} ({host_uuid}) is not the one the cluster "
+                f"bound to that host: re-join the host (stop teleport, remove <data_dir>/identity, start it "
+                f"with a new token) or, if {binding.nodename} is gone, run `tctl nodes rm {binding.nodename}`"
+            )
+
+    async def remove_host(self, name_or_uuid: str) -> dict[str, Any]:
+        """``tctl nodes rm``: lock the host's certificates, forget its binding and names, delete its
+        presence records. The host may join again with a new key (see ``auth/hosts.py``)."""
+        target = name_or_uuid.strip()
+        host_uuid = await self.hosts.holder(target)  # names and UUIDs are both claimed
+        records = [r for role in ("Node", "Proxy") for r in await self.presence.list(role)
+                   if target in (r["id"], r["hostname"])]
+        if host_uuid is None and records:
+            host_uuid = records[0]["id"]
+        if host_uuid is None:
+            raise NotFound(f"no host named {target!r} is registered: see `tctl nodes ls` and `tctl get proxies`")
+        binding = await self.hosts.binding(host_uuid)
+        nodename = binding.nodename if binding else next((r["hostname"] for r in records), target)
+        lock = await self.hosts.lock(host_uuid, nodename, binding)
+        if binding is not None:
+            await self.hosts.forget(binding)
+        await self.presence.remove(host_uuid)
+        log.info("host %s (%s) removed and locked", nodename, host_uuid)
+        return {"removed": host_uuid, "nodename": nodename, "locked_keys": len(lock.keys), "all_keys": lock.all}
+
+    async def list_hosts(self, role: str) -> list[dict[str, Any]]:
+        """Presence records of hosts that are bound: a removed host's record (a heartbeat in
+        flight during `tctl nodes rm` may store one after the removal) is not listed."""
+        bound = {b.uuid for b in await self.hosts.bindings()}
+        return [r for r in await self.presence.list(role) if r["id"] in bound]
+
+    async def heartbeat(
+        self, identity: TLSIdentity, cert_names: list[str], report: dict[str, Any], remote_ip: str
+    ) -> dict[str, Any]:
+        """Store a host's heartbeat after checking that its name and addresses are its own."""
+        role = identity.roles[0] if identity.roles else ""
+        try:
+            return await self.presence.heartbeat(
+                role=role, host_uuid=identity.host_uuid or "", report=report, remote_ip=remote_ip,
+                nodename=identity.nodename or identity.host_uuid or "", cert_names=cert_names,
+                forbidden=self.served_addrs,
+            )
+        except (AccessDenied, BadParameter) as exc:
+            raise await self.refuse(exc, resource="/v1/heartbeat", remote_addr=remote_ip,
+                                    host_uuid=identity.host_uuid or "", nodename=identity.nodename or "",
+                                    role=role) from None
 
     async def issue_host_identity(
         self,
@@ -269,7 +505,8 @@ class AuthService:
         tls_public_key: bytes,
         addresses: tuple[str, ...] = (),
     ) -> dict[str, Any]:
-        """Sign a host's SSH and TLS keys with the host CA (at join, and at re-registration)."""
+        """Sign a host's SSH and TLS keys with the host CA (at join, and at re-registration).
+        ``addresses`` must have been vetted (:meth:`_signable`)."""
         host, user = await self.get_ca(CAType.HOST), await self.get_ca(CAType.USER)
         ssh_cert = generate_host_ssh_cert(
             host.active,
@@ -280,7 +517,7 @@ class AuthService:
             role=role,
             extra_principals=addresses,
         )
-        dns, ips = _split_names([nodename, *addresses])
+        dns, ips = _split_names([*_own_names(host_uuid, nodename, self.cluster_name), *addresses])
         tls_cert = generate_tls_identity_cert(
             host.active,
             tls_public_key,
@@ -456,6 +693,35 @@ class AuthService:
             "ca_pins": await self.ca_pins(),
             "cas": cas,
         }
+
+
+def _host_part(address: str) -> str:
+    """The host of ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    text = address.strip()
+    if text.startswith("[") and "]" in text:
+        return text[1 : text.index("]")]
+    if text.count(":") == 1:
+        return text.split(":")[0]
+    return text
+
+
+def _printable(text: str) -> str:
+    """``text`` for a log line: control characters escaped, at most 80 characters."""
+    return text.encode("unicode_escape").decode("ascii")[:80]
+
+
+def check_ssh_public_key(text: str) -> None:
+    try:
+        serialization.load_ssh_public_key(text.strip().encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm, UnicodeEncodeError):
+        raise BadParameter(
+            "ssh_public_key: not an SSH public key; expected the authorized_keys form 'ssh-ed25519 AAAA...'"
+        ) from None
+
+
+def _own_names(host_uuid: str, nodename: str, cluster: str) -> list[str]:
+    """The names that are a host's by its identity: UUID, nodename and their cluster forms."""
+    return list(dict.fromkeys((host_uuid, f"{host_uuid}.{cluster}", nodename, f"{nodename}.{cluster}")))
 
 
 def _split_names(names: list[str]) -> tuple[list[str], list[str]]:

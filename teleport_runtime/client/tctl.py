@@ -191,7 +191,7 @@ def _token_value(value: str | None, value_file: str | None, flag: str) -> str | 
 
 @cli.group()
 def nodes() -> None:
-    """Invite and list nodes."""
+    """Invite, list and remove nodes."""
 
 
 @nodes.command("add")
@@ -216,6 +216,16 @@ async def nodes_ls(client: AuthClient, fmt: str) -> None:
     records = await client.get("/v1/nodes")
     echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Labels"],
                  lambda n: (n["hostname"], n["id"], n["addr"], format_labels(n["labels"])))
+
+
+@nodes.command("rm")
+@click.argument("name")
+@run
+async def nodes_rm(client: AuthClient, name: str) -> None:
+    """Remove a node or proxy (by name or UUID) and revoke its certificate: the auth service
+    refuses it and proxies stop routing to it. It may join again with a new token."""
+    result = await client.delete(api_path("/v1/nodes/{name}", name=name))
+    click.echo(f"Host {result['nodename']} ({result['removed']}) has been removed and its certificate locked")
 
 
 @cli.group()

@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from teleport_runtime.config import HOST_NAME, HostPort, parse_host_port
+from teleport_runtime.config import HostPort, parse_host_port
 from teleport_runtime.errors import BadParameter, NotFound, TeleportError
+from teleport_runtime.names import is_host_name
 
 log = logging.getLogger("teleport.proxy.directory")
 
@@ -94,7 +95,7 @@ def check_target(target: str) -> str:
     brackets); BadParameter naming it otherwise, so junk never reaches the node list or DNS."""
     printable = isinstance(target, str) and not any(ord(c) <= 0x20 or ord(c) == 0x7F for c in target)
     host = _normalize_host(target) if printable else ""
-    if not host or not (_is_ip(host) or HOST_NAME.fullmatch(host)):
+    if not host or not (_is_ip(host) or is_host_name(host)):
         raise BadParameter(
             f"invalid node name {target!r}: expected a node name, UUID, DNS name or IP address "
             "(see `tsh ls`)"

@@ -28,8 +28,9 @@ from typing import Any
 import asyncssh
 
 from teleport_runtime.ca import parse_user_ssh_cert
-from teleport_runtime.config import HOST_NAME, SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW, is_ipv6
+from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW, is_ipv6
 from teleport_runtime.errors import TeleportError
+from teleport_runtime.names import is_host_name
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.sshserver import (
     GatedServerConnection,
@@ -62,13 +63,13 @@ def parse_proxy_subsystem(name: str) -> tuple[str, int | None, str | None]:
         host = host[1:-1]
         if not is_ipv6(host):
             raise ValueError(f"subsystem {name!r}: {host!r} in brackets is not an IPv6 address")
-    elif not HOST_NAME.fullmatch(host):
+    elif not is_host_name(host):
         raise ValueError(f"subsystem {name!r}: invalid host {host!r}: {_SUBSYSTEM_FORM}")
     port = int(match.group("port")) if match.group("port") else None
     if port is not None and port > 65535:
         raise ValueError(f"subsystem {name!r}: port {port} is out of range 0-65535")
     cluster = match.group("cluster")
-    if cluster is not None and not HOST_NAME.fullmatch(cluster):
+    if cluster is not None and not is_host_name(cluster):
         raise ValueError(f"subsystem {name!r}: invalid cluster name {cluster!r}: {_SUBSYSTEM_FORM}")
     return host, port, cluster
 

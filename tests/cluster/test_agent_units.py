@@ -11,7 +11,10 @@ import pytest
 from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.auth.presence import Presence, heartbeat_interval
 from teleport_runtime.backend import open_backend
-from teleport_runtime.errors import BadParameter, ConnectionProblem
+from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem
+
+#: The names in the heartbeating node's certificate.
+CERT_NAMES = ["n1", "10.0.0.5", "node1.example.com"]
 
 
 class FlakyAuth:
@@ -71,10 +74,29 @@ async def presence(tmp_path):
     ],
 )
 async def test_presence_address(presence, reported, remote, expected):
+    # the certificate names what the node may report besides the address it connects from
     await presence.heartbeat(role="Node", host_uuid="u1", report={"addr": reported},
-                             remote_ip=remote)
+                             remote_ip=remote, nodename="n1", cert_names=CERT_NAMES)
     [record] = await presence.list("Node")
     assert record["addr"] == expected
+
+
+@pytest.mark.parametrize(
+    ("report", "fragment"),
+    [
+        ({"addr": "10.0.0.6:3022"}, "not this host's address"),
+        ({"addr": "other.example.com:3022"}, "not this host's address"),
+        ({"hostname": "n2", "addr": "10.0.0.5:3022"}, "not this host's name"),
+        ({"hostname": "n1\x1b[2J", "addr": "10.0.0.5:3022"}, "invalid host name"),
+        ({"addr": "10.0.0.5:3025"}, "where the auth service or a proxy listens"),
+    ],
+)
+async def test_presence_refuses_what_the_certificate_does_not_say(presence, report, fragment):
+    with pytest.raises((AccessDenied, BadParameter)) as err:
+        await presence.heartbeat(role="Node", host_uuid="u1", report=report, remote_ip="10.9.9.9",
+                                 nodename="n1", cert_names=CERT_NAMES, forbidden={("10.0.0.5", 3025)})
+    assert fragment in err.value.message
+    assert await presence.list("Node") == []
 
 
 async def test_presence_records(presence):
@@ -82,13 +104,13 @@ async def test_presence_records(presence):
         role="Node", host_uuid="u2",
         report={"hostname": "b-node", "addr": "10.0.0.2:3022", "labels": {"env": "prod"},
                 "cmd_labels": {"arch": "x86_64", "env": "from-command"}},
-        remote_ip="10.0.0.2",
+        remote_ip="10.0.0.2", nodename="b-node", cert_names=[],
     )
     assert answer == {"heartbeat_interval": 3.0}
     await presence.heartbeat(role="Node", host_uuid="u1", report={"hostname": "a-node"},
-                             remote_ip="10.0.0.1")
+                             remote_ip="10.0.0.1", nodename="a-node", cert_names=[])
     await presence.heartbeat(role="Proxy", host_uuid="p1", report={"hostname": "proxy"},
-                             remote_ip="10.0.0.3")
+                             remote_ip="10.0.0.3", nodename="proxy", cert_names=[])
     nodes = await presence.list("Node")
     assert [n["hostname"] for n in nodes] == ["a-node", "b-node"]
     assert nodes[1]["labels"] == {"env": "from-command", "arch": "x86_64"}
@@ -97,9 +119,10 @@ async def test_presence_records(presence):
     assert [p["id"] for p in await presence.list("Proxy")] == ["p1"]
     with pytest.raises(BadParameter):
         await presence.heartbeat(role="Node", host_uuid="u3", report={"labels": {"bad key": 1}},
-                                 remote_ip="10.0.0.4")
+                                 remote_ip="10.0.0.4", nodename="u3", cert_names=[])
     with pytest.raises(BadParameter):
-        await presence.heartbeat(role="Auth", host_uuid="a1", report={}, remote_ip="10.0.0.5")
+        await presence.heartbeat(role="Auth", host_uuid="a1", report={}, remote_ip="10.0.0.5",
+                                 nodename="a1", cert_names=[])
 
 
 @pytest.mark.parametrize(

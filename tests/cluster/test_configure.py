@@ -47,7 +47,7 @@ def test_good_file_passes(tmp_path):
 
 def test_good_auth_file_with_static_tokens_passes(tmp_path):
     tokenfile = tmp_path / "tokenfile"
-    tokenfile.write_text("auth-secret\n")
+    tokenfile.write_text("auth-secret-value-1234\n")  # static tokens have 16+ characters
     path = write(tmp_path, f"""\
         auth_service:
           enabled: true

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from teleport_runtime.config import HOST_NAME, LABEL_KEY, HostPort, parse_host_port, parse_labels, validate_labels
+from teleport_runtime.config import LABEL_KEY, HostPort, parse_host_port, parse_labels, validate_labels
 from teleport_runtime.durations import MAX_DURATION, format_duration, parse_duration
 from teleport_runtime.errors import BadParameter
+from teleport_runtime.names import is_host_name
 from teleport_runtime.proxy.directory import NodeRecord, check_target, match_nodes
 from teleport_runtime.proxy.ssh import parse_proxy_subsystem
 from teleport_runtime.rbac import match_labels, parse_role
@@ -86,7 +87,7 @@ def test_host_port_junk_is_bad_parameter_naming_the_key(text: Any) -> None:
         assert exc.message.startswith("teleport.auth_servers: ")
     else:
         assert 0 <= addr.port <= 65535
-        assert addr.host == "" or HOST_NAME.fullmatch(addr.host) or ipaddress.ip_address(addr.host.split("%")[0])
+        assert addr.host == "" or is_host_name(addr.host) or ipaddress.ip_address(addr.host.split("%")[0])
 
 
 # ---------------------------------------------------------------------------- the proxy's targets
@@ -113,9 +114,9 @@ def test_subsystem_junk_is_value_error(text: Any) -> None:
     except ValueError as exc:
         assert repr(text)[:20] in str(exc) or "subsystem" in str(exc)
     else:
-        assert HOST_NAME.fullmatch(host) or ipaddress.IPv6Address(host)
+        assert is_host_name(host) or ipaddress.IPv6Address(host)
         assert port is None or 0 <= port <= 65535
-        assert cluster is None or HOST_NAME.fullmatch(cluster)
+        assert cluster is None or is_host_name(cluster)
 
 
 NODES = [NodeRecord.from_dict({"id": "0b7f6bd5-6a9e-4f8e-9d3a-2f0c2d6b1c11", "hostname": "node1",

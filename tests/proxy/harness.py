@@ -9,7 +9,6 @@ and passwords; the login path is tested separately through the auth service's us
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -36,12 +35,14 @@ from teleport_runtime.ca import (
 )
 from teleport_runtime.config import AuthConfig, Config, HostPort
 from teleport_runtime.proxy import ProxyService
+from tests.conftest import next_loopback_ip
 
 CLUSTER = "proxy.test"
 
 
 def loopback_ip() -> str:
-    return f"127.0.0.{random.randint(2, 250)}"
+    # distinct addresses: the auth service signs an address for one host only
+    return next_loopback_ip()
 
 
 @dataclass

@@ -159,10 +159,17 @@ def test_nodes_away_during_a_rotation(rotation_env: Callable[..., RotationEnv]) 
     daemon = gone.restart(env.cluster.node_argv(gone.name), wait=False)
     assert daemon.wait_exit() != 0
     assert "no longer trusts" in gone.log() and "new token" in gone.log()
-    # re-joining as told works
+    assert "tctl nodes rm" in gone.log()
+    # re-joining as told works: its UUID is bound to its old key, so the host is removed first
+    # (a token alone does not let a new key take over a host's UUID)
     shutil.rmtree(gone.identity_dir())
     token = env.cluster.add_token(roles="node")["token"]
-    gone.restart(env.cluster.node_argv(gone.name, token=token, pins=tuple(env.status()["ca_pins"])))
+    argv = env.cluster.node_argv(gone.name, token=token, pins=tuple(env.status()["ca_pins"]))
+    daemon = gone.restart(argv, wait=False)
+    assert daemon.wait_exit() != 0
+    assert "tctl nodes rm gone" in gone.log()
+    env.cluster.tctl("nodes", "rm", "gone")
+    gone.restart(argv)
     wait_for(lambda: gone.host_uuid() in env.cluster.node_ids(), what="the re-joined node in tctl nodes ls")
     env.assert_access("gone", openssh=False)
 
