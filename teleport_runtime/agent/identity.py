@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import ssl
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime.ca import TLSIdentity, parse_tls_identity
 from teleport_runtime.durable import write_private
@@ -38,6 +42,23 @@ def load_cert_chain(ctx: ssl.SSLContext, cert: bytes | str, key: bytes | str) ->
             path.write_bytes(data.encode() if isinstance(data, str) else data)
             paths.append(path)
         ctx.load_cert_chain(*paths)
+
+
+#: A torn read of an identity being replaced is retried this often, this many seconds apart.
+_TORN_READ_ATTEMPTS = 20
+_TORN_READ_PAUSE = 0.05
+
+
+def _key_matches_cert(key_pem: bytes, cert_pem: bytes) -> bool:
+    """Whether the certificate is for this private key (both PEM); False when either is unreadable."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return key.public_key().public_bytes(der, spki) == cert.public_key().public_bytes(der, spki)
 
 
 class WrongServer(ssl.SSLCertVerificationError):
@@ -153,9 +174,24 @@ class Identity:
                 return None
             return [line.strip() for line in raw.decode().splitlines() if line.strip()]
 
+        # The files are replaced one by one (the auth service renews its admin identity while
+        # tctl may be reading it; an agent swaps in a rotated one): a key read before the swap and
+        # a certificate read after it do not match, so read the pair again until they do.
+        for _attempt in range(_TORN_READ_ATTEMPTS):
+            tls_key, tls_cert = read("tls_key"), read("tls_cert")
+            assert tls_key is not None and tls_cert is not None  # required files
+            if _key_matches_cert(tls_key, tls_cert):
+                break
+            time.sleep(_TORN_READ_PAUSE)
+        else:
+            raise ConfigError(
+                f"the TLS key and certificate in {directory} do not belong together: the identity is being "
+                "replaced or is damaged; try again, and if it persists re-join this host (or restart the "
+                "auth service for its admin identity)"
+            )
         return cls(
-            tls_key=read("tls_key"),
-            tls_cert=read("tls_cert"),
+            tls_key=tls_key,
+            tls_cert=tls_cert,
             ca_certs=split_pem(read("ca_certs")),
             ssh_key=read("ssh_key", required=False) or b"",
             ssh_cert=(read("ssh_cert", required=False) or b"").decode().strip(),

@@ -7,6 +7,7 @@ import re
 import ssl
 import stat
 import subprocess
+import threading
 import urllib.request
 from datetime import timedelta
 
@@ -23,7 +24,7 @@ from teleport_runtime.ca import (
     new_cert_authority,
 )
 from teleport_runtime.config import HostPort
-from teleport_runtime.errors import AccessDenied
+from teleport_runtime.errors import AccessDenied, ConfigError
 from tests.conftest import Cluster, require_binary, wait_for
 
 API_NAME = "teleport.cluster.local"
@@ -254,3 +255,31 @@ def test_node_diag_endpoints(joined):
     sent = re.search(r"^teleport_heartbeats_sent_total (\S+)$", metrics, re.M)
     assert sent and float(sent.group(1)) >= 1, metrics
     assert re.search(r"^teleport_ready 1(\.0)?$", metrics, re.M), metrics
+
+
+def _admin_identity(ca, key_and_public=None) -> Identity:
+    key, public = key_and_public or generate_tls_keypair()
+    cert = generate_tls_identity_cert(
+        ca.active, public, TLSIdentity(name="admin", kind="admin", roles=["Admin"], cluster="c.example"),
+        ttl=timedelta(hours=1),
+    )
+    return Identity(tls_key=key, tls_cert=cert, ca_certs=ca.trusted_tls_certs())
+
+
+def test_a_torn_read_of_an_identity_being_replaced_is_read_again(tmp_path):
+    """The auth service rewrites the admin identity while tctl may be reading it: a key from the
+    new identity beside the old certificate is not loaded as a pair."""
+    ca = new_cert_authority(CAType.HOST, "c.example")
+    old, new = _admin_identity(ca), _admin_identity(ca)
+    old.save(tmp_path)
+    (tmp_path / "tls_key.pem").write_bytes(new.tls_key)  # the writer is between its two files
+    with pytest.raises(ConfigError, match="do not belong together"):
+        Identity.load(tmp_path)
+
+    finish = threading.Timer(0.2, lambda: (tmp_path / "tls_cert.pem").write_bytes(new.tls_cert))
+    finish.start()
+    try:
+        loaded = Identity.load(tmp_path)
+    finally:
+        finish.join()
+    assert loaded.tls_cert == new.tls_cert and loaded.tls_key == new.tls_key
