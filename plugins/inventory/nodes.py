@@ -106,6 +106,7 @@ from typing import Any
 from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.unsafe_proxy import wrap_var
 
 SUFFIXES = ("teleport.yml", "teleport.yaml", "cluster.yml", "cluster.yaml")
 
@@ -332,8 +333,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 )
                 continue
             self.inventory.add_host(name, group=group or None)
-            variables = host_vars(node, data["cluster"], self.get_option("login"), ssh_config_file,
-                                  use_cluster_suffix, unique_name=unique_name)
+            # Everything a node reports is data, never a template: on ansible-core before 2.19
+            # an unmarked '{{ ... }}' in a label would be evaluated on the controller.
+            variables = wrap_var(host_vars(node, data["cluster"], self.get_option("login"), ssh_config_file,
+                                           use_cluster_suffix, unique_name=unique_name))
             for key, value in variables.items():
                 self.inventory.set_variable(name, key, value)
             self._set_composite_vars(self.get_option("compose"), variables, name, strict=strict)

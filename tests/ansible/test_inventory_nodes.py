@@ -14,6 +14,12 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import inventory_loader
 from ansible.template import Templar
 
+try:  # ansible-core 2.19+: only templates a playbook or a test marks as trusted are rendered
+    from ansible.template import trust_as_template as trusted
+except ImportError:  # earlier releases render any string
+    def trusted(text):
+        return text
+
 U1 = "11111111-aaaa-4aaa-8aaa-000000000001"
 U2 = "22222222-bbbb-4bbb-8bbb-000000000002"
 U3 = "33333333-cccc-4ccc-8ccc-000000000003"
@@ -211,3 +217,17 @@ def test_without_the_cluster_suffix_clashing_names_connect_by_address(tmp_path, 
     assert inventory.get_host("web1").get_vars()["ansible_host"] == "web1"
     assert inventory.get_host("db1-11111111").get_vars()["ansible_host"] == "10.0.0.1"
     assert any(U2 in w for w in warnings)
+
+
+def test_a_template_in_a_label_stays_data(tmp_path, fake_tsh):
+    """A node chooses its labels: a Jinja expression in one must never be evaluated on the controller."""
+    (tmp_path / "nodes.json").write_text(json.dumps([
+        {"id": U1, "hostname": "node1", "addr": "10.0.0.1:3022", "labels": {"env": "{{ 7 * 7 }}"}},
+    ]))
+    inventory = parse(tmp_path, fake_tsh, {"compose": {"env_copy": "teleport_labels.env"}})
+    variables = inventory.get_host("node1").get_vars()
+    assert variables["env_copy"] == "{{ 7 * 7 }}"
+    templar = Templar(loader=DataLoader(), variables=variables)
+    assert templar.template(trusted("{{ env_copy }}")) == "{{ 7 * 7 }}"
+    assert templar.template(trusted("{{ teleport_labels.env }}")) == "{{ 7 * 7 }}"
+    assert templar.template(trusted("{{ 7 * 7 }}")) in (49, "49")  # the playbook's own templates still work

@@ -70,6 +70,26 @@ def test_invalid_label_key(tmp_path):
     assert 'node2: node_labels has an invalid key "bad key!"' in out
 
 
+def test_a_label_key_with_a_trailing_newline_is_invalid(tmp_path):
+    rc, out = run_preflight(tmp_path, GOOD, {"node2": {"node_labels": {"env\n": "x"}}})
+    assert rc != 0
+    assert "node2: node_labels has an invalid key" in out
+
+
+@pytest.mark.parametrize("token", ["node:short-token", "proxy,node:fifteen-chars-x"])
+def test_a_guessable_static_token_is_refused(tmp_path, token):
+    rc, out = run_preflight(tmp_path, GOOD, {"auth1": {"auth_static_tokens": [token]}})
+    assert rc != 0
+    assert "with a value of at least 16 characters" in out
+    assert token.split(":")[1] not in out  # the task is no_log
+
+
+@pytest.mark.parametrize("token", ["node:sixteen-chars-ok", "node:/etc/teleport/node-token"])
+def test_a_long_or_file_static_token_passes(tmp_path, token):
+    rc, out = run_preflight(tmp_path, GOOD, {"auth1": {"auth_static_tokens": [token]}})
+    assert rc == 0, out
+
+
 def test_invalid_command_label(tmp_path):
     commands = [{"name": "arch", "command": [], "period": "1h"}]
     rc, out = run_preflight(tmp_path, GOOD, {"node1": {"node_commands": commands}})
