@@ -3,8 +3,10 @@ config text, and usage errors as one ERROR line."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,22 @@ def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> N
     assert result.returncode == 1
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "module, absent",
+    [
+        # every command: asyncssh only where SSH is spoken, pyotp/segno only for login and
+        # sign-up, the recording code (and aiohttp with it) only for the recording commands
+        ("teleport_runtime.client.tsh", ["asyncssh", "segno", "pyotp", "aiohttp", "teleport_runtime.recording"]),
+        # `tsh ls`, `status` and `config` refresh the host CAs without SSH
+        ("teleport_runtime.client.tsh_trust", ["asyncssh", "segno", "pyotp", "aiohttp"]),
+        ("teleport_runtime.client.tsh_recordings", ["asyncssh", "aiohttp", "teleport_runtime.recording"]),
+    ],
+)
+def test_tsh_imports_only_what_a_command_needs(module: str, absent: list[str]) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    assert result.stdout.split() == []
