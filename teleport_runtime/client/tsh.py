@@ -202,6 +202,17 @@ def _refresh_now(profile: Profile) -> None:
         click.echo(warning, err=True)
 
 
+def _start_refresh(profile: Profile) -> HostCARefresh:
+    """Start keeping the trusted host CAs current beside an SSH command (tsh_trust), before the
+    SSH code is imported: the ping's TLS round trip to the proxy overlaps with that import (about
+    a third of the command's time) instead of with the SSH handshakes. The caller sets
+    ``on_learned`` once its credentials are loaded, before its first ``await``: the answer is
+    handled on the event loop, so not before then."""
+    from teleport_runtime.client.tsh_trust import HostCARefresh
+
+    return HostCARefresh(_store(), profile).start()
+
+
 def _active_profile() -> Profile:
     """The current profile with an unexpired certificate; AccessDenied naming the fix otherwise."""
     profile = _store().load()
@@ -545,15 +556,15 @@ async def ssh(port: int | None, login: str | None, forwards: tuple[str, ...], fo
     (k=v[,k2=v2]) to run COMMAND on every matching node.
     The remote exit status becomes tsh's exit status.
     """
-    from teleport_runtime.client.tsh_ssh import NODE_PORT, Credentials
-    from teleport_runtime.client.tsh_trust import HostCARefresh
-
     profile = _active_profile()
     user, host = _split_destination(destination, login)
     cmd = " ".join(command) if command else None
-    creds = Credentials.load(profile)
-    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
+    refresh = _start_refresh(profile)
     try:
+        from teleport_runtime.client.tsh_ssh import NODE_PORT, Credentials
+
+        creds = Credentials.load(profile)
+        refresh.on_learned = creds.trust_host_cas
         if "=" in host:
             code = await _ssh_selector(profile, creds, refresh, user, host, cmd, port)
         else:
@@ -638,20 +649,21 @@ async def _ssh_selector(profile: Profile, creds: Credentials, refresh: HostCARef
 async def scp(recursive: bool, preserve: bool, port: int | None, login: str | None, paths: tuple[str, ...]) -> None:
     """Copy files to or from a node: SRC... DEST, with [LOGIN@]NODE:PATH on the remote side."""
     from teleport_runtime.client.tsh_scp import check_local_sources, plan_copy, run_copy
-    from teleport_runtime.client.tsh_ssh import NODE_PORT, Credentials, close_all, connect_node, connect_proxy
-    from teleport_runtime.client.tsh_trust import HostCARefresh
 
     plan = plan_copy(list(paths))
     check_local_sources(plan, recursive)
     profile = _active_profile()
-    creds = Credentials.load(profile)
     remote = plan.remote
     assert remote.host is not None
     host = remote.host
     user = remote.login or login or getpass.getuser()
-    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
+    refresh = _start_refresh(profile)
     proxy = node = None
     try:
+        from teleport_runtime.client.tsh_ssh import NODE_PORT, Credentials, close_all, connect_node, connect_proxy
+
+        creds = Credentials.load(profile)
+        refresh.on_learned = creds.trust_host_cas
         proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
         node = await refresh.verified(lambda: connect_node(proxy, profile, creds, user, host, port or NODE_PORT))
         await run_copy(node, plan, recursive=recursive, preserve=preserve)
