@@ -139,3 +139,21 @@ def test_tsh_imports_only_what_a_command_needs(module: str, absent: list[str]) -
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
     assert result.stdout.split() == []
+
+
+def test_tsh_ssh_keeps_the_post_quantum_key_exchange() -> None:
+    """tsh skips asyncssh's liboqs lookup when it imports it; the hybrid our servers prefer
+    (mlkem768x25519, from cryptography) stays first among tsh's key exchanges."""
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import teleport_runtime.client.tsh_ssh, asyncssh.kex, asyncssh.crypto.pq as pq;"
+        "from teleport_runtime.sshserver import KEX_ALGS;"
+        "print(pq.mlkem_available, KEX_ALGS[0],"
+        " [a.decode() for a in asyncssh.kex.get_default_kex_algs() if not a.startswith(b'gss-')][0])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    mlkem, server_first, client_first = result.stdout.split()
+    if mlkem != "True":
+        pytest.skip("this cryptography has no ML-KEM")
+    assert server_first == client_first == "mlkem768x25519-sha256"
