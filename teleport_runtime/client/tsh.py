@@ -16,60 +16,26 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import asyncssh
 import click
-import pyotp
-import segno
 
-from teleport_runtime.agent.identity import write_private
-from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, parse_user_ssh_cert
 from teleport_runtime.client.output import echo_json, table
-from teleport_runtime.client.tsh_profile import (
-    DEFAULT_SSH_PORT,
-    DEFAULT_WEB_PORT,
-    Profile,
-    ProfileStore,
-    ssh_config,
-)
-from teleport_runtime.client.tsh_recordings import (
-    PLAY_FORMATS,
-    fetch_recording,
-    list_recordings,
-    list_sessions,
-    play_recording,
-    recordings_table,
-    sessions_table,
-)
-from teleport_runtime.client.tsh_scp import check_local_sources, plan_copy, run_copy
-from teleport_runtime.client.tsh_ssh import (
-    NODE_PORT,
-    Credentials,
-    close_all,
-    connect_node,
-    connect_proxy,
-    local_forward,
-    run_command,
-)
-from teleport_runtime.client.tsh_trust import (
-    HostCARefresh,
-    refresh_host_cas,
-    rotation_missed,
-    untrusted_warning,
-)
-from teleport_runtime.client.tsh_web import (
-    ProxyWebClient,
-    UntrustedProxy,
-    first_contact,
-    insecure_context,
-    trusting_context,
-)
-from teleport_runtime.config import HostPort, parse_host_port
-from teleport_runtime.durations import format_duration, parse_duration
+from teleport_runtime.client.tsh_recordings import PLAY_FORMATS
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, TeleportError
-from teleport_runtime.recording import parse_speed
-from teleport_runtime.urlpath import api_path
+
+# Each command imports what it needs where it runs: asyncssh (about a third of tsh's start-up)
+# only for the commands that speak SSH, pyotp and segno only for login and sign-up, the recording
+# code (which brings aiohttp) only for the recording commands. tests/tsh/test_cli_units.py checks
+# that importing this module loads none of them.
+if TYPE_CHECKING:
+    import pyotp
+
+    from teleport_runtime.client.tsh_profile import Profile, ProfileStore
+    from teleport_runtime.client.tsh_ssh import Credentials
+    from teleport_runtime.client.tsh_trust import HostCARefresh
+    from teleport_runtime.client.tsh_web import ProxyWebClient
+    from teleport_runtime.config import HostPort
 
 T = TypeVar("T")
 OTP_STEP_SUFFIX = ".last-step"  # beside a TOTP secret file: the last one-time-code step used
@@ -123,6 +89,8 @@ def cli() -> None:
 
 
 def _store() -> ProfileStore:
+    from teleport_runtime.client.tsh_profile import ProfileStore
+
     return ProfileStore()
 
 
@@ -138,6 +106,8 @@ def _read_secret_file(path: str, what: str) -> str:
 
 def _totp_from_file(path: str) -> str:
     """A fresh code for the TOTP secret in ``path`` (base32, or an otpauth:// URI)."""
+    import pyotp
+
     secret = _read_secret_file(path, "OTP secret").strip()
     try:
         totp = pyotp.parse_uri(secret) if secret.startswith("otpauth://") else pyotp.TOTP(secret)
@@ -152,6 +122,8 @@ def _fresh_totp_code(totp: pyotp.TOTP, secret_file: str) -> str:
     codes of the current and the next 30 s step; when both were used, wait for the next step.
     The last step used is kept beside the secret file (``FILE.last-step``), so every tsh home
     that reads the same secret file takes turns."""
+    from teleport_runtime.agent.identity import write_private
+
     state = Path(secret_file + OTP_STEP_SUFFIX)
     try:
         last = int(state.read_text().strip() or 0)
@@ -172,6 +144,9 @@ def _fresh_totp_code(totp: pyotp.TOTP, secret_file: str) -> str:
 
 
 def _proxy_addr(text: str) -> HostPort:
+    from teleport_runtime.client.tsh_profile import DEFAULT_WEB_PORT
+    from teleport_runtime.config import parse_host_port
+
     addr = parse_host_port(text, DEFAULT_WEB_PORT, "--proxy")
     if not addr.host:
         raise BadParameter("--proxy: expected HOST[:PORT], such as proxy.example.com:3080")
@@ -182,6 +157,8 @@ async def _connect_web(
     addr: HostPort, pins: tuple[str, ...], insecure: bool
 ) -> tuple[ProxyWebClient, dict[str, Any]]:
     """A verified web client for ``addr`` and its ping answer (see tsh_web for the rules)."""
+    from teleport_runtime.client.tsh_web import ProxyWebClient, first_contact, insecure_context, trusting_context
+
     if pins:
         ping, certs = await first_contact(addr, list(pins))
         return ProxyWebClient(addr, trusting_context(certs), str(ping.get("cluster") or "")), ping
@@ -202,6 +179,8 @@ async def _connect_web(
 
 
 def _user_web_client(profile: Profile) -> ProxyWebClient:
+    from teleport_runtime.client.tsh_web import ProxyWebClient, trusting_context
+
     try:
         cert, key = profile.x509_path.read_bytes(), profile.x509_key_path.read_bytes()
     except FileNotFoundError:
@@ -216,9 +195,22 @@ def _user_web_client(profile: Profile) -> ProxyWebClient:
 def _refresh_now(profile: Profile) -> None:
     """Keep the trusted host CAs current (tsh_trust) for a command that does not connect
     anywhere itself; warns when the proxy is no longer verifiable."""
+    from teleport_runtime.client.tsh_trust import refresh_host_cas, untrusted_warning
+
     warning = untrusted_warning(profile, refresh_host_cas(_store(), profile))
     if warning:
         click.echo(warning, err=True)
+
+
+def _start_refresh(profile: Profile) -> HostCARefresh:
+    """Start keeping the trusted host CAs current beside an SSH command (tsh_trust), before the
+    SSH code is imported: the ping's TLS round trip to the proxy overlaps with that import (about
+    a third of the command's time) instead of with the SSH handshakes. The caller sets
+    ``on_learned`` once its credentials are loaded, before its first ``await``: the answer is
+    handled on the event loop, so not before then."""
+    from teleport_runtime.client.tsh_trust import HostCARefresh
+
+    return HostCARefresh(_store(), profile).start()
 
 
 def _active_profile() -> Profile:
@@ -238,6 +230,8 @@ def _format_time(value: datetime) -> str:
 
 
 def _status_lines(profile: Profile) -> tuple[list[str], bool]:
+    from teleport_runtime.durations import format_duration
+
     info = profile.cert_info()
     now = datetime.now(UTC)
     expired = info.valid_before is not None and info.valid_before <= now
@@ -303,6 +297,10 @@ async def login(proxy: str, user: str, ttl: str | None, ca_pins: tuple[str, ...]
     On the first login to a proxy, pass --ca-pin (or --insecure); later logins verify the proxy
     against the cluster CA stored then.
     """
+    from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, parse_user_ssh_cert
+    from teleport_runtime.client.tsh_profile import Profile
+    from teleport_runtime.durations import parse_duration
+
     addr = _proxy_addr(proxy)
     if ttl:
         parse_duration(ttl)  # fail early on a typo
@@ -348,6 +346,9 @@ async def login(proxy: str, user: str, ttl: str | None, ca_pins: tuple[str, ...]
 
 def _ssh_proxy_addr(ping: dict[str, Any], web: HostPort) -> tuple[str, int]:
     """Where the proxy's SSH listener is, from the ping answer (a wildcard host: the web host)."""
+    from teleport_runtime.client.tsh_profile import DEFAULT_SSH_PORT
+    from teleport_runtime.config import parse_host_port
+
     text = str((ping.get("proxy") or {}).get("ssh_addr") or "")
     if not text:
         return web.host, DEFAULT_SSH_PORT
@@ -416,6 +417,12 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
     Non-interactive:
       tsh signup --proxy=HOST:3080 --token=TOKEN --password-file=FILE --otp-secret-out=FILE
     """
+    import pyotp
+    import segno
+
+    from teleport_runtime.agent.identity import write_private
+    from teleport_runtime.urlpath import api_path
+
     addr = _proxy_addr(proxy)
     client, _ping = await _connect_web(addr, ca_pins, insecure)
     info = await client.get(api_path("/webapi/signup/{token}", token=token))
@@ -465,6 +472,9 @@ def _matches(node: dict[str, Any], selector: dict[str, str]) -> bool:
 
 
 async def _nodes(profile: Profile, selector: dict[str, str]) -> list[dict[str, Any]]:
+    from teleport_runtime.client.tsh_trust import rotation_missed
+    from teleport_runtime.client.tsh_web import UntrustedProxy
+
     try:
         nodes = await _user_web_client(profile).get("/webapi/nodes")
     except UntrustedProxy:
@@ -478,6 +488,8 @@ async def _nodes(profile: Profile, selector: dict[str, str]) -> list[dict[str, A
 @run
 async def ls(labels: tuple[str, ...], fmt: str) -> None:
     """List the nodes you can reach, optionally only those with labels k=v."""
+    from teleport_runtime.client.tsh_trust import HostCARefresh
+
     profile = _active_profile()
     refresh = HostCARefresh(_store(), profile).start()
     try:
@@ -502,6 +514,8 @@ def config() -> None:
 
     OpenSSH then trusts the host CAs in tsh's known_hosts, which every tsh command keeps
     current: run tsh now and then (any command) and OpenSSH follows a host CA rotation."""
+    from teleport_runtime.client.tsh_profile import ssh_config
+
     try:
         profile = _store().load()
     except TeleportError as exc:
@@ -545,9 +559,12 @@ async def ssh(port: int | None, login: str | None, forwards: tuple[str, ...], fo
     profile = _active_profile()
     user, host = _split_destination(destination, login)
     cmd = " ".join(command) if command else None
-    creds = Credentials.load(profile)
-    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
+    refresh = _start_refresh(profile)
     try:
+        from teleport_runtime.client.tsh_ssh import NODE_PORT, Credentials
+
+        creds = Credentials.load(profile)
+        refresh.on_learned = creds.trust_host_cas
         if "=" in host:
             code = await _ssh_selector(profile, creds, refresh, user, host, cmd, port)
         else:
@@ -563,6 +580,8 @@ async def ssh(port: int | None, login: str | None, forwards: tuple[str, ...], fo
 
 async def _ssh_one(profile: Profile, creds: Credentials, refresh: HostCARefresh, login: str, host: str, port: int,
                    cmd: str | None, pty: bool, forwards: tuple[str, ...], forward_agent: bool) -> int:
+    from teleport_runtime.client.tsh_ssh import close_all, connect_node, connect_proxy, local_forward, run_command
+
     proxy = node = None
     try:
         proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
@@ -578,6 +597,8 @@ async def _ssh_one(profile: Profile, creds: Credentials, refresh: HostCARefresh,
 
 async def _ssh_selector(profile: Profile, creds: Credentials, refresh: HostCARefresh, login: str,
                         selector_text: str, cmd: str | None, port: int | None) -> int:
+    from teleport_runtime.client.tsh_ssh import NODE_PORT, close_all, connect_node, connect_proxy, run_command
+
     if cmd is None:
         raise BadParameter(f"{selector_text}: a label selector runs a command on every match; give a COMMAND")
     selector = _parse_selector([selector_text])
@@ -627,17 +648,22 @@ async def _ssh_selector(profile: Profile, creds: Credentials, refresh: HostCARef
 @run
 async def scp(recursive: bool, preserve: bool, port: int | None, login: str | None, paths: tuple[str, ...]) -> None:
     """Copy files to or from a node: SRC... DEST, with [LOGIN@]NODE:PATH on the remote side."""
+    from teleport_runtime.client.tsh_scp import check_local_sources, plan_copy, run_copy
+
     plan = plan_copy(list(paths))
     check_local_sources(plan, recursive)
     profile = _active_profile()
-    creds = Credentials.load(profile)
     remote = plan.remote
     assert remote.host is not None
     host = remote.host
     user = remote.login or login or getpass.getuser()
-    refresh = HostCARefresh(_store(), profile, creds.trust_host_cas).start()
+    refresh = _start_refresh(profile)
     proxy = node = None
     try:
+        from teleport_runtime.client.tsh_ssh import NODE_PORT, Credentials, close_all, connect_node, connect_proxy
+
+        creds = Credentials.load(profile)
+        refresh.on_learned = creds.trust_host_cas
         proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
         node = await refresh.verified(lambda: connect_node(proxy, profile, creds, user, host, port or NODE_PORT))
         await run_copy(node, plan, recursive=recursive, preserve=preserve)
@@ -660,6 +686,8 @@ def recordings() -> None:
 @run
 async def recordings_ls(since: str | None, fmt: str) -> None:
     """List the recorded sessions, oldest first."""
+    from teleport_runtime.client.tsh_recordings import list_recordings, recordings_table
+
     records = await list_recordings(_user_web_client(_active_profile()), since)
     if fmt == "json":
         echo_json(records)
@@ -677,6 +705,9 @@ async def recordings_ls(since: str | None, fmt: str) -> None:
 @run
 async def play(session_id: str, speed: str, skip_idle: bool, fmt: str) -> None:
     """Replay a recorded session (SESSION_ID as `tsh recordings ls` shows it)."""
+    from teleport_runtime.client.tsh_recordings import fetch_recording, play_recording
+    from teleport_runtime.recording import parse_speed
+
     parse_speed(speed)  # a typo fails before anything is fetched
     data = await fetch_recording(_user_web_client(_active_profile()), session_id)
     await play_recording(data, sys.stdout.buffer, fmt, speed, skip_idle)
@@ -692,6 +723,8 @@ def sessions() -> None:
 @run
 async def sessions_ls(fmt: str) -> None:
     """List the interactive sessions in progress: who, where, since when."""
+    from teleport_runtime.client.tsh_recordings import list_sessions, sessions_table
+
     active = await list_sessions(_user_web_client(_active_profile()))
     if fmt == "json":
         echo_json(active)
@@ -700,7 +733,15 @@ async def sessions_ls(fmt: str) -> None:
 
 
 def main() -> None:
-    """Entry point: usage mistakes and stray errors become one ``ERROR:`` line and exit 1 too."""
+    """Entry point: usage mistakes and stray errors become one ``ERROR:`` line and exit 1 too.
+    The process ends as soon as the command is done (:func:`_exit_now`)."""
+    try:
+        _main()
+    except SystemExit as exc:
+        _exit_now(exc.code)
+
+
+def _main() -> None:
     try:
         code = cli.main(prog_name="tsh", standalone_mode=False)
     except click.UsageError as exc:
@@ -710,6 +751,34 @@ def main() -> None:
         fail(exc.format_message())
     except click.Abort:
         fail("aborted")
-    except asyncssh.Error as exc:  # anything the command handlers did not translate
+    except Exception as exc:
+        # An asyncssh error the command handlers did not translate (asyncssh is loaded only by
+        # the commands that use it).
+        asyncssh = sys.modules.get("asyncssh")
+        if asyncssh is None or not isinstance(exc, asyncssh.Error):
+            raise
         fail(str(exc.reason))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_now(status: object) -> NoReturn:
+    """Exit with ``status`` (as ``sys.exit`` takes it) without the interpreter's shutdown.
+
+    Tearing down the modules an SSH command loads (asyncssh, cryptography, asyncio) costs
+    50-70 ms of CPU after every command, and nothing is left to do by then: the command has
+    written its files, closed its connections and restored the terminal, and ``asyncio.run``
+    has closed the event loop; the threads still alive are the daemon threads (stdin pump,
+    host CA refresh) and idle executor workers. Only the output buffers are flushed."""
+    if status is None:
+        code = 0
+    elif isinstance(status, int):
+        code = status
+    else:
+        print(status, file=sys.stderr)
+        code = 1
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        code = code or 120  # output that could not be written: the status Python's own exit uses
+    os._exit(code)

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from teleport_runtime.client.output import table
-from teleport_runtime.client.tsh_web import ProxyWebClient
 from teleport_runtime.durations import format_duration
 from teleport_runtime.errors import BadParameter
-from teleport_runtime.recording import check_session_id, parse_speed, play_async, read_cast, to_json
-from teleport_runtime.recording.client import recording_data
 from teleport_runtime.urlpath import api_path
+
+if TYPE_CHECKING:
+    from teleport_runtime.client.tsh_web import ProxyWebClient
+
+# teleport_runtime.recording is imported where it is used: the package brings the node's uploader
+# (aiohttp), which tsh imports for every command otherwise.
 
 #: ``tsh play --format``.
 PLAY_FORMATS = ("pty", "json", "asciicast")
@@ -29,6 +32,9 @@ async def list_recordings(client: ProxyWebClient, since: str | None = None) -> l
 
 async def fetch_recording(client: ProxyWebClient, session_id: str) -> bytes:
     """A recording's asciicast v2 bytes."""
+    from teleport_runtime.recording import check_session_id
+    from teleport_runtime.recording.client import recording_data
+
     check_session_id(session_id)
     return recording_data(await client.get(api_path("/webapi/recordings/{session_id}", session_id=session_id)),
                           session_id, "the proxy")
@@ -67,6 +73,8 @@ def sessions_table(sessions: list[dict[str, Any]]) -> str:
 async def play_recording(data: bytes, out: BinaryIO, fmt: str, speed: str, skip_idle: bool) -> None:
     """Write a recording to ``out``: replayed with its timing (``pty``), as one JSON document
     (``json``) or as the asciicast file itself (``asciicast``, for asciinema's players)."""
+    from teleport_runtime.recording import parse_speed, play_async, read_cast, to_json
+
     if fmt not in PLAY_FORMATS:
         raise BadParameter(f"unknown format {fmt!r}: expected one of {', '.join(PLAY_FORMATS)}")
     factor = parse_speed(speed)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-
-import asyncssh
+from typing import TYPE_CHECKING
 
 from teleport_runtime.errors import BadParameter, TeleportError
+
+if TYPE_CHECKING:
+    import asyncssh
 
 _REMOTE = re.compile(r"(?:(?P<login>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<path>.*)", re.DOTALL)
 
@@ -97,6 +99,8 @@ async def run_copy(
     conn: asyncssh.SSHClientConnection, plan: CopyPlan, *, recursive: bool, preserve: bool
 ) -> None:
     """Perform the copy over an SFTP session on ``conn`` (a connection to the node)."""
+    import asyncssh  # loaded already (by tsh_ssh, which made ``conn``)
+
     try:
         async with conn.start_sftp_client() as sftp:
             if plan.upload:

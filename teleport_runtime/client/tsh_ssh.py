@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes.util
 import os
 import select
 import signal
@@ -19,10 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncssh
-
 from teleport_runtime.client.tsh_profile import Profile
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem
+
+# On import, asyncssh looks for liboqs (for the sntrup761 hybrid key exchange) with
+# ctypes.util.find_library, which runs ldconfig and then gcc: 25-40 ms of every tsh ssh/scp.
+# tsh does not need it: our proxy and nodes offer mlkem768x25519, the post-quantum hybrid
+# asyncssh takes from cryptography, and curve25519 otherwise. Only the liboqs lookup is skipped,
+# and only while asyncssh is imported.
+_find_library = ctypes.util.find_library
+ctypes.util.find_library = lambda name: None if name in ("oqs", "liboqs") else _find_library(name)
+try:
+    import asyncssh
+finally:
+    ctypes.util.find_library = _find_library
 
 CHUNK = 256 * 1024
 #: AES-GCM first (AES instructions make it the cheapest per byte; tsh encrypts twice, once per

@@ -45,15 +45,14 @@ import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import asyncssh
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from teleport_runtime.ca import is_ca_cert, issuing_ca_matches
-from teleport_runtime.client.tsh_profile import Profile, ProfileStore
-from teleport_runtime.client.tsh_ssh import HostNotVerified
 from teleport_runtime.client.tsh_web import ProxyWebClient, UntrustedProxy, trusting_context
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError
+
+if TYPE_CHECKING:
+    from teleport_runtime.client.tsh_profile import Profile, ProfileStore
 
 T = TypeVar("T")
 
@@ -95,6 +94,8 @@ def host_cas_from_ping(ping: Any, cluster: str, proxy_cert: bytes | None) -> Hos
         raise BadParameter("the proxy's ping answer has no valid host_ca_certs (one CA certificate each)")
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
         raise BadParameter("the proxy's ping answer has no host_ca_keys: is the proxy up to date?")
+    import asyncssh  # here: `tsh ls`, `status` and `config` need it only for this check
+
     for key in keys:
         try:
             asyncssh.import_public_key(key)
@@ -194,6 +195,8 @@ class HostCARefresh:
     async def verified(self, connect: Callable[[], Awaitable[T]]) -> T:
         """``connect()``; when the host's certificate does not verify, wait for the refresh:
         try once more if it learned new host CAs, or explain a missed rotation."""
+        from teleport_runtime.client.tsh_ssh import HostNotVerified  # loaded already: connect() uses it
+
         try:
             return await connect()
         except HostNotVerified as exc:

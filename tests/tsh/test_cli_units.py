@@ -3,8 +3,10 @@ config text, and usage errors as one ERROR line."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,40 @@ def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> N
     assert result.returncode == 1
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "module, absent",
+    [
+        # every command: asyncssh only where SSH is spoken, pyotp/segno only for login and
+        # sign-up, the recording code (and aiohttp with it) only for the recording commands
+        ("teleport_runtime.client.tsh", ["asyncssh", "segno", "pyotp", "aiohttp", "teleport_runtime.recording"]),
+        # `tsh ls`, `status` and `config` refresh the host CAs without SSH
+        ("teleport_runtime.client.tsh_trust", ["asyncssh", "segno", "pyotp", "aiohttp"]),
+        ("teleport_runtime.client.tsh_recordings", ["asyncssh", "aiohttp", "teleport_runtime.recording"]),
+    ],
+)
+def test_tsh_imports_only_what_a_command_needs(module: str, absent: list[str]) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    assert result.stdout.split() == []
+
+
+def test_tsh_ssh_keeps_the_post_quantum_key_exchange() -> None:
+    """tsh skips asyncssh's liboqs lookup when it imports it; the hybrid our servers prefer
+    (mlkem768x25519, from cryptography) stays first among tsh's key exchanges."""
+    repo = Path(__file__).resolve().parents[2]
+    code = (
+        "import teleport_runtime.client.tsh_ssh, asyncssh.kex, asyncssh.crypto.pq as pq;"
+        "from teleport_runtime.sshserver import KEX_ALGS;"
+        "print(pq.mlkem_available, KEX_ALGS[0],"
+        " [a.decode() for a in asyncssh.kex.get_default_kex_algs() if not a.startswith(b'gss-')][0])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(repo)}, check=True)
+    mlkem, server_first, client_first = result.stdout.split()
+    if mlkem != "True":
+        pytest.skip("this cryptography has no ML-KEM")
+    assert server_first == client_first == "mlkem768x25519-sha256"
