@@ -39,14 +39,6 @@ def weak_options(weak: str) -> list[str]:
     return [arg for option in weak.split() for arg in ("-o", option)]
 
 
-@pytest.fixture
-def client_files(tmp_path, node, issue, os_login):
-    key_path, cert_path = issue([os_login]).write(tmp_path)
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("".join(f"@cert-authority * {k}\n" for k in node.host_ca.trusted_ssh_public_keys()))
-    return key_path, cert_path, known_hosts
-
-
 async def openssh(port: int, files: tuple[Path, Path, Path], login: str, *extra: str) -> tuple[int, str, str]:
     return await execute(
         require_binary("ssh"), *options(*files), *extra, "-p", str(port), f"{login}@127.0.0.1", "echo in",

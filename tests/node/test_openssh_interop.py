@@ -17,13 +17,6 @@ from .conftest import WAIT
 pytestmark = pytest.mark.interop
 
 
-@pytest.fixture
-def client_files(tmp_path, node, issue, os_login):
-    """Key, certificate and a known_hosts trusting the host CA, for the OpenSSH tools."""
-    key_path, cert_path = issue([os_login]).write(tmp_path)
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text("".join(f"@cert-authority * {k}\n" for k in node.host_ca.trusted_ssh_public_keys()))
-    return key_path, cert_path, known_hosts
 
 
 def options(key_path: Path, cert_path: Path, known_hosts: Path) -> list[str]:
