@@ -9,11 +9,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from teleport_runtime.recording.spool import SessionRecorder
+from tests.proxy.harness import LocalCluster
 
 META = {
     "user": "alice",
@@ -148,3 +150,14 @@ class Relay:
         with self._lock:
             self._counts[conn_id] = self._counts.get(conn_id, 0) + size
             return self._threshold is not None and self._counts[conn_id] >= self._threshold
+
+
+@pytest.fixture
+async def in_process(tmp_path: Path) -> AsyncIterator[LocalCluster]:
+    """An auth service (and what the tests add to it) in this process, stopped after the test."""
+    cluster = LocalCluster(tmp_path / "cluster")
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()

@@ -5,9 +5,7 @@ answers; and that every refusal to a user is audited."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -26,13 +24,9 @@ SID = "7d3e0c1a-0000-4000-8000-00000000abcd"
 
 
 @pytest.fixture
-async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path / "cluster")
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop()
+def cluster(in_process: LocalCluster) -> LocalCluster:
+    """The in-process cluster (tests/recording/conftest.py), under the name these tests use."""
+    return in_process
 
 
 async def _user_client(cluster: LocalCluster, name: str, roles: list[str], ca: object = None) -> AuthClient:

@@ -25,16 +25,6 @@ MiB = 1024 * 1024
 SID = "5b0c4d6e-0000-4000-8000-00000000f00d"
 
 
-@pytest.fixture
-async def in_process(tmp_path: Path) -> AsyncIterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path / "cluster")
-    await cluster.start()
-    try:
-        yield cluster
-    finally:
-        await cluster.stop()
-
-
 def _leftovers(cluster: LocalCluster) -> list[str]:
     root = cluster.auth.recordings.root
     return sorted(p.name for p in root.iterdir() if p.is_file()) if root.exists() else []
