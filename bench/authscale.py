@@ -38,7 +38,7 @@ import uvloop
 from bench.env import BenchError, cpu_seconds, rss_bytes
 from bench.figures import Figure
 from bench.profiling import Sampler
-from teleport_runtime.agent.client import (
+from teleport_runtime.api.client import (
     API_SERVER_NAME,
     KEEPALIVE_SECONDS,
     AuthClient,

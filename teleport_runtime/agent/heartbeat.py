@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from teleport_runtime.agent.client import AuthClient
+from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.types import HeartbeatAnswer, HeartbeatReport
 from teleport_runtime.errors import TeleportError
 
 log = logging.getLogger("teleport.heartbeat")
@@ -27,7 +28,7 @@ class Heartbeat:
         self.sent = 0
         self.ok = asyncio.Event()
         #: The last answer: the interval and cluster settings such as ``session_recording``.
-        self.answer: dict[str, Any] = {}
+        self.answer = HeartbeatAnswer()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="heartbeat")
@@ -42,9 +43,9 @@ class Heartbeat:
             self._task = None
 
     async def beat(self) -> None:
-        answer = await self.client.post("/v1/heartbeat", self.report())
-        self.interval = float(answer.get("heartbeat_interval", self.interval))
-        self.answer = dict(answer)
+        answer = await self.client.heartbeat(HeartbeatReport.from_json(self.report()))
+        self.interval = answer.heartbeat_interval
+        self.answer = answer
         self.sent += 1
         self.ok.set()
 

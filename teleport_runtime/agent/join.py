@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from teleport_runtime.agent.client import AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.agent.identity import Identity, host_uuid, load_cert_chain
+from teleport_runtime.api.client import AuthClient, insecure_ssl_context, trusting_ssl_context
+from teleport_runtime.api.types import IssuedIdentity, JoinRequest
 from teleport_runtime.ca import check_ca_pins, generate_ssh_keypair, generate_tls_keypair
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import AccessDenied, ConfigError
@@ -60,8 +61,8 @@ async def join_cluster(
     """Join with ``token`` as ``role`` (node or proxy); returns the issued identity.
     ``presenting``: this host's identity of another role, shown on the join connection."""
     async with AuthClient(auth_servers, insecure_ssl_context(), verify_name=False) as probe:
-        cas = await probe.get("/v1/ca")
-    ca_certs = [c.encode() for c in cas.get("host_ca_certs", [])]
+        cas = await probe.ca()
+    ca_certs = [c.encode() for c in cas.host_ca_certs]
     if ca_pins:
         try:
             check_ca_pins(ca_certs, ca_pins)
@@ -79,32 +80,26 @@ async def join_cluster(
     if presenting is not None:
         load_cert_chain(context, presenting.tls_cert, presenting.tls_key)
     async with AuthClient(auth_servers, context) as client:
-        issued = await client.post(
-            "/v1/join",
-            {
-                "token": token,
-                "role": role,
-                "host_uuid": uuid,
-                "nodename": nodename,
-                "ssh_public_key": ssh_public,
-                "tls_public_key": tls_public.decode(),
-                "addresses": addresses,
-            },
-        )
+        issued = await client.join(JoinRequest(
+            token=token, role=role, host_uuid=uuid, nodename=nodename, ssh_public_key=ssh_public,
+            tls_public_key=tls_public, addresses=tuple(addresses),
+        ))
     return issued_identity(issued, tls_key=tls_key, ssh_key=ssh_key)
 
 
-def issued_identity(issued: dict[str, Any], *, tls_key: bytes, ssh_key: bytes) -> Identity:
-    """The identity an auth answer issued (``/v1/join``, ``/v1/reregister``) for the keys the
-    agent generated."""
+def issued_identity(issued: IssuedIdentity | dict[str, Any], *, tls_key: bytes, ssh_key: bytes) -> Identity:
+    """The identity an auth answer issued (at join and re-registration) for the keys the agent
+    generated; ``issued`` may be the answer's JSON form."""
+    if not isinstance(issued, IssuedIdentity):
+        issued = IssuedIdentity.from_json(issued)
     return Identity(
         tls_key=tls_key,
-        tls_cert=issued["tls_cert"].encode(),
-        ca_certs=[c.encode() for c in issued["host_ca_certs"]],
+        tls_cert=issued.tls_cert.encode(),
+        ca_certs=[c.encode() for c in issued.host_ca_certs],
         ssh_key=ssh_key,
-        ssh_cert=issued["ssh_cert"],
-        user_ca_keys=list(issued["user_ca_keys"]),
-        host_ca_keys=list(issued["host_ca_keys"]),
+        ssh_cert=issued.ssh_cert,
+        user_ca_keys=list(issued.user_ca_keys),
+        host_ca_keys=list(issued.host_ca_keys),
     )
 
 

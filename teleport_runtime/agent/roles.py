@@ -11,8 +11,8 @@ import logging
 import time
 from pathlib import Path
 
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import write_private
+from teleport_runtime.api.client import AuthClient
 from teleport_runtime.errors import AccessDenied, TeleportError
 from teleport_runtime.rbac import Role, parse_role
 
@@ -36,7 +36,7 @@ class RoleCache:
             self._roles = {}
 
     async def refresh(self) -> None:
-        data = await self.client.get("/v1/roles")
+        data = [role.to_json() for role in await self.client.roles()]
         self._roles = {r["metadata"]["name"]: parse_role(r) for r in data}
         self._fetched = time.monotonic()
         write_private(self.cache_file, json.dumps(data))

@@ -43,12 +43,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from teleport_runtime.agent.client import AuthClient, insecure_ssl_context
 from teleport_runtime.agent.identity import Identity, write_private
 from teleport_runtime.agent.join import issued_identity
+from teleport_runtime.api.client import AuthClient, insecure_ssl_context
+from teleport_runtime.api.types import AuthorityState, PublicCAs, ReregisterRequest
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, issuing_ca_matches
 from teleport_runtime.errors import AccessDenied, ConnectionProblem, TeleportError
-from teleport_runtime.urlpath import api_path
 
 log = logging.getLogger("teleport.rotation")
 
@@ -188,21 +188,20 @@ class RotationSync:
 
     async def sync(self, wait: float = 0) -> None:
         """Read the CA state (waiting up to ``wait`` s for a change) and converge to it."""
-        path = api_path("/v1/authorities/watch", query={"revision": self.revision, "wait": f"{wait:g}"})
         try:
-            state = await self.client.get(path, time_limit=wait + 30)
+            state = await self.client.watch_authorities(self.revision, wait)
         except (ConnectionProblem, AccessDenied) as exc:
             await self._check_still_trusted(exc)
             raise
         await self.apply(state)
-        self.revision = str(state.get("revision") or "")
+        self.revision = state.revision
         self.synced.set()
 
-    async def apply(self, state: dict[str, Any]) -> None:
-        """Converge identity and trust to ``state`` (``GET /v1/authorities/watch``'s answer)."""
-        rotation, cas, signing = state["rotation"], state["cas"], state["signing"]
-        host_phase = rotation["host"]["phase"]
-        signer = signing["host_ca_cert"].encode()
+    async def apply(self, state: AuthorityState) -> None:
+        """Converge identity and trust to ``state`` (the CA watch's answer)."""
+        rotation, cas = state.rotation, state.cas
+        host_phase = rotation["host"].phase
+        signer = state.signing["host_ca_cert"].encode()
         if host_phase == "update_clients":
             if not _signed_by(self.client_identity, signer):
                 self.replacement = await self._reregister()
@@ -219,8 +218,8 @@ class RotationSync:
             elif self.replacement is not None:
                 self._drop_replacement()
         self._set_trust(cas)
-        self.on_cas(cas)
-        applied = {ca_type: {"phase": rotation[ca_type]["phase"], "id": rotation[ca_type].get("id") or ""}
+        self.on_cas(cas.to_json())
+        applied = {ca_type: {"phase": rotation[ca_type].phase, "id": rotation[ca_type].id}
                    for ca_type in CA_TYPES}
         if applied != self.applied:
             self.applied = applied
@@ -244,11 +243,11 @@ class RotationSync:
         shutil.rmtree(self.directory / REPLACEMENT_DIR, ignore_errors=True)
         self._use_client_identity()
 
-    def _set_trust(self, cas: dict[str, Any]) -> None:
+    def _set_trust(self, cas: PublicCAs) -> None:
         """Trust exactly the host CA certs and user CA keys the cluster trusts now."""
-        host_certs = [c.encode() for c in cas["host_ca_certs"]]
-        user_keys = list(cas["user_ca_keys"])
-        host_keys = list(cas["host_ca_keys"])
+        host_certs = [c.encode() for c in cas.host_ca_certs]
+        user_keys = list(cas.user_ca_keys)
+        host_keys = list(cas.host_ca_keys)
         changed = False
         for identity, directory in ((self.identity, self.directory),
                                     (self.replacement, self.directory / REPLACEMENT_DIR)):
@@ -267,9 +266,8 @@ class RotationSync:
         """A new identity from the auth service, asked for with the current one (no token)."""
         ssh_key, ssh_public = generate_ssh_keypair()
         tls_key, tls_public = generate_tls_keypair()
-        issued = await self.client.post(
-            "/v1/reregister",
-            {"ssh_public_key": ssh_public, "tls_public_key": tls_public.decode(), "addresses": self.addresses},
+        issued = await self.client.reregister(
+            ReregisterRequest(ssh_public_key=ssh_public, tls_public_key=tls_public, addresses=tuple(self.addresses))
         )
         log.info("%s re-registered with the auth service", self.role)
         return issued_identity(issued, tls_key=tls_key, ssh_key=ssh_key)
@@ -283,10 +281,10 @@ class RotationSync:
         """
         try:
             async with AuthClient(self.client.addresses, insecure_ssl_context(), verify_name=False) as probe:
-                cas = await probe.get("/v1/ca")
+                cas = await probe.ca()
         except TeleportError:
             return
-        current = [c.encode() for c in cas.get("host_ca_certs") or []]
+        current = [c.encode() for c in cas.host_ca_certs]
         if not current or any(_signed_by(identity, cert) for identity in filter(None, (self.identity, self.replacement))
                               for cert in current):
             return

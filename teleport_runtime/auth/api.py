@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import logging
 import ssl
 import weakref
@@ -23,13 +24,23 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
 from teleport_runtime.agent.identity import load_cert_chain
+from teleport_runtime.api import routes as r
+from teleport_runtime.api import types as t
+from teleport_runtime.api.names import (
+    HEADER_FORWARDED_ADDR,
+    HEADER_FORWARDED_USER,
+    MAX_BODY_BYTES,
+    MAX_STREAM_CHUNK,
+    MAX_WATCH_SECONDS,
+    SERVER_KEEPALIVE_SECONDS,
+)
+from teleport_runtime.api.routes import PUBLIC, Endpoint
+from teleport_runtime.api.wire import encode
 from teleport_runtime.auth.audit import AGENT_EVENTS, check_agent_event
-from teleport_runtime.auth.bodies import check_request_body
 from teleport_runtime.auth.hosts import LOCKS_PREFIX, Lock, key_fingerprint
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
-from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService, JoinRequest
+from teleport_runtime.auth.service import AUTHORITIES_PREFIX, AuthService
 from teleport_runtime.auth.users import login_source
 from teleport_runtime.backend import EventType, Watcher
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, parse_tls_identity
@@ -42,35 +53,12 @@ from teleport_runtime.recording.asciicast import check_session_id
 log = logging.getLogger("teleport.auth.api")
 
 Handler = Callable[[web.Request], Awaitable[Any]]
-PUBLIC = ()
-#: The proxy forwards the user certificate a request came with (base64 DER), and the client's
-#: address, so the auth service decides for the user (``/webapi/recordings``...).
-HEADER_FORWARDED_USER = "X-Teleport-User-Cert"
-HEADER_FORWARDED_ADDR = "X-Teleport-Remote-Addr"
-#: Largest body of one ``node-sync`` stream append.
-MAX_STREAM_CHUNK = 1024 * 1024
-#: The longest an agent's CA watch is held open (``GET /v1/authorities/watch?wait=``).
-MAX_WATCH_SECONDS = 60.0
-#: Idle connections are closed after this long: twice the agents' keep-alive, so an agent holds
-#: one connection across its heartbeats and is always the side that closes it (a request never
-#: meets a connection the server is closing).
-KEEPALIVE_SECONDS = 2 * AGENT_KEEPALIVE_SECONDS
 #: Joins per source address: a burst a fleet installing through one NAT gets through, then a
 #: steady rate; a refused join (a wrong token) costs ``JOIN_FAILURE_COST`` more, so guessing
 #: tokens runs at about one a second.
 JOIN_BURST = 100
 JOIN_RATE = 50.0
 JOIN_FAILURE_COST = 50.0
-
-
-def _route(roles: tuple[str, ...]) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
-    """Mark a handler with the system roles it admits (``PUBLIC``: no client cert needed)."""
-
-    def wrap(fn: Callable[..., Awaitable[Any]]) -> Handler:
-        fn.allowed_roles = roles  # type: ignore[attr-defined]
-        return fn
-
-    return wrap
 
 
 @dataclass(frozen=True)
@@ -124,6 +112,7 @@ class AuthAPI:
         self.join_limit = TokenBuckets(rate=JOIN_RATE, burst=JOIN_BURST, what="join attempts")
         self._ca_watcher: Watcher | None = None
         self._trust: TrustedCAs | None = None
+        self._endpoints: dict[web.AbstractRoute, Endpoint] = {}
 
     # ------------------------------------------------------------------ TLS
 
@@ -148,38 +137,54 @@ class AuthAPI:
 
     # ------------------------------------------------------------------ serving
 
+    def routes(self) -> list[tuple[Endpoint, Handler]]:
+        """The route table: each endpoint of the contract (its method, path and roles are in
+        :mod:`teleport_runtime.api.routes`) with the handler that serves it."""
+        return [
+            (r.CA, self.get_ca),
+            (r.JOIN, self.join),
+            (r.REREGISTER, self.reregister),
+            (r.HEARTBEAT, self.heartbeat),
+            (r.NODES, self.list_nodes),
+            (r.REMOVE_NODE, self.remove_node),
+            (r.PROXIES, self.list_proxies),
+            (r.STATUS, self.status),
+            (r.TOKENS, self.list_tokens),
+            (r.CREATE_TOKEN, self.create_token),
+            (r.DELETE_TOKEN, self.delete_token),
+            (r.ROLES, self.list_roles),
+            (r.UPSERT_ROLE, self.upsert_role),
+            (r.DELETE_ROLE, self.delete_role),
+            (r.USERS, self.list_users),
+            (r.ADD_USER, self.add_user),
+            (r.UPDATE_USER, self.update_user),
+            (r.DELETE_USER, self.delete_user),
+            (r.RESET_USER, self.reset_user),
+            (r.LOGIN, self.login),
+            (r.SIGNUP_INFO, self.signup_info),
+            (r.SIGNUP, self.signup),
+            (r.SIGN_USER, self.sign_user),
+            (r.SIGN_HOST, self.sign_host),
+            (r.EMIT_AUDIT, self.emit_audit),
+            (r.ROTATE, self.rotate),
+            (r.ROTATION, self.rotation_state),
+            (r.WATCH_AUTHORITIES, self.watch_authorities),
+            (r.SEARCH_AUDIT, self.search_audit),
+            (r.RECORDINGS, self.list_recordings),
+            (r.RECORDING, self.get_recording),
+            (r.UPLOAD_RECORDING, self.upload_recording),
+            (r.STREAM_RECORDING, self.stream_recording),
+            (r.ACTIVE_SESSIONS, self.list_active_sessions),
+            (r.START_SESSION, self.start_active_session),
+            (r.KEEP_ALIVE_SESSION, self.keep_alive_session),
+            (r.END_SESSION, self.end_active_session),
+        ]
+
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=4 * 1024 * 1024)
-        app.router.add_get("/v1/ca", self.get_ca)
-        app.router.add_post("/v1/join", self.join)
-        app.router.add_post("/v1/reregister", self.reregister)
-        app.router.add_post("/v1/heartbeat", self.heartbeat)
-        app.router.add_get("/v1/nodes", self.list_nodes)
-        app.router.add_delete("/v1/nodes/{name}", self.remove_node)
-        app.router.add_get("/v1/proxies", self.list_proxies)
-        app.router.add_get("/v1/status", self.status)
-        app.router.add_get("/v1/tokens", self.list_tokens)
-        app.router.add_post("/v1/tokens", self.create_token)
-        app.router.add_delete("/v1/tokens/{token}", self.delete_token)
-        app.router.add_get("/v1/roles", self.list_roles)
-        app.router.add_post("/v1/roles", self.upsert_role)
-        app.router.add_delete("/v1/roles/{name}", self.delete_role)
-        app.router.add_get("/v1/users", self.list_users)
-        app.router.add_post("/v1/users", self.add_user)
-        app.router.add_put("/v1/users/{name}", self.update_user)
-        app.router.add_delete("/v1/users/{name}", self.delete_user)
-        app.router.add_post("/v1/users/{name}/reset", self.reset_user)
-        app.router.add_post("/v1/users/login", self.login)
-        app.router.add_get("/v1/signup/{token}", self.signup_info)
-        app.router.add_post("/v1/signup", self.signup)
-        app.router.add_post("/v1/certs/user", self.sign_user)
-        app.router.add_post("/v1/certs/host", self.sign_host)
-        app.router.add_post("/v1/audit", self.emit_audit)
-        app.router.add_post("/v1/authorities/{type}/rotate", self.rotate)
-        app.router.add_get("/v1/authorities/rotation", self.rotation_state)
-        app.router.add_get("/v1/authorities/watch", self.watch_authorities)
-        app.router.add_get("/v1/audit", self.search_audit)
-        self._add_recording_routes(app)
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY_BYTES)
+        for endpoint, handler in self.routes():
+            route = app.router.add_route(endpoint.method, endpoint.path, handler)
+            self._endpoints[route] = endpoint
         return app
 
     async def start(self, host: str, port: int, extra_names: list[str]) -> int:
@@ -188,7 +193,7 @@ class AuthAPI:
         outer = await self.build_ssl_context(extra_names)
         outer.sni_callback = self._select_context
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                                    keepalive_timeout=KEEPALIVE_SECONDS)
+                                    keepalive_timeout=SERVER_KEEPALIVE_SECONDS)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=outer, reuse_address=True)
         await site.start()
@@ -209,12 +214,12 @@ class AuthAPI:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            roles = getattr(handler, "allowed_roles", None)
-            if roles is None:
+            endpoint = self._endpoints.get(request.match_info.route)
+            if endpoint is None:
                 raise AccessDenied("no such endpoint")
-            if roles != PUBLIC:
+            if endpoint.roles != PUBLIC:
                 identity = await self._caller(request)
-                if not set(system_roles(identity)) & set(roles):
+                if not set(system_roles(identity)) & set(endpoint.roles):
                     log.warning(
                         "denied %s %s to %s (roles %s)",
                         request.method, request.path, identity.name, ",".join(identity.roles),
@@ -227,11 +232,12 @@ class AuthAPI:
                     })
                     raise AccessDenied(reason)
                 request["identity"] = identity
-            await check_request_body(request)  # types and sizes, before any handler reads it
+            if endpoint.body is not None:  # types and sizes, before any handler reads it
+                request["body"] = endpoint.body.from_json(await read_object(request), str(endpoint))
             result = await handler(request)
             if isinstance(result, web.StreamResponse):
                 return result
-            return web.json_response(result)
+            return web.json_response(encode(result))
         except web.HTTPException:
             raise
         except TeleportError as exc:
@@ -304,11 +310,9 @@ class AuthAPI:
 
     # ------------------------------------------------------------------ handlers
 
-    @_route(PUBLIC)
     async def get_ca(self, _request: web.Request) -> dict[str, Any]:
         return await self.auth.public_cas()
 
-    @_route(PUBLIC)
     async def join(self, request: web.Request) -> dict[str, Any]:
         remote = request.remote or "unknown"
         try:
@@ -316,20 +320,9 @@ class AuthAPI:
         except RateLimited as exc:
             if not exc.first:
                 raise
-            raise await self.auth.refuse(exc, resource="/v1/join", remote_addr=remote) from None
-        body = await read_object(request)
-        try:
-            req = JoinRequest(
-                token=str(body["token"]),
-                role=str(body["role"]).lower(),
-                host_uuid=str(body["host_uuid"]),
-                nodename=str(body["nodename"]),
-                ssh_public_key=str(body["ssh_public_key"]),
-                tls_public_key=str(body["tls_public_key"]).encode(),
-                addresses=tuple(str(a) for a in body.get("addresses") or ()),
-            )
-        except KeyError as exc:
-            raise BadParameter(f"join request is missing {exc.args[0]}") from None
+            raise await self.auth.refuse(exc, resource=r.JOIN.path, remote_addr=remote) from None
+        sent: t.JoinRequest = request["body"]
+        req = dataclasses.replace(sent, role=sent.role.lower())
         # A host joining a second role (node and proxy on one host) proves it is the host
         # holding its UUID with the certificate of its first role.
         presented = None
@@ -344,64 +337,47 @@ class AuthAPI:
             self.join_limit.charge(remote, JOIN_FAILURE_COST)
             raise
 
-    @_route(("Node", "Proxy"))
     async def reregister(self, request: web.Request) -> dict[str, Any]:
         """A new identity for the caller's own UUID, name, role and certificate names: names in
         the body are ignored."""
-        body = await read_object(request)
+        body: t.ReregisterRequest = request["body"]
         peer: PeerCert = request["peer"]
         return await self.auth.reregister(
-            request["identity"],
-            list(peer.names),
-            str(body.get("ssh_public_key") or ""),
-            str(body.get("tls_public_key") or "").encode(),
-            request.remote or "",
+            request["identity"], list(peer.names), body.ssh_public_key, body.tls_public_key, request.remote or "",
         )
 
-    @_route(("Node", "Proxy"))
     async def heartbeat(self, request: web.Request) -> dict[str, Any]:
         identity: TLSIdentity = request["identity"]
         if not identity.host_uuid:
             raise AccessDenied("heartbeat needs a host identity")
-        body = await read_object(request)
         peer: PeerCert = request["peer"]
-        return await self.auth.heartbeat(identity, list(peer.names), body, request.remote or "")
+        return await self.auth.heartbeat(identity, list(peer.names), request["body"], request.remote or "")
 
-    @_route(("Node", "Proxy", "Admin"))
     async def list_nodes(self, request: web.Request) -> list[dict[str, Any]]:
         return await self.auth.list_hosts("Node")
 
-    @_route(("Admin",))
     async def remove_node(self, request: web.Request) -> dict[str, Any]:
         """``tctl nodes rm``: remove a host and lock its certificates."""
         return await self.auth.remove_host(request.match_info["name"])
 
-    @_route(("Node", "Proxy", "Admin"))
     async def list_proxies(self, request: web.Request) -> list[dict[str, Any]]:
         return await self.auth.list_hosts("Proxy")
 
-    @_route(("Admin",))
     async def status(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.status()
 
-    @_route(("Admin",))
     async def list_tokens(self, request: web.Request) -> list[dict[str, Any]]:
         return [t.to_dict() for t in await self.auth.tokens.list()]
 
-    @_route(("Admin",))
     async def create_token(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
-        ttl = parse_duration(body["ttl"]) if body.get("ttl") else None
-        roles = body.get("roles") or ["node"]
-        if not isinstance(roles, list):
-            raise BadParameter("roles must be a list such as [\"node\", \"proxy\"]")
-        token = await self.auth.tokens.create(roles, ttl=ttl, value=body.get("token"))
+        body: t.TokenRequest = request["body"]
+        ttl = parse_duration(body.ttl) if body.ttl else None
+        token = await self.auth.tokens.create(list(body.roles) or ["node"], ttl=ttl, value=body.token)
         result = token.to_dict()
         result["ca_pins"] = await self.auth.ca_pins()
         result["auth_server"] = self.auth.advertise_addr()
         return result
 
-    @_route(("Admin",))
     async def delete_token(self, request: web.Request) -> dict[str, Any]:
         await self.auth.tokens.delete(request.match_info["token"])
         return {"deleted": request.match_info["token"]}
@@ -409,48 +385,38 @@ class AuthAPI:
 
     # ------------------------------------------------------------------ roles and users
 
-    @_route(("Node", "Proxy", "Admin"))
     async def list_roles(self, _request: web.Request) -> list[dict[str, Any]]:
         return [r.to_dict() for r in await self.auth.users.list_roles()]
 
-    @_route(("Admin",))
     async def upsert_role(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
-        role, existed = await self.auth.users.upsert_role(
-            body.get("role") or {}, force=bool(body.get("force"))
-        )
+        body: t.RoleUpsert = request["body"]
+        role, existed = await self.auth.users.upsert_role(body.role, force=body.force)
         return {"name": role.name, "existed": existed}
 
-    @_route(("Admin",))
     async def delete_role(self, request: web.Request) -> dict[str, Any]:
         await self.auth.users.delete_role(request.match_info["name"])
         return {"deleted": request.match_info["name"]}
 
-    @_route(("Admin",))
     async def list_users(self, _request: web.Request) -> list[dict[str, Any]]:
         return [u.public() for u in await self.auth.users.list_users()]
 
-    @_route(("Admin",))
     async def add_user(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
-        return await self.auth.users.add_user(
-            str(body.get("name") or ""), list(body.get("roles") or []), list(body.get("logins") or [])
-        )
+        body: t.UserAdd = request["body"]
+        return await self.auth.users.add_user(body.name, list(body.roles), list(body.logins))
 
-    @_route(("Admin",))
     async def update_user(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
+        body: t.UserUpdate = request["body"]
         user = await self.auth.users.update_user(
-            request.match_info["name"], body.get("roles"), body.get("logins")
+            request.match_info["name"],
+            None if body.roles is None else list(body.roles),
+            None if body.logins is None else list(body.logins),
         )
         return user.public()
 
-    @_route(("Admin",))
     async def delete_user(self, request: web.Request) -> dict[str, Any]:
         await self.auth.users.delete_user(request.match_info["name"])
         return {"deleted": request.match_info["name"]}
 
-    @_route(("Admin",))
     async def reset_user(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.users.reset_user(request.match_info["name"])
 
@@ -469,13 +435,10 @@ class AuthAPI:
         login_source(forwarded)  # an IP address (and port), nothing else
         return forwarded
 
-    @_route(("Proxy",))
     async def login(self, request: web.Request) -> dict[str, Any]:
         remote_addr = self._client_addr(request)
-        body = await read_object(request)
-        return await self.auth.login(body, remote_addr)
+        return await self.auth.login(request["body"], remote_addr)
 
-    @_route(("Proxy",))
     async def signup_info(self, request: web.Request) -> dict[str, Any]:
         token = request.match_info["token"]
         try:
@@ -491,16 +454,13 @@ class AuthAPI:
             "remote_addr": remote_addr[:64], "reason": exc.message,
         })
 
-    @_route(("Proxy",))
     async def signup(self, request: web.Request) -> dict[str, Any]:
         """Complete a sign-up; audited (``user.signup``) either way, a refused token too."""
         remote_addr = self._client_addr(request)
-        body = await read_object(request)
-        token = str(body.get("token") or "")
+        body: t.SignupRequest = request["body"]
+        token = body.token
         try:
-            user = await self.auth.users.complete_signup(
-                token, str(body.get("password") or ""), str(body.get("otp") or "")
-            )
+            user = await self.auth.users.complete_signup(token, body.password, body.otp)
         except (AccessDenied, BadParameter) as exc:
             await self._signup_refused(token, remote_addr, exc)
             raise
@@ -508,32 +468,22 @@ class AuthAPI:
                                     "remote_addr": remote_addr})
         return {"user": user.name}
 
-    @_route(("Admin",))
     async def sign_user(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
-        return await self.auth.sign_user(
-            str(body.get("user") or ""),
-            str(body.get("ssh_public_key") or ""),
-            str(body.get("tls_public_key") or "").encode() or None,
-            body.get("ttl"),
-        )
+        body: t.UserCertRequest = request["body"]
+        return await self.auth.sign_user(body.user, body.ssh_public_key, body.tls_public_key.encode() or None, body.ttl)
 
-    @_route(("Admin",))
     async def sign_host(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
-        ttl = parse_duration(body["ttl"]) if body.get("ttl") else None
-        cert = await self.auth.sign_openssh_host(
-            list(body.get("names") or []), str(body.get("ssh_public_key") or ""), ttl
-        )
+        body: t.HostCertRequest = request["body"]
+        ttl = parse_duration(body.ttl) if body.ttl else None
+        cert = await self.auth.sign_openssh_host(list(body.names), body.ssh_public_key, ttl)
         return {"ssh_cert": cert}
 
-    @_route(("Node", "Proxy"))
     async def emit_audit(self, request: web.Request) -> dict[str, Any]:
         """An agent's event, within what its role may write (:func:`check_agent_event`); a
         refusal is final for the sender and audited as ``access.denied``."""
         identity: TLSIdentity = request["identity"]
         host_uuid = self._host(request)
-        body = await read_object(request)
+        body = request["body"].to_json()
         if not body.get("event"):
             raise BadParameter("an audit event needs an 'event' field")
         role = next((r for r in system_roles(identity) if r in AGENT_EVENTS), "")
@@ -549,7 +499,6 @@ class AuthAPI:
             raise
         return await self.auth.audit.emit(record)
 
-    @_route(("Admin", "User", "Proxy"))
     async def search_audit(self, request: web.Request) -> list[dict[str, Any]]:
         await self._authorize(request, "event", "list")
         since = parse_duration(request.query.get("since", "1h"))
@@ -558,31 +507,17 @@ class AuthAPI:
 
     # ------------------------------------------------------------------ CA rotation
 
-    @_route(("Admin",))
     async def rotate(self, request: web.Request) -> dict[str, Any]:
-        body = await read_object(request)
+        body: t.RotateRequest = request["body"]
         return await self.auth.rotation.rotate(
-            request.match_info["type"],
-            mode=body.get("mode") or "auto",
-            target_phase=body.get("phase"),
-            grace_period=body.get("grace_period"),
+            request.match_info["type"], mode=body.mode or "auto", target_phase=body.phase,
+            grace_period=body.grace_period,
         )
 
-    @_route(("Node", "Proxy", "Admin"))
     async def rotation_state(self, _request: web.Request) -> dict[str, Any]:
         return {t: await self.auth.rotation.view(t) for t in ("host", "user")}
 
     # ------------------------------------------------------------------ recordings and sessions
-
-    def _add_recording_routes(self, app: web.Application) -> None:
-        app.router.add_get("/v1/recordings", self.list_recordings)
-        app.router.add_get("/v1/recordings/{session_id}", self.get_recording)
-        app.router.add_post("/v1/recordings/{session_id}", self.upload_recording)
-        app.router.add_post("/v1/recordings/{session_id}/stream", self.stream_recording)
-        app.router.add_get("/v1/sessions/active", self.list_active_sessions)
-        app.router.add_post("/v1/sessions/active", self.start_active_session)
-        app.router.add_post("/v1/sessions/active/{session_id}/keepalive", self.keep_alive_session)
-        app.router.add_delete("/v1/sessions/active/{session_id}", self.end_active_session)
 
     async def _forwarded_user(self, encoded: str) -> TLSIdentity:
         """The user certificate a proxy forwards: checked as if the user had presented it."""
@@ -623,18 +558,15 @@ class AuthAPI:
             raise AccessDenied("this endpoint needs a host identity")
         return identity.host_uuid
 
-    @_route(("Admin", "User", "Proxy"))
     async def list_recordings(self, request: web.Request) -> list[dict[str, Any]]:
         await self._authorize(request, "session", "list")
         return await self.auth.recordings.list(parse_since(request.query.get("since")))
 
-    @_route(("Admin", "User", "Proxy"))
     async def get_recording(self, request: web.Request) -> web.StreamResponse | dict[str, Any]:
         await self._authorize(request, "session", "read")
         return await download(self.auth.recordings, request.match_info["session_id"],
                               request.query.get("encoding", ""))
 
-    @_route(("Node",))
     async def upload_recording(self, request: web.Request) -> dict[str, Any]:
         server_id = self._host(request)
         # Streamed to a temp file beside the recordings, never whole in memory.
@@ -645,7 +577,6 @@ class AuthAPI:
             upload.discard()
         return {k: record.get(k) for k in ("session_id", "size", "sha256", "stored_at", "duplicate")}
 
-    @_route(("Node",))
     async def stream_recording(self, request: web.Request) -> dict[str, Any]:
         server_id = self._host(request)
         session_id = check_session_id(request.match_info["session_id"])
@@ -656,25 +587,20 @@ class AuthAPI:
         size = await self.auth.recordings.append_stream(session_id, offset, data, server_id)
         return {"session_id": session_id, "size": size}
 
-    @_route(("Admin", "User", "Proxy"))
     async def list_active_sessions(self, request: web.Request) -> list[dict[str, Any]]:
         await self._authorize(request, "session", "list")
         return await self.auth.sessions.list()
 
-    @_route(("Node",))
     async def start_active_session(self, request: web.Request) -> dict[str, Any]:
-        return await self.auth.sessions.start(await read_object(request), self._host(request))
+        return await self.auth.sessions.start(request["body"].to_json(), self._host(request))
 
-    @_route(("Node",))
     async def keep_alive_session(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.sessions.keep_alive(request.match_info["session_id"], self._host(request))
 
-    @_route(("Node",))
     async def end_active_session(self, request: web.Request) -> dict[str, Any]:
         session_id = request.match_info["session_id"]
         await self.auth.sessions.end(session_id, self._host(request))
         return {"ended": session_id}
-    @_route(("Node", "Proxy", "Admin"))
     async def watch_authorities(self, request: web.Request) -> dict[str, Any]:
         """The CA state agents follow (:meth:`AuthService.authority_state`), as a long poll:
         with ``revision`` equal to the current one, the answer waits up to ``wait`` seconds for
@@ -684,7 +610,7 @@ class AuthAPI:
             wait = min(float(request.query.get("wait") or 0), MAX_WATCH_SECONDS)
         except ValueError:
             raise BadParameter(f"wait must be a number of seconds, got {request.query.get('wait')!r}") from None
-        watcher = await self.auth.backend.new_watcher(["/authorities/"])
+        watcher = await self.auth.backend.new_watcher([AUTHORITIES_PREFIX])
         try:
             state = await self.auth.authority_state()
             if state["revision"] != known or wait <= 0:

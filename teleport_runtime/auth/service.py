@@ -13,7 +13,6 @@ import logging
 import re
 import socket
 import uuid as uuidlib
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,9 @@ from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
+from teleport_runtime.api.names import API_SERVER_NAME
+from teleport_runtime.api.routes import HEARTBEAT, JOIN
+from teleport_runtime.api.types import HeartbeatReport, JoinRequest, LoginRequest
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.hosts import Binding, HostRegistry, Lock, key_fingerprint, removed_message
 from teleport_runtime.auth.presence import Presence
@@ -56,7 +58,6 @@ from teleport_runtime.rbac import RoleSet
 
 log = logging.getLogger("teleport.auth")
 
-API_SERVER_NAME = "teleport.cluster.local"
 HOST_CERT_TTL = timedelta(days=3650)
 USER_CERT_TTL = timedelta(hours=12)
 ADMIN_CERT_TTL = timedelta(days=365)
@@ -90,19 +91,6 @@ def check_host_uuid(value: str) -> str:
             "123e4567-e89b-12d3-a456-426614174000 (the host's <data_dir>/host_uuid)"
         )
     return value
-
-
-@dataclass(frozen=True)
-class JoinRequest:
-    """What a joining host sends: the token, the role it asks for and its public keys."""
-
-    token: str
-    role: str
-    host_uuid: str
-    nodename: str
-    ssh_public_key: str
-    tls_public_key: bytes
-    addresses: tuple[str, ...] = ()
 
 
 class AuthService:
@@ -280,7 +268,7 @@ class AuthService:
                 "join refused for %s (%s) from %s with token %s: %s",
                 _printable(req.nodename), req.role, remote_addr, mask(req.token), exc.message,
             )
-            raise await self.refuse(exc, resource="/v1/join", remote_addr=remote_addr,
+            raise await self.refuse(exc, resource=JOIN.path, remote_addr=remote_addr,
                                     nodename=req.nodename[:80], role=role, log_it=False) from None
         try:
             host_uuid = check_host_uuid(req.host_uuid)
@@ -292,7 +280,7 @@ class AuthService:
                 remote_addr, presented,
             )
         except (AccessDenied, BadParameter) as exc:
-            raise await self.refuse(exc, resource="/v1/join", remote_addr=remote_addr,
+            raise await self.refuse(exc, resource=JOIN.path, remote_addr=remote_addr,
                                     host_uuid=req.host_uuid[:64], nodename=req.nodename[:80],
                                     role=role) from None
         identity = await self.issue_host_identity(
@@ -480,18 +468,18 @@ class AuthService:
         return [r for r in await self.presence.list(role) if r["id"] in bound]
 
     async def heartbeat(
-        self, identity: TLSIdentity, cert_names: list[str], report: dict[str, Any], remote_ip: str
+        self, identity: TLSIdentity, cert_names: list[str], report: HeartbeatReport, remote_ip: str
     ) -> dict[str, Any]:
         """Store a host's heartbeat after checking that its name and addresses are its own."""
         role = identity.roles[0] if identity.roles else ""
         try:
             return await self.presence.heartbeat(
-                role=role, host_uuid=identity.host_uuid or "", report=report, remote_ip=remote_ip,
+                role=role, host_uuid=identity.host_uuid or "", report=report.to_json(), remote_ip=remote_ip,
                 nodename=identity.nodename or identity.host_uuid or "", cert_names=cert_names,
                 forbidden=self.served_addrs,
             )
         except (AccessDenied, BadParameter) as exc:
-            raise await self.refuse(exc, resource="/v1/heartbeat", remote_addr=remote_ip,
+            raise await self.refuse(exc, resource=HEARTBEAT.path, remote_addr=remote_ip,
                                     host_uuid=identity.host_uuid or "", nodename=identity.nodename or "",
                                     role=role) from None
 
@@ -594,21 +582,18 @@ class AuthService:
         return result
 
     async def login(
-        self, body: dict[str, Any], remote_addr: str
+        self, request: LoginRequest, remote_addr: str
     ) -> dict[str, Any]:
         """Password + TOTP login (through the proxy); audited either way."""
-        name = str(body.get("user") or "")
+        name = request.user
         try:
-            await self.users.authenticate(
-                name, str(body.get("password") or ""), str(body.get("otp") or ""), remote_addr
-            )
+            await self.users.authenticate(name, request.password, request.otp, remote_addr)
         except (AccessDenied, BadParameter, LimitExceeded) as exc:
             await self.audit.emit({"event": "user.login", "code": "T1000W", "success": False,
                                    "user": name[:128], "remote_addr": remote_addr, "reason": exc.message})
             raise
         result = await self.sign_user(
-            name, str(body.get("ssh_public_key") or ""),
-            str(body.get("tls_public_key") or "").encode() or None, body.get("ttl"),
+            name, request.ssh_public_key, request.tls_public_key.encode() or None, request.ttl,
         )
         await self.audit.emit({"event": "user.login", "code": "T1000I", "success": True,
                                "user": name, "remote_addr": remote_addr})

@@ -6,19 +6,29 @@ from __future__ import annotations
 import asyncio
 import shlex
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 import click
 import yaml
 
 from teleport_runtime import config as configuration
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity, write_private
+from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.types import (
+    Deleted,
+    HostCertRequest,
+    RoleUpsert,
+    RotateRequest,
+    TokenRequest,
+    UserAdd,
+    UserCertRequest,
+    UserUpdate,
+)
+from teleport_runtime.api.wire import Message
 from teleport_runtime.ca import generate_ssh_keypair
 from teleport_runtime.client.output import (
     echo_json,
@@ -29,7 +39,6 @@ from teleport_runtime.client.output import (
 )
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
-from teleport_runtime.urlpath import api_path
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])
@@ -117,7 +126,7 @@ def rotation_text(ca: dict[str, Any]) -> str:
 @run
 async def status(client: AuthClient, fmt: str) -> None:
     """Cluster name, version, CA pin(s) and each CA's rotation state."""
-    data = await client.get("/v1/status")
+    data = (await client.status()).to_json()
     if fmt == "json":
         echo_json(data)
         return
@@ -131,6 +140,11 @@ async def status(client: AuthClient, fmt: str) -> None:
         click.echo(f"{key.ljust(width)}  {value}")
 
 
+def _json(records: Sequence[Message]) -> list[dict[str, Any]]:
+    """Records as ``--format=json`` and the tables print them: their JSON form."""
+    return [record.to_json() for record in records]
+
+
 # ---------------------------------------------------------------------------- tokens
 
 
@@ -142,7 +156,7 @@ def join_command(token: dict[str, Any], role: str) -> str:
 
 
 async def _create_token(client: AuthClient, roles: list[str], ttl: str | None, value: str | None) -> dict[str, Any]:
-    token = await client.post("/v1/tokens", {"roles": roles, "ttl": ttl, "token": value})
+    token = (await client.create_token(TokenRequest(roles=tuple(roles), ttl=ttl, token=value))).to_json()
     token["join_command"] = join_command(token, ",".join(token["roles"]))
     return token
 
@@ -213,7 +227,7 @@ async def nodes_add(client: AuthClient, roles: str, ttl: str | None, value: str 
 @run
 async def nodes_ls(client: AuthClient, fmt: str) -> None:
     """The nodes online in the cluster."""
-    records = await client.get("/v1/nodes")
+    records = _json(await client.nodes())
     echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Labels"],
                  lambda n: (n["hostname"], n["id"], n["addr"], format_labels(n["labels"])))
 
@@ -224,7 +238,7 @@ async def nodes_ls(client: AuthClient, fmt: str) -> None:
 async def nodes_rm(client: AuthClient, name: str) -> None:
     """Remove a node or proxy (by name or UUID) and revoke its certificate: the auth service
     refuses it and proxies stop routing to it. It may join again with a new token."""
-    result = await client.delete(api_path("/v1/nodes/{name}", name=name))
+    result = (await client.remove_node(name)).to_json()
     click.echo(f"Host {result['nodename']} ({result['removed']}) has been removed and its certificate locked")
 
 
@@ -252,7 +266,7 @@ async def tokens_add(client: AuthClient, types: str, ttl: str | None, value: str
 @run
 async def tokens_ls(client: AuthClient, fmt: str) -> None:
     """Tokens that have not expired; static ones expire "never"."""
-    records = await client.get("/v1/tokens")
+    records = _json(await client.tokens())
     echo_listing(records, fmt, ["Token", "Type", "Expiry Time (UTC)"],
                  lambda t: (t["token"], ",".join(r.capitalize() for r in t["roles"]), format_expiry(t["expires"])))
 
@@ -261,7 +275,7 @@ async def _delete_token(client: AuthClient, token: str | None, value_file: str |
     value = _token_value(token, value_file, "TOKEN")
     if not value:
         raise BadParameter("name the token to revoke: tctl tokens rm TOKEN, or --value-file PATH (- for stdin)")
-    await client.delete(api_path("/v1/tokens/{token}", token=value))
+    await client.delete_token(value)
     click.echo(f"Token {value} has been deleted" if token else "The token has been deleted")
 
 
@@ -295,10 +309,9 @@ def _signup_text(result: dict[str, Any], proxy: str) -> str:
 
 
 async def _proxy_addr(client: AuthClient) -> str:
-    proxies = await client.get("/v1/proxies")
-    for proxy in proxies:
-        if proxy.get("web_addr"):
-            return str(proxy["web_addr"])
+    for proxy in await client.proxies():
+        if proxy.web_addr:
+            return proxy.web_addr
     return "PROXY_HOST:3080"
 
 
@@ -321,9 +334,8 @@ def users() -> None:
 @run
 async def users_add(client: AuthClient, name: str, roles: str, logins: str, fmt: str) -> None:
     """Create a user; prints a sign-up token for `tsh signup`."""
-    result = await client.post(
-        "/v1/users", {"name": name, "roles": _csv(roles), "logins": _csv(logins) or []}
-    )
+    added = await client.add_user(UserAdd(name=name, roles=tuple(_csv(roles) or ()), logins=tuple(_csv(logins) or ())))
+    result = added.to_json()
     if fmt == "json":
         echo_json(result)
     else:
@@ -341,9 +353,10 @@ async def users_update(
     client: AuthClient, name: str, set_roles: str | None, set_logins: str | None, fmt: str
 ) -> None:
     """Change a user's roles or logins."""
-    user = await client.call(
-        "PUT", api_path("/v1/users/{name}", name=name), {"roles": _csv(set_roles), "logins": _csv(set_logins)}
-    )
+    new_roles, new_logins = _csv(set_roles), _csv(set_logins)
+    update = UserUpdate(roles=None if new_roles is None else tuple(new_roles),
+                        logins=None if new_logins is None else tuple(new_logins))
+    user = (await client.update_user(name, update)).to_json()
     echo_json(user) if fmt == "json" else click.echo(f"User {name!r} has been updated")
 
 
@@ -352,7 +365,7 @@ async def users_update(
 @run
 async def users_ls(client: AuthClient, fmt: str) -> None:
     """List users."""
-    records = await client.get("/v1/users")
+    records = _json(await client.users())
     echo_listing(records, fmt, ["User", "Roles", "Logins", "Status"],
                  lambda u: (u["name"], ",".join(u["roles"]), ",".join(u["logins"]), u["status"]))
 
@@ -362,7 +375,7 @@ async def users_ls(client: AuthClient, fmt: str) -> None:
 @run
 async def users_rm(client: AuthClient, name: str) -> None:
     """Delete a user."""
-    await client.delete(api_path("/v1/users/{name}", name=name))
+    await client.delete_user(name)
     click.echo(f"User {name!r} has been deleted")
 
 
@@ -372,7 +385,7 @@ async def users_rm(client: AuthClient, name: str) -> None:
 @run
 async def users_reset(client: AuthClient, name: str, fmt: str) -> None:
     """Clear a user's password and second factor and issue a new sign-up token."""
-    result = await client.post(api_path("/v1/users/{name}/reset", name=name), {})
+    result = (await client.reset_user(name)).to_json()
     echo_json(result) if fmt == "json" else click.echo(_signup_text(result, await _proxy_addr(client)))
 
 
@@ -399,8 +412,8 @@ async def create(client: AuthClient, force: bool, filename: str) -> None:
                 f"{filename}: unsupported resource kind {kind!r}: tctl create handles kind: role "
                 "(users are created with `tctl users add`)"
             )
-        result = await client.post("/v1/roles", {"role": doc, "force": force})
-        click.echo(f"role {result['name']!r} has been {'updated' if result['existed'] else 'created'}")
+        saved = await client.upsert_role(RoleUpsert(role=doc, force=force))
+        click.echo(f"role {saved.name!r} has been {'updated' if saved.existed else 'created'}")
 
 
 @cli.command()
@@ -410,12 +423,13 @@ async def create(client: AuthClient, force: bool, filename: str) -> None:
 async def get(client: AuthClient, resource: str, fmt: str) -> None:
     """Print resources: roles, users, nodes, proxies, tokens (or role/NAME)."""
     kind, _, name = resource.partition("/")
-    paths = {"roles": "/v1/roles", "role": "/v1/roles", "users": "/v1/users", "user": "/v1/users",
-             "nodes": "/v1/nodes", "node": "/v1/nodes", "proxies": "/v1/proxies", "proxy": "/v1/proxies",
-             "tokens": "/v1/tokens", "token": "/v1/tokens"}
-    if kind not in paths:
+    listings: dict[str, Callable[[], Awaitable[Sequence[Message]]]] = {
+        "roles": client.roles, "role": client.roles, "users": client.users, "user": client.users,
+        "nodes": client.nodes, "node": client.nodes, "proxies": client.proxies, "proxy": client.proxies,
+        "tokens": client.tokens, "token": client.tokens}
+    if kind not in listings:
         raise ConfigError(f"unknown resource {kind!r}: expected roles, users, nodes, proxies or tokens")
-    records = await client.get(paths[kind])
+    records = _json(await listings[kind]())
     if name:
         records = [r for r in records if name in (
             r.get("metadata", {}).get("name"), r.get("name"), r.get("hostname"), r.get("id"), r.get("token")
@@ -434,10 +448,11 @@ async def get(client: AuthClient, resource: str, fmt: str) -> None:
 async def rm(client: AuthClient, resource: str) -> None:
     """Delete a resource: role/NAME, user/NAME or token/VALUE."""
     kind, _, name = resource.partition("/")
-    paths = {"role": "/v1/roles/{name}", "user": "/v1/users/{name}", "token": "/v1/tokens/{name}"}
-    if kind not in paths or not name:
+    removals: dict[str, Callable[[str], Awaitable[Deleted]]] = {
+        "role": client.delete_role, "user": client.delete_user, "token": client.delete_token}
+    if kind not in removals or not name:
         raise ConfigError(f"cannot remove {resource!r}: expected role/NAME, user/NAME or token/VALUE")
-    await client.delete(api_path(paths[kind], name=name))
+    await removals[kind](name)
     click.echo(f"{kind} {name!r} has been deleted")
 
 
@@ -454,9 +469,9 @@ def auth() -> None:
 @run
 async def auth_export(client: AuthClient, ca_type: str) -> None:
     """user: lines for sshd's TrustedUserCAKeys; host: @cert-authority lines for known_hosts."""
-    cas = await client.get("/v1/ca")
-    cluster = cas["cluster"]
-    for key in cas[f"{ca_type}_ca_keys"]:
+    cas = await client.ca()
+    cluster = cas.cluster
+    for key in cas.user_ca_keys if ca_type == "user" else cas.host_ca_keys:
         click.echo(key if ca_type == "user" else f"@cert-authority {cluster},*.{cluster} {key}")
 
 
@@ -475,14 +490,13 @@ async def auth_sign(
         raise ConfigError("pass exactly one of --user=NAME or --host=NAMES")
     key, public = generate_ssh_keypair()
     if user:
-        result = await client.post("/v1/certs/user", {"user": user, "ssh_public_key": public, "ttl": ttl})
+        ssh_cert = (await client.sign_user(UserCertRequest(user=user, ssh_public_key=public, ttl=ttl))).ssh_cert
     else:
-        result = await client.post(
-            "/v1/certs/host", {"names": _csv(host), "ssh_public_key": public, "ttl": ttl}
-        )
+        names = tuple(_csv(host) or ())
+        ssh_cert = (await client.sign_host(HostCertRequest(names=names, ssh_public_key=public, ttl=ttl))).ssh_cert
     path = Path(out)
     write_private(path, key)
-    write_private(Path(f"{out}-cert.pub"), result["ssh_cert"].strip() + "\n")
+    write_private(Path(f"{out}-cert.pub"), ssh_cert.strip() + "\n")
     Path(f"{out}.pub").write_text(public + "\n")  # noqa: ASYNC240 - a CLI
     click.echo(f"The credentials have been written to {out}, {out}-cert.pub")
 
@@ -505,10 +519,9 @@ async def auth_rotate(
         raise ConfigError("--manual needs --phase: init, update_clients, update_servers, standby or rollback")
     if manual and grace_period:
         raise ConfigError("--grace-period applies to auto mode only; drop it or drop --manual")
-    view = await client.post(
-        api_path("/v1/authorities/{type}/rotate", type=ca_type),
-        {"mode": "manual" if manual else "auto", "phase": phase, "grace_period": grace_period},
-    )
+    view = (await client.rotate(
+        ca_type, RotateRequest(mode="manual" if manual else "auto", phase=phase, grace_period=grace_period),
+    )).to_json()
     if fmt == "json":
         echo_json(view)
     else:
@@ -533,7 +546,7 @@ def audit() -> None:
 async def audit_ls(client: AuthClient, since: str, types: str, fmt: str) -> None:
     """Audit events in a time range, oldest first: logins, sessions, commands, uploads, refusals."""
     parse_duration(since)  # a typo fails here, naming the option
-    events = await client.get("/v1/audit?" + urlencode({"since": since, "type": types}))
+    events = _json(await client.search_audit(since, types))
     echo_listing(
         events, fmt, ["Time (UTC)", "Event", "Code", "User", "Login", "Node", "Session", "Remote"],
         lambda e: (e["time"][:19].replace("T", " "), e["event"], e.get("code", ""), e.get("user", ""),

@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 
 import psutil
 
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import ensure_identity
+from teleport_runtime.api.client import AuthClient
 from teleport_runtime.auth.api import AuthAPI
 from teleport_runtime.auth.service import AuthService
 from teleport_runtime.backend import Backend, EventType, open_backend

@@ -18,12 +18,13 @@ import logging
 from typing import Any
 
 from teleport_runtime import __version__
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.identity import Identity, host_uuid
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.roles import RoleCache
 from teleport_runtime.agent.rotation import RotationSync
+from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
@@ -78,7 +79,7 @@ class NodeService:
         tls = parse_tls_identity(identity.tls_cert)
         self.audit_spool = AuditSpool(audit_spool_dir(cfg.data_dir))
         self.audit_sender = AuditSender(
-            self.audit_spool, lambda event: client.post("/v1/audit", event),
+            self.audit_spool, lambda event: client.emit_audit(AuditEvent(event)),
             common={"nodename": cfg.nodename, "cluster_name": tls.cluster}, max_backoff=AUDIT_MAX_BACKOFF,
         )
         self.ssh = NodeSSHServer(
@@ -113,14 +114,14 @@ class NodeService:
             log.error("cannot spool audit event %s (%s); sending it once, without a copy on disk",
                       event.get("event"), exc)
             try:
-                await self.client.post("/v1/audit", event)
+                await self.client.emit_audit(AuditEvent(event))
             except TeleportError as send_exc:
                 log.error("audit event lost (%s): %s", send_exc.message, json.dumps(event, default=str))
             return
         self.audit_sender.notify()
 
     def _recording_mode(self) -> str:
-        return self.recording_mode.update(self.heartbeat.answer.get("session_recording"))
+        return self.recording_mode.update(self.heartbeat.answer.session_recording)
 
     def report(self) -> dict[str, Any]:
         self._recording_mode()  # remember the mode the last heartbeat answer named

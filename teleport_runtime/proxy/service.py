@@ -4,7 +4,7 @@
   (:mod:`teleport_runtime.proxy.ssh`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
-- A heartbeat as a Proxy (with its CA rotation phases), so ``GET /v1/proxies`` lists it.
+- A heartbeat as a Proxy (with its CA rotation phases), so the auth API lists it among the proxies.
 
 Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
 :class:`~teleport_runtime.proxy.directory.NodeDirectory`), the public CAs (followed by the
@@ -22,11 +22,12 @@ import time
 from typing import Any
 
 from teleport_runtime import __version__
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.rotation import RotationSync
+from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
@@ -217,13 +218,13 @@ class ProxyService:
     # ------------------------------------------------------------------ auth API
 
     async def _fetch_nodes(self) -> list[dict[str, Any]]:
-        return await self.client.get("/v1/nodes")
+        return [node.to_json() for node in await self.client.nodes()]
 
     async def roles(self, names: list[str]) -> list[Role]:
-        """The named roles, from a short-lived cache of ``GET /v1/roles``."""
+        """The named roles, from a short-lived cache of the auth API's roles."""
         now = time.monotonic()
         if self._roles is None or now - self._roles[0] > ROLE_CACHE_SECONDS:
-            self._roles = (now, await self.client.get("/v1/roles"))
+            self._roles = (now, [role.to_json() for role in await self.client.roles()])
         return parse_roles(self._roles[1], names)
 
     def audit(self, event: str, **fields: Any) -> None:
@@ -231,7 +232,7 @@ class ProxyService:
 
         async def send() -> None:
             try:
-                await self.client.post("/v1/audit", {"event": event, **fields})
+                await self.client.emit_audit(AuditEvent({"event": event, **fields}))
             except TeleportError as exc:
                 log.warning("cannot record audit event %s: %s", event, exc.message)
 

@@ -29,8 +29,6 @@ identity. A refused parameter answers 400 and is audited (``access.denied``).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -39,13 +37,15 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from teleport_runtime.agent.identity import Identity, load_cert_chain
-from teleport_runtime.auth.api import HEADER_FORWARDED_ADDR, HEADER_FORWARDED_USER
+from teleport_runtime.api import routes
+from teleport_runtime.api.client import Forwarded
+from teleport_runtime.api.types import LoginRequest, SignupRequest
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
-from teleport_runtime.urlpath import api_path, check_path_param, check_url_token
+from teleport_runtime.urlpath import check_path_param, check_url_token
 
 if TYPE_CHECKING:
     from teleport_runtime.proxy.service import ProxyService
@@ -177,23 +177,23 @@ class ProxyWeb:
         body = await read_object(request)
         if not isinstance(body.get("user"), str) or not body["user"]:
             raise BadParameter("login request needs a user")
-        forwarded = {k: body.get(k) for k in LOGIN_FIELDS}
-        return await self._forward("/v1/users/login", forwarded, request)
+        login = LoginRequest.from_json({k: body.get(k) for k in LOGIN_FIELDS}, str(routes.LOGIN))
+        return (await self.service.client.login(login, self._client(request))).to_json()
 
     async def get_signup(self, request: web.Request) -> dict[str, Any]:
         token = self._path_param(request, "token", lambda v: check_url_token(v, "sign-up token"))
-        return await self.service.client.get(api_path("/v1/signup/{token}", token=token))
+        return (await self.service.client.signup_info(token)).to_json()
 
     async def signup(self, request: web.Request) -> dict[str, Any]:
         body = await read_object(request)
-        forwarded = {k: body.get(k) for k in ("token", "password", "otp")}
-        return await self._forward("/v1/signup", forwarded, request)
+        signup = SignupRequest.from_json({k: body.get(k) for k in ("token", "password", "otp")}, str(routes.SIGNUP))
+        return (await self.service.client.signup(signup, self._client(request))).to_json()
 
-    async def _forward(self, path: str, body: dict[str, Any], request: web.Request) -> Any:
-        """POST ``body`` to the auth API with the client's address, which the auth service
-        counts failed logins by (and audits)."""
-        headers = {HEADER_FORWARDED_ADDR: request.remote or "", "Content-Type": "application/json"}
-        return await self.service.client.call_raw("POST", path, json.dumps(body).encode(), headers)
+    @staticmethod
+    def _client(request: web.Request) -> Forwarded:
+        """The client's address, forwarded to the auth service, which counts failed logins by
+        it (and audits it)."""
+        return Forwarded(addr=request.remote or "")
 
     async def nodes(self, request: web.Request) -> list[dict[str, Any]]:
         identity = self._user(request)
@@ -211,30 +211,26 @@ class ProxyWeb:
 
     # ------------------------------------------------------------------ recordings, sessions
 
-    async def _as_user(self, request: web.Request, path: str) -> Any:
-        """GET ``path`` on the auth API for the user of ``request`` (who must have a valid user
+    def _as_user(self, request: web.Request) -> Forwarded:
+        """A read on the auth API for the user of ``request`` (who must have a valid user
         certificate): the auth service checks the forwarded certificate and the user's roles."""
         self._user(request)
         sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = sslobj.getpeercert(binary_form=True) if sslobj else b""
-        headers = {
-            HEADER_FORWARDED_USER: base64.b64encode(der or b"").decode("ascii"),
-            HEADER_FORWARDED_ADDR: request.remote or "",
-        }
-        return await self.service.client.call_raw("GET", path, None, headers)
+        return Forwarded(addr=request.remote or "", user_cert=der or b"")
 
     async def recordings(self, request: web.Request) -> Any:
         since = request.query.get("since")
-        return await self._as_user(request, api_path("/v1/recordings", query={"since": since} if since else None))
+        records = await self.service.client.recordings(since, forwarded=self._as_user(request))
+        return [record.to_json() for record in records]
 
     async def recording(self, request: web.Request) -> Any:
         session_id = self._path_param(request, "session_id", check_session_id)
-        return await self._as_user(
-            request, api_path("/v1/recordings/{session_id}", session_id=session_id, query={"encoding": "base64"})
-        )
+        return (await self.service.client.recording_json(session_id, forwarded=self._as_user(request))).to_json()
 
     async def active_sessions(self, request: web.Request) -> Any:
-        return await self._as_user(request, "/v1/sessions/active")
+        sessions = await self.service.client.active_sessions(forwarded=self._as_user(request))
+        return [session.to_json() for session in sessions]
 
 
 def _can_reach(role_set: RoleSet, login: str, labels: dict[str, str]) -> bool:

@@ -14,12 +14,12 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from teleport_runtime.api.types import ActiveSession
 from teleport_runtime.errors import NotFound, TeleportError
 from teleport_runtime.recording.asciicast import check_session_id
-from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
-    from teleport_runtime.agent.client import AuthClient
+    from teleport_runtime.api.client import AuthClient
 
 log = logging.getLogger("teleport.sessions")
 
@@ -80,16 +80,16 @@ class ActiveSessionReporter:
 
     async def _send(self, op: str, session_id: str, record: dict[str, Any] | None) -> None:
         if op == "start":
-            await self.client.post("/v1/sessions/active", record)
+            await self.client.start_session(ActiveSession(dict(record or {})))
         elif op == "end":
             with contextlib.suppress(NotFound):
-                await self.client.delete(api_path("/v1/sessions/active/{session_id}", session_id=session_id))
+                await self.client.end_session(session_id)
         else:
             try:
-                await self.client.post(api_path("/v1/sessions/active/{id}/keepalive", id=session_id), {})
+                await self.client.keep_alive_session(session_id)
             except NotFound:
                 if session_id in self.live:
-                    await self.client.post("/v1/sessions/active", self.live[session_id])
+                    await self.client.start_session(ActiveSession(dict(self.live[session_id])))
 
     async def _work(self) -> None:
         while True:

@@ -24,7 +24,7 @@ from teleport_runtime.recording.stream import RecordingStream
 from teleport_runtime.recording.uploader import Upload, Uploader, make_upload
 
 if TYPE_CHECKING:
-    from teleport_runtime.agent.client import AuthClient
+    from teleport_runtime.api.client import AuthClient
 
 log = logging.getLogger("teleport.recording")
 

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING
 
 from teleport_runtime.errors import AlreadyExists, ConnectionProblem, TeleportError
 from teleport_runtime.recording.asciicast import CONTENT_TYPE, check_session_id
-from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
-    from teleport_runtime.agent.client import AuthClient
+    from teleport_runtime.api.client import AuthClient
 
 log = logging.getLogger("teleport.recording.stream")
 
@@ -99,17 +98,16 @@ class RecordingStream:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _append(self, chunk: bytes) -> None:
-        path = api_path("/v1/recordings/{session_id}/stream", session_id=self.session_id, query={"offset": self.offset})
         last: ConnectionProblem | None = None
         for attempt in range(self.attempts):
             if attempt:
                 await asyncio.sleep(self.retry_delay)
             try:
-                answer = await self.client.call_raw("POST", path, chunk, {"Content-Type": CONTENT_TYPE})
+                answer = await self.client.append_stream(self.session_id, self.offset, chunk, CONTENT_TYPE)
             except ConnectionProblem as exc:  # retried; a refusal is final at once
                 last = exc
                 continue
-            self.offset = int((answer or {}).get("size", self.offset + len(chunk)))
+            self.offset = answer.size
             return
         assert last is not None
         raise last

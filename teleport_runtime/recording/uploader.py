@@ -34,7 +34,7 @@ import aiohttp
 
 from teleport_runtime.backoff import Backoff
 from teleport_runtime.durable import fsync_dir
-from teleport_runtime.errors import AlreadyExists, BadParameter, ConnectionProblem
+from teleport_runtime.errors import AlreadyExists, BadParameter
 from teleport_runtime.recording.asciicast import (
     CAST_SUFFIX,
     CONTENT_TYPE,
@@ -53,10 +53,9 @@ from teleport_runtime.recording.spool import (
     salvage_part,
     spool_paths,
 )
-from teleport_runtime.urlpath import api_path
 
 if TYPE_CHECKING:
-    from teleport_runtime.agent.client import AuthClient
+    from teleport_runtime.api.client import AuthClient
 
 log = logging.getLogger("teleport.recording.upload")
 
@@ -67,8 +66,6 @@ Upload = Callable[[dict[str, Any], Path], Awaitable[None]]
 #: Refusals that retrying cannot fix: the recording goes to ``rejected/``.
 PERMANENT_ERRORS: tuple[type[Exception], ...] = (BadParameter, AlreadyExists)
 
-#: The auth API refuses JSON bodies over 4 MiB; base64 inflates by 4/3.
-MAX_JSON_UPLOAD = 3 * 1024 * 1024 - 64 * 1024
 
 
 class _Retry(Exception):
@@ -365,32 +362,15 @@ class SpoolFileBody(aiohttp.payload.Payload):
 def make_upload(client: AuthClient) -> Upload:
     """An ``upload`` function for :class:`Uploader` over the auth API.
 
-    ``POST /v1/recordings/{session_id}``: with ``client.call_raw`` (preferred) the body is the
-    asciicast itself (``Content-Type: application/x-asciicast``), streamed from the spool file
-    (:class:`SpoolFileBody`), with the size, sha256 and manifest in headers (see
-    :func:`upload_headers`); without it, a first-version JSON body ``{"manifest": ...,
-    "data_b64": ...}``, which the auth API's 4 MiB body limit caps at about 3 MiB of recording
-    (larger ones then wait in the spool, retried, until ``call_raw`` exists). The file is
-    checked against its manifest before it is sent.
+    The body is the asciicast itself (``Content-Type: application/x-asciicast``), streamed from
+    the spool file (:class:`SpoolFileBody`), with the size, sha256 and manifest in headers (see
+    :func:`upload_headers`). The file is checked against its manifest before it is sent.
     """
 
     async def upload(manifest: dict[str, Any], path: Path) -> None:
         session_id = check_session_id(manifest["session_id"])
         await asyncio.to_thread(_read_checked, path, manifest)
-        route = api_path("/v1/recordings/{session_id}", session_id=session_id)
-        call_raw = getattr(client, "call_raw", None)
-        if call_raw is not None:
-            body = await asyncio.to_thread(SpoolFileBody, path)
-            await call_raw("POST", route, body, upload_headers(manifest))
-            return
-        size = (await asyncio.to_thread(path.stat)).st_size
-        if size > MAX_JSON_UPLOAD:
-            raise ConnectionProblem(
-                f"recording {session_id} is {size} bytes, too large for a JSON upload; it "
-                "stays in the spool until the auth client supports raw uploads (call_raw)"
-            )
-        data = await asyncio.to_thread(path.read_bytes)
-        body = {"manifest": manifest, "data_b64": base64.b64encode(data).decode("ascii")}
-        await client.call("POST", route, body)
+        body = await asyncio.to_thread(SpoolFileBody, path)
+        await client.upload_recording(session_id, body, upload_headers(manifest))
 
     return upload

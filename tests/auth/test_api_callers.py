@@ -10,7 +10,7 @@ import uuid as uuidlib
 from datetime import timedelta
 from pathlib import Path
 
-from teleport_runtime.agent.client import API_SERVER_NAME
+from teleport_runtime.api.names import API_SERVER_NAME
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX
 from teleport_runtime.backend import Item
 from teleport_runtime.ca import (

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from teleport_runtime.agent.client import AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.agent.identity import Identity, WrongServer, load_cert_chain, require_server_role
 from teleport_runtime.agent.join import join_cluster
+from teleport_runtime.api.client import AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.backend import open_backend
 from teleport_runtime.ca import CAType, CertAuthority, generate_tls_identity_cert, parse_tls_identity
 from teleport_runtime.config import HostPort
@@ -171,7 +171,7 @@ def _replace_auth_with_rogue(cluster: Cluster) -> RogueAuth:
 
 async def _fetch_cas(addr: HostPort) -> dict[str, Any]:
     async with AuthClient([addr], insecure_ssl_context(), verify_name=False) as probe:
-        return await probe.get("/v1/ca")
+        return await probe.request("GET", "/v1/ca")
 
 
 def _assert_nothing_sent(rogue: RogueAuth) -> None:
@@ -268,7 +268,7 @@ def test_a_joining_host_never_sends_its_token_to_a_node_serving_the_auth_api(
 
     async def reconnect() -> None:
         async with AuthClient([rogue.addr], trusting_ssl_context(ca_certs)) as client:
-            await client.post("/v1/join", {"token": token})
+            await client.request("POST", "/v1/join", {"token": token})
 
     with pytest.raises(ConnectionProblem, match="is not the auth service"):
         asyncio.run(reconnect())
@@ -286,7 +286,7 @@ async def test_the_real_auth_service_is_accepted_and_a_proxy_certificate_is_not(
     proxy_identity, _ = await local_cluster.join("proxy", "proxy1", ["127.0.0.1"])
     node_identity, _ = await local_cluster.join("node", "node1", ["127.0.0.1"])
     client = local_cluster.client(node_identity)
-    assert await client.get("/v1/roles") is not None  # the auth service's own certificate passes
+    assert await client.request("GET", "/v1/roles") is not None  # the auth service's own certificate passes
 
     host_ca = await local_cluster.auth.get_ca(CAType.HOST)
     cert = generate_tls_identity_cert(
@@ -298,11 +298,11 @@ async def test_the_real_auth_service_is_accepted_and_a_proxy_certificate_is_not(
     victim = AuthClient.for_identity([rogue.addr], node_identity)
     try:
         with pytest.raises(ConnectionProblem, match=r"roles Proxy\), not one with the Auth role"):
-            await victim.post("/v1/heartbeat", {"hostname": "node1"})
+            await victim.request("POST", "/v1/heartbeat", {"hostname": "node1"})
         # a new identity (rotation) keeps the check
         victim.set_ssl_context(node_identity.client_ssl_context())
         with pytest.raises(ConnectionProblem, match="is not the auth service"):
-            await victim.get("/v1/authorities/watch")
+            await victim.request("GET", "/v1/authorities/watch")
     finally:
         await victim.close()
     assert rogue.accepted >= 2
@@ -351,7 +351,7 @@ async def test_another_clusters_auth_service_is_refused(local_cluster: LocalClus
         )
         async with AuthClient.for_identity([other.addr], both) as client:
             with pytest.raises(ConnectionProblem, match=r"cluster 'other\.test', not of 'proxy\.test'"):
-                await client.get("/v1/ca")
+                await client.request("GET", "/v1/ca")
     finally:
         await other.stop()
 
@@ -365,8 +365,8 @@ async def test_the_auth_client_refuses_paths_that_leave_their_route(local_cluste
                  "/v1/signup/./x", "/v1/signup//nodes", "/v1/signup/", "v1/nodes", "/v1/signup/a b",
                  "/v1/signup/a\nb", "/v1/signup/x#frag"):
         with pytest.raises(BadParameter, match="refusing to request"):
-            await client.get(path)
-    assert isinstance(await client.get("/v1/nodes"), list)  # the check passes ordinary paths
+            await client.request("GET", path)
+    assert isinstance(await client.request("GET", "/v1/nodes"), list)  # the check passes ordinary paths
 
 
 # ---------------------------------------------------------------------------- the path builder

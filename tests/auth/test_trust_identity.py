@@ -18,9 +18,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from teleport_runtime.agent.client import API_SERVER_NAME, insecure_ssl_context
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import issued_identity
+from teleport_runtime.api.client import insecure_ssl_context
+from teleport_runtime.api.names import API_SERVER_NAME
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, parse_host_ssh_cert
 from teleport_runtime.ratelimit import RateLimited, TokenBuckets
 from tests.conftest import (
@@ -258,7 +259,7 @@ def test_control_characters_in_names_are_refused(env: Env) -> None:
     for name in ("evil\x1b[2Jname", "evil\nnode1", "evil name", "*", "a" * 300):
         status, body, _ = Attacker(env.cluster).join(token, str(uuidlib.uuid4()), name)
         assert status == 400, body
-        # an over-long name is already refused by the join's body declaration (auth/bodies.py)
+        # an over-long name is already refused by the join's body declaration (api/types.py)
         assert "invalid host name" in message(body) or "'nodename' is longer than" in message(body)
     status, body, evil = attacker.join(token, str(uuidlib.uuid4()), "evil-ctl", [attacker.ip])
     assert status == 200 and evil is not None, body

@@ -16,8 +16,8 @@ import bcrypt
 import pyotp
 import pytest
 
+from teleport_runtime.api.names import HEADER_FORWARDED_ADDR
 from teleport_runtime.auth import users as users_module
-from teleport_runtime.auth.api import HEADER_FORWARDED_ADDR
 from teleport_runtime.auth.audit import MAX_EVENT_BYTES
 from teleport_runtime.auth.users import (
     BACKOFF_FORGET_SECONDS,
@@ -168,7 +168,7 @@ async def test_a_node_cannot_write_a_user_login(local_cluster: LocalCluster) -> 
               "time": "2020-01-01T00:00:00+00:00", "id": "ab" * 16}
     for agent in (node, proxy):
         with pytest.raises(EventRefused, match=r"may not write 'user\.login'"):
-            await agent.post("/v1/audit", forged)
+            await agent.request("POST", "/v1/audit", forged)
     assert [e for e in await events(local_cluster, "user.login") if e.get("user") == "admin"] == []
     denied = [e for e in await events(local_cluster, "access.denied") if e["resource"] == "/v1/audit"]
     assert len(denied) == 2
@@ -182,12 +182,12 @@ async def test_a_node_event_out_of_the_time_window_is_refused(local_cluster: Loc
         event = {"event": "exec", "command": "true", "exit_status": 0, "id": when.strftime("%Y%m%d") * 2,
                  "time": when.isoformat()}
         with pytest.raises(EventRefused, match=why):
-            await node.post("/v1/audit", event)
+            await node.request("POST", "/v1/audit", event)
     # In the window: stored, but who sent it and when it arrived are the auth service's word.
     event = {"event": "exec", "command": "true", "exit_status": 0, "id": "cd" * 16,
              "time": (now - timedelta(hours=1)).isoformat(), "server_id": "someone-else",
              "nodename": "db-primary", "code": "T1000I", "received": "2020-01-01T00:00:00+00:00"}
-    await node.post("/v1/audit", event)
+    await node.request("POST", "/v1/audit", event)
     [stored] = [e for e in await events(local_cluster, "exec") if e["id"] == "cd" * 16]
     assert (stored["server_id"], stored["node"], stored["nodename"]) == (node_uuid, "node1", "node1")
     assert stored["code"] == "T3002I"
@@ -198,9 +198,9 @@ async def test_a_node_event_out_of_the_time_window_is_refused(local_cluster: Loc
 async def test_oversized_or_odd_events_are_refused(local_cluster: LocalCluster) -> None:
     node, _ = await _agent(local_cluster, "node", "node1")
     with pytest.raises(EventRefused, match="bytes: at most"):
-        await node.post("/v1/audit", {"event": "exec", "command": "x" * (MAX_EVENT_BYTES + 1)})
+        await node.request("POST", "/v1/audit", {"event": "exec", "command": "x" * (MAX_EVENT_BYTES + 1)})
     with pytest.raises(EventRefused, match="invalid field name"):
-        await node.post("/v1/audit", {"event": "exec", "Bad-Field\n": 1})
+        await node.request("POST", "/v1/audit", {"event": "exec", "Bad-Field\n": 1})
     assert await events(local_cluster, "exec") == []
 
 
@@ -209,7 +209,7 @@ async def test_the_node_spool_sets_a_refused_event_aside(local_cluster: LocalClu
     spool = AuditSpool(tmp_path / "audit")
     spool.append({"event": "user.login", "success": True, "user": "admin"})
     spool.append({"event": "exec", "command": "true", "exit_status": 0})
-    sender = AuditSender(spool, lambda event: node.post("/v1/audit", event))
+    sender = AuditSender(spool, lambda event: node.request("POST", "/v1/audit", event))
     assert await sender.drain() == 1  # the refused one did not hold up the next
     assert spool.pending() == 0
     rejected = sorted((tmp_path / "audit" / REJECTED_DIR).iterdir())
@@ -250,13 +250,13 @@ async def test_only_a_proxy_forwards_a_client_address(local_cluster: LocalCluste
     node, _ = await _agent(local_cluster, "node", "node1")
     headers = {HEADER_FORWARDED_ADDR: "198.51.100.1", "Content-Type": "application/json"}
     with pytest.raises(AccessDenied, match="not allowed for role Node"):
-        await node.call_raw("POST", "/v1/users/login", b'{"user": "x"}', headers)
+        await node.request("POST", "/v1/users/login", data=b'{"user": "x"}', headers=headers)
     proxy, _ = await _agent(local_cluster, "proxy", "proxy1")
     with pytest.raises(BadParameter, match=HEADER_FORWARDED_ADDR):
-        await proxy.post("/v1/users/login", {"user": "x", "remote_addr": "198.51.100.1"})
+        await proxy.request("POST", "/v1/users/login", {"user": "x", "remote_addr": "198.51.100.1"})
     with pytest.raises(BadParameter, match="invalid client address"):
-        await proxy.call_raw("POST", "/v1/users/login", b'{"user": "x"}',
-                             {**headers, HEADER_FORWARDED_ADDR: "proxy.example.com"})
+        await proxy.request("POST", "/v1/users/login", data=b'{"user": "x"}',
+                            headers={**headers, HEADER_FORWARDED_ADDR: "proxy.example.com"})
 
 
 async def test_unknown_and_pending_users_cost_a_bcrypt_check(

@@ -14,8 +14,8 @@ from datetime import timedelta
 import aiohttp
 import pytest
 
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity
+from teleport_runtime.api.client import AuthClient
 from teleport_runtime.ca import (
     CAType,
     TLSIdentity,
@@ -181,9 +181,9 @@ async def test_node_identity_cannot_create_tokens(joined):
     async with AuthClient.for_identity([HostPort("127.0.0.1", cluster.port)],
                                        Identity.load(ident)) as client:
         with pytest.raises(AccessDenied):
-            await client.post("/v1/tokens", {"roles": ["node"]})
+            await client.request("POST", "/v1/tokens", {"roles": ["node"]})
         # what a node may do: list nodes (it sees itself)
-        nodes = await client.get("/v1/nodes")
+        nodes = await client.request("GET", "/v1/nodes")
         assert node.host_uuid() in {n["id"] for n in nodes}
 
 

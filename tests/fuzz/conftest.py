@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from teleport_runtime.agent.client import API_SERVER_NAME
+from teleport_runtime.api.names import API_SERVER_NAME
 from teleport_runtime.ca import CAType, TLSIdentity, generate_tls_identity_cert, generate_tls_keypair
 from tests.proxy.harness import CLUSTER, LocalCluster
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from teleport_runtime.agent.client import insecure_ssl_context
+from teleport_runtime.api.client import insecure_ssl_context
 from tests.conftest import Cluster, wait_for
 
 ATTACKS = [

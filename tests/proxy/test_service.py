@@ -43,7 +43,7 @@ async def test_a_registered_node_that_is_down(local_cluster: LocalCluster) -> No
         sock.bind((ip, 0))
         port = sock.getsockname()[1]
     identity, _ = await local_cluster.join("node", "down1", [ip])
-    await local_cluster.client(identity).post("/v1/heartbeat", {"hostname": "down1", "addr": f"{ip}:{port}"})
+    await local_cluster.client(identity).request("POST", "/v1/heartbeat", {"hostname": "down1", "addr": f"{ip}:{port}"})
     keys = await local_cluster.user_keys("alice", ["root"], ["access"])
     async with await connect(proxy, keys, local_cluster) as conn:
         with pytest.raises(asyncssh.ChannelOpenError) as refused:

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity
-from teleport_runtime.auth.api import HEADER_FORWARDED_USER
+from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.names import HEADER_FORWARDED_USER
 from teleport_runtime.ca import CAType, new_cert_authority
 from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter
 from teleport_runtime.recording.client import fetch_recording, list_active_sessions, list_recordings
@@ -65,7 +65,8 @@ async def test_a_node_uploads_once_and_readers_need_the_role(cluster, tmp_path):
     with pytest.raises(AccessDenied):  # nodes upload; they do not read
         await list_recordings(node)
     with pytest.raises(AccessDenied):  # users do not upload
-        await plain.call_raw("POST", f"/v1/recordings/{SID}", b"x", {"Content-Type": "application/x-asciicast"})
+        await plain.request("POST", f"/v1/recordings/{SID}", data=b"x",
+                            headers={"Content-Type": "application/x-asciicast"})
 
 
 async def test_an_upload_that_does_not_match_its_hash_is_refused(cluster, tmp_path):
@@ -74,9 +75,9 @@ async def test_an_upload_that_does_not_match_its_hash_is_refused(cluster, tmp_pa
     data = (tmp_path / "spool" / f"{SID}.cast").read_bytes()
     bad = {**manifest, "sha256": "0" * 64}
     with pytest.raises(BadParameter, match="sha256 mismatch"):
-        await node.call_raw("POST", f"/v1/recordings/{SID}", data, upload_headers(bad))
+        await node.request("POST", f"/v1/recordings/{SID}", data=data, headers=upload_headers(bad))
     with pytest.raises(BadParameter, match="size mismatch"):
-        await node.call_raw("POST", f"/v1/recordings/{SID}", data[:-1], upload_headers(manifest))
+        await node.request("POST", f"/v1/recordings/{SID}", data=data[:-1], headers=upload_headers(manifest))
     assert await cluster.auth.recordings.list() == []
 
 
@@ -84,7 +85,7 @@ async def test_the_proxy_must_forward_a_valid_user_certificate(cluster):
     proxy_identity, _ = await cluster.join("proxy", "proxy1")
     proxy = cluster.client(proxy_identity)
     with pytest.raises(AccessDenied, match="must forward the user's certificate"):
-        await proxy.get("/v1/recordings")
+        await proxy.request("GET", "/v1/recordings")
 
     async def as_user(cert_pem: bytes) -> object:
         from cryptography import x509
@@ -92,7 +93,7 @@ async def test_the_proxy_must_forward_a_valid_user_certificate(cluster):
 
         der = x509.load_pem_x509_certificate(cert_pem).public_bytes(Encoding.DER)
         headers = {HEADER_FORWARDED_USER: base64.b64encode(der).decode()}
-        return await proxy.call_raw("GET", "/v1/recordings", None, headers)
+        return await proxy.request("GET", "/v1/recordings", headers=headers)
 
     auditor = await cluster.user_keys("alice", ["root"], ["auditor"])
     assert await as_user(auditor.tls_cert) == []
@@ -108,31 +109,32 @@ async def test_the_proxy_must_forward_a_valid_user_certificate(cluster):
 async def test_streams_sessions_and_the_mode_in_heartbeats(cluster):
     node = await _node_client(cluster, "node1")
     other = await _node_client(cluster, "node2")
-    answer = await node.post("/v1/heartbeat", {"hostname": "node1", "addr": "127.0.0.1:3022"})
+    answer = await node.request("POST", "/v1/heartbeat", {"hostname": "node1", "addr": "127.0.0.1:3022"})
     assert answer["session_recording"] == "node"
 
     headers = {"Content-Type": "application/x-asciicast"}
-    assert (await node.call_raw("POST", f"/v1/recordings/{SID}/stream?offset=0", b"abc", headers))["size"] == 3
+    appended = await node.request("POST", f"/v1/recordings/{SID}/stream?offset=0", data=b"abc", headers=headers)
+    assert appended["size"] == 3
     with pytest.raises(AccessDenied):  # another node cannot write into it
-        await other.call_raw("POST", f"/v1/recordings/{SID}/stream?offset=3", b"d", headers)
+        await other.request("POST", f"/v1/recordings/{SID}/stream?offset=3", data=b"d", headers=headers)
     with pytest.raises(BadParameter, match="offset"):
-        await node.call_raw("POST", f"/v1/recordings/{SID}/stream", b"d", headers)
+        await node.request("POST", f"/v1/recordings/{SID}/stream", data=b"d", headers=headers)
 
-    await node.post("/v1/sessions/active", {"id": SID, "user": "alice", "login": "root", "node": "node1"})
+    await node.request("POST", "/v1/sessions/active", {"id": SID, "user": "alice", "login": "root", "node": "node1"})
     auditor = await _user_client(cluster, "alice", ["auditor"])
     [active] = await list_active_sessions(auditor)
     assert (active["id"], active["user"], active["node"]) == (SID, "alice", "node1")
     with pytest.raises(AccessDenied):  # only the node that runs it ends it
-        await other.delete(f"/v1/sessions/active/{SID}")
-    await node.post(f"/v1/sessions/active/{SID}/keepalive", {})
-    await node.delete(f"/v1/sessions/active/{SID}")
+        await other.request("DELETE", f"/v1/sessions/active/{SID}")
+    await node.request("POST", f"/v1/sessions/active/{SID}/keepalive", {})
+    await node.request("DELETE", f"/v1/sessions/active/{SID}")
     assert await list_active_sessions(auditor) == []
 
 
 async def test_refusals_by_system_role_are_audited_and_node_events_are_stored_once(cluster):
     plain = await _user_client(cluster, "bob", ["access"])
     with pytest.raises(AccessDenied, match="not allowed for role"):
-        await plain.get("/v1/tokens")  # an admin route
+        await plain.request("GET", "/v1/tokens")  # an admin route
     [denied] = [e for e in await cluster.audit_events("access.denied") if e["resource"] == "/v1/tokens"]
     assert (denied["user"], denied["verb"], denied["code"]) == ("bob", "GET", "T1007W")
     assert denied["remote_addr"] and denied["time"] and "not allowed" in denied["reason"]
@@ -140,11 +142,11 @@ async def test_refusals_by_system_role_are_audited_and_node_events_are_stored_on
     node = await _node_client(cluster, "node1")
     event = {"event": "exec", "id": "ab" * 16, "time": datetime.now(UTC).isoformat(), "command": "true",
              "exit_status": 0, "nodename": "node1"}
-    first = await node.post("/v1/audit", event)
-    again = await node.post("/v1/audit", event)  # the node's resend after a crash
+    first = await node.request("POST", "/v1/audit", event)
+    again = await node.request("POST", "/v1/audit", event)  # the node's resend after a crash
     assert first.get("duplicate") is None and again["duplicate"] is True
     stored = [e for e in await cluster.audit_events("exec") if e["id"] == event["id"]]
     assert len(stored) == 1 and stored[0]["node"] == "node1" and stored[0]["code"] == "T3002I"
     other = await _node_client(cluster, "node2")
     with pytest.raises(AlreadyExists, match="another server"):
-        await other.post("/v1/audit", event)
+        await other.request("POST", "/v1/audit", event)

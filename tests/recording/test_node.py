@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from teleport_runtime.api.types import ActiveSession
 from teleport_runtime.errors import BadParameter, ConnectionProblem, NotFound
 from teleport_runtime.recording.active import ActiveSessionReporter
 from teleport_runtime.recording.node import NodeRecording, spool_dir
@@ -34,14 +35,15 @@ class FakeClient:
             raise NotFound("no such session")
         return {}
 
-    async def post(self, path: str, body: Any) -> Any:
-        return await self.call("POST", path, body)
+    # The auth client's methods the session reporter calls, recorded as the requests they send.
+    async def start_session(self, session: ActiveSession) -> Any:
+        return await self.call("POST", "/v1/sessions/active", session.to_json())
 
-    async def delete(self, path: str) -> Any:
-        return await self.call("DELETE", path)
+    async def keep_alive_session(self, session_id: str) -> Any:
+        return await self.call("POST", f"/v1/sessions/active/{session_id}/keepalive", {})
 
-    async def get(self, path: str) -> Any:
-        return await self.call("GET", path)
+    async def end_session(self, session_id: str) -> Any:
+        return await self.call("DELETE", f"/v1/sessions/active/{session_id}")
 
 
 async def until(cond: Any) -> None:

@@ -4,18 +4,21 @@ the API routes over real HTTP with both upload forms, and the sessions in progre
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from teleport_runtime.api.types import RecordingMeta
 from teleport_runtime.auth.recordings import (
     ActiveSessions,
     FileRecordingStore,
@@ -34,7 +37,8 @@ from teleport_runtime.errors import (
     TeleportError,
     error_from_dict,
 )
-from teleport_runtime.recording.client import fetch_recording, list_recordings
+from teleport_runtime.recording.asciicast import HEADER_MANIFEST
+from teleport_runtime.recording.client import fetch_recording, list_recordings, recording_data
 from teleport_runtime.recording.uploader import Uploader, make_upload
 
 from .conftest import write_session
@@ -207,14 +211,28 @@ class JSONClient:
                 raise error_from_dict(data["error"])
             return data
 
-    async def get(self, path: str) -> Any:
-        return await self.call("GET", path)
+    # The auth client's methods the uploader and tsh call, in the first version's JSON forms:
+    # a JSON upload body and the base64 download, which the auth service still accepts.
+    async def recordings(self, since: str | None = None) -> list[RecordingMeta]:
+        path = "/v1/recordings" + (f"?since={quote(since)}" if since else "")
+        return RecordingMeta.list_from_json(await self.call("GET", path))
+
+    async def recording(self, session_id: str) -> bytes:
+        return recording_data(await self.call("GET", f"/v1/recordings/{session_id}?encoding=base64"),
+                              session_id, "the test server")
+
+    async def upload_recording(self, session_id: str, body: Any, headers: dict[str, str]) -> Any:
+        brief = headers[HEADER_MANIFEST]
+        manifest = json.loads(base64.urlsafe_b64decode(brief + "=" * (-len(brief) % 4)))
+        data = body._path.read_bytes()  # the spool file the payload streams
+        return await self.call("POST", f"/v1/recordings/{session_id}",
+                               {"manifest": manifest, "data_b64": base64.b64encode(data).decode("ascii")})
 
 
 class RawClient(JSONClient):
-    """With the ``call_raw`` the auth client is to get."""
+    """The auth client's raw forms: the asciicast as the body, and as the answer."""
 
-    async def call_raw(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> Any:
+    async def _raw(self, method: str, path: str, data: Any, headers: dict[str, str]) -> Any:
         async with self.session.request(method, self.base + path, data=data, headers=headers) as resp:
             body = await resp.read()
             if resp.content_type == "application/json":
@@ -225,6 +243,12 @@ class RawClient(JSONClient):
             if resp.status >= 400:
                 raise TeleportError(f"HTTP {resp.status}")
             return body
+
+    async def recording(self, session_id: str) -> bytes:
+        return await self._raw("GET", f"/v1/recordings/{session_id}", None, {})  # type: ignore[no-any-return]
+
+    async def upload_recording(self, session_id: str, body: Any, headers: dict[str, str]) -> Any:
+        return await self._raw("POST", f"/v1/recordings/{session_id}", body, headers)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from teleport_runtime.api.types import StreamAppended
 from teleport_runtime.auth.audit import AuditLog, event_code
 from teleport_runtime.auth.recordings import FileRecordingStore
 from teleport_runtime.backend.sqlite import SQLiteBackend
@@ -33,14 +34,13 @@ class StreamClient:
         self.down = False
         self.calls = 0
 
-    async def call_raw(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+    async def append_stream(self, session_id: str, offset: int, body: bytes, content_type: str) -> StreamAppended:
         self.calls += 1
         if self.down:
             raise ConnectionProblem("cannot reach the auth server")
-        offset = int(path.rpartition("offset=")[2])
-        assert method == "POST" and path.startswith(f"/v1/recordings/{SID}/stream") and offset == len(self.data)
+        assert session_id == SID and offset == len(self.data)
         self.data += body or b""
-        return {"size": len(self.data)}
+        return StreamAppended(session_id=session_id, size=len(self.data))
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         return {}
@@ -183,7 +183,7 @@ async def test_audit_emit_fills_code_and_node_and_filters_by_type(tmp_path):
 
 async def test_a_stream_overtaken_by_the_complete_upload_is_not_a_failure():
     class Uploaded(StreamClient):
-        async def call_raw(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        async def append_stream(self, session_id: str, offset: int, body: bytes, content_type: str) -> Any:
             raise AlreadyExists(f"session {SID} is already recorded completely")
 
     aborts: list[str] = []

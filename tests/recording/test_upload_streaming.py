@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.join import join_cluster
+from teleport_runtime.api.client import AuthClient
 from teleport_runtime.auth.recordings import MAX_RECORDING_SIZE
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import BadParameter, ConnectionProblem
@@ -45,7 +45,7 @@ async def test_a_body_over_its_stated_size_is_refused_while_streaming(in_process
 
     headers = {"Content-Type": CONTENT_TYPE, HEADER_SIZE: str(MiB), HEADER_SHA256: "0" * 64}
     with pytest.raises((BadParameter, ConnectionProblem)) as refused:
-        await node.call_raw("POST", f"/v1/recordings/{SID}", body(), headers)  # type: ignore[arg-type]
+        await node.request("POST", f"/v1/recordings/{SID}", data=body(), headers=headers)  # type: ignore[arg-type]
     if isinstance(refused.value, BadParameter):
         assert "size mismatch: expected 1048576 bytes, received more" in refused.value.message
     assert sent < total, "the auth service read the whole body before refusing it"
@@ -57,7 +57,7 @@ async def test_a_stated_size_over_the_limit_is_refused_before_reading(in_process
     node = in_process.client(identity)
     headers = {"Content-Type": CONTENT_TYPE, HEADER_SIZE: str(MAX_RECORDING_SIZE + 1), HEADER_SHA256: "0" * 64}
     with pytest.raises(BadParameter, match="out of range"):
-        await node.call_raw("POST", f"/v1/recordings/{SID}", b"{}", headers)
+        await node.request("POST", f"/v1/recordings/{SID}", data=b"{}", headers=headers)
     assert _leftovers(in_process) == []
 
 

@@ -19,9 +19,10 @@ from tests.proxy.harness import LocalCluster
 async def test_watch_answers_when_a_ca_changes(local_cluster: LocalCluster) -> None:
     identity, _ = await local_cluster.join("node", "node1")
     client = local_cluster.client(identity)
-    first = await client.get("/v1/authorities/watch")
+    first = await client.request("GET", "/v1/authorities/watch")
     assert first["rotation"]["host"]["phase"] == "standby"
-    waiting = asyncio.ensure_future(client.get(f"/v1/authorities/watch?revision={first['revision']}&wait=30"))
+    waiting = asyncio.ensure_future(
+        client.request("GET", f"/v1/authorities/watch?revision={first['revision']}&wait=30"))
     await asyncio.sleep(0.2)
     assert not waiting.done()  # nothing changed: the watch holds
     await local_cluster.auth.rotation.rotate("host", mode="manual", target_phase="init")
@@ -30,7 +31,7 @@ async def test_watch_answers_when_a_ca_changes(local_cluster: LocalCluster) -> N
     assert changed["rotation"]["host"]["phase"] == "init"
     assert len(changed["cas"]["host_ca_certs"]) == 2
     # a stale revision answers at once
-    again = await client.get(f"/v1/authorities/watch?revision={first['revision']}&wait=30", time_limit=5)
+    again = await client.request("GET", f"/v1/authorities/watch?revision={first['revision']}&wait=30", time_limit=5)
     assert again["revision"] == changed["revision"]
 
 
@@ -39,7 +40,8 @@ async def test_reregister_keeps_who_the_caller_is(local_cluster: LocalCluster) -
     client = local_cluster.client(identity)
     _, ssh_public = generate_ssh_keypair()
     _, tls_public = generate_tls_keypair()
-    issued = await client.post("/v1/reregister", {"ssh_public_key": ssh_public, "tls_public_key": tls_public.decode()})
+    issued = await client.request("POST", "/v1/reregister",
+                                  {"ssh_public_key": ssh_public, "tls_public_key": tls_public.decode()})
     tls = parse_tls_identity(issued["tls_cert"].encode())
     assert (tls.host_uuid, tls.nodename, tls.roles) == (host_uuid, "node1", ["Node"])
     # only node and proxy identities re-register; the service refuses anything else
@@ -75,11 +77,11 @@ async def test_heartbeat_reports_the_applied_phases(local_cluster: LocalCluster,
     rotation_id = (await local_cluster.auth.rotation.view("user"))["id"]
     assert report == {"host": {"phase": "standby", "id": ""}, "user": {"phase": "init", "id": rotation_id}}
     assert len(sync.identity.user_ca_keys or []) == 2  # both user CAs trusted in init
-    await client.post("/v1/heartbeat", {"hostname": "node1", "addr": "127.0.0.1:3022", "rotation": report})
+    await client.request("POST", "/v1/heartbeat", {"hostname": "node1", "addr": "127.0.0.1:3022", "rotation": report})
     [record] = await local_cluster.auth.presence.list("Node")
     assert record["rotation"] == report
     # a report of another shape is read as standby, never stored as sent
-    await client.post("/v1/heartbeat", {"hostname": "node1", "addr": "127.0.0.1:3022", "rotation": "init"})
+    await client.request("POST", "/v1/heartbeat", {"hostname": "node1", "addr": "127.0.0.1:3022", "rotation": "init"})
     [record] = await local_cluster.auth.presence.list("Node")
     assert record["rotation"] == {"host": {"phase": "standby", "id": ""}, "user": {"phase": "standby", "id": ""}}
     # restarted, the agent reports what it applied before
