@@ -39,6 +39,7 @@ from teleport_runtime.api.names import (
     HEADER_FORWARDED_USER,
     KEEPALIVE_SECONDS,
 )
+from teleport_runtime.api.wire import Message
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import BadParameter, ConnectionProblem, TeleportError, error_from_dict
 from teleport_runtime.urlpath import check_request_path
@@ -309,9 +310,9 @@ class AuthClient:
         limits = DEFAULT_TIMEOUT if time_limit is None else aiohttp.ClientTimeout(total=time_limit, connect=10)
         return await self._request(method, path, {"json": body, "headers": dict(headers or {})}, limits, raw=False)
 
-    async def _json(self, endpoint: r.Endpoint, path: str, body: t.Message | dict[str, Any] | None = None, *,
+    async def _json(self, endpoint: r.Endpoint, path: str, body: Message | dict[str, Any] | None = None, *,
                     forwarded: Forwarded | None = None, time_limit: float | None = None) -> Any:
-        payload = body.to_json() if isinstance(body, t.Message) else body
+        payload = body.to_json() if isinstance(body, Message) else body
         limits = DEFAULT_TIMEOUT if time_limit is None else aiohttp.ClientTimeout(total=time_limit, connect=10)
         headers = forwarded.headers() if forwarded is not None else {}
         return await self._request(endpoint.method, path, {"json": payload, "headers": headers}, limits, raw=False)

@@ -197,8 +197,8 @@ class AuthAPI:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=outer, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        addresses = self.runner.addresses
+        bound = int(addresses[0][1]) if addresses else port
         self.auth.served_at([host, *extra_names], bound)
         log.info("auth API listening on %s:%s", host, bound)
         return bound
@@ -272,7 +272,8 @@ class AuthAPI:
                         exc, resource=request.path, remote_addr=request.remote or "",
                         host_uuid=identity.host_uuid, nodename=identity.nodename or "",
                         role=",".join(identity.roles)) from None
-            self._callers[sslobj] = (trust, identity, peer)
+            if sslobj is not None:
+                self._callers[sslobj] = (trust, identity, peer)
         if identity.expires is not None and identity.expires <= datetime.now(UTC):
             raise AccessDenied(f"the certificate of {identity.name} expired: log in or join again")
         request["peer"] = peer
@@ -511,7 +512,8 @@ class AuthAPI:
         body: t.RotateRequest = request["body"]
         return await self.auth.rotation.rotate(
             request.match_info["type"], mode=body.mode or "auto", target_phase=body.phase,
-            grace_period=body.grace_period,
+            # a number of seconds reaches the rotation's own duration check as it was sent
+            grace_period=body.grace_period,  # type: ignore[arg-type]
         )
 
     async def rotation_state(self, _request: web.Request) -> dict[str, Any]:
