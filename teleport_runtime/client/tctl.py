@@ -16,7 +16,7 @@ import click
 import yaml
 
 from teleport_runtime import config as configuration
-from teleport_runtime.agent.identity import Identity, write_private
+from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import (
     Deleted,
@@ -37,6 +37,7 @@ from teleport_runtime.client.output import (
     format_labels,
     humanize_ttl,
 )
+from teleport_runtime.durable import write_private
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
 
