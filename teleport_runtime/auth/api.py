@@ -314,7 +314,7 @@ class AuthAPI:
     async def get_ca(self, _request: web.Request) -> dict[str, Any]:
         return await self.auth.public_cas()
 
-    async def join(self, request: web.Request) -> dict[str, Any]:
+    async def join(self, request: web.Request) -> t.IssuedIdentity:
         remote = request.remote or "unknown"
         try:
             self.join_limit.take(remote)
@@ -338,7 +338,7 @@ class AuthAPI:
             self.join_limit.charge(remote, JOIN_FAILURE_COST)
             raise
 
-    async def reregister(self, request: web.Request) -> dict[str, Any]:
+    async def reregister(self, request: web.Request) -> t.IssuedIdentity:
         """A new identity for the caller's own UUID, name, role and certificate names: names in
         the body are ignored."""
         body: t.ReregisterRequest = request["body"]
@@ -347,21 +347,21 @@ class AuthAPI:
             request["identity"], list(peer.names), body.ssh_public_key, body.tls_public_key, request.remote or "",
         )
 
-    async def heartbeat(self, request: web.Request) -> dict[str, Any]:
+    async def heartbeat(self, request: web.Request) -> t.HeartbeatAnswer:
         identity: TLSIdentity = request["identity"]
         if not identity.host_uuid:
             raise AccessDenied("heartbeat needs a host identity")
         peer: PeerCert = request["peer"]
         return await self.auth.heartbeat(identity, list(peer.names), request["body"], request.remote or "")
 
-    async def list_nodes(self, request: web.Request) -> list[dict[str, Any]]:
+    async def list_nodes(self, request: web.Request) -> list[t.NodeRecord]:
         return await self.auth.list_hosts("Node")
 
-    async def remove_node(self, request: web.Request) -> dict[str, Any]:
+    async def remove_node(self, request: web.Request) -> t.HostRemoved:
         """``tctl nodes rm``: remove a host and lock its certificates."""
         return await self.auth.remove_host(request.match_info["name"])
 
-    async def list_proxies(self, request: web.Request) -> list[dict[str, Any]]:
+    async def list_proxies(self, request: web.Request) -> list[t.NodeRecord]:
         return await self.auth.list_hosts("Proxy")
 
     async def status(self, request: web.Request) -> dict[str, Any]:
@@ -370,14 +370,14 @@ class AuthAPI:
     async def list_tokens(self, request: web.Request) -> list[dict[str, Any]]:
         return [t.to_dict() for t in await self.auth.tokens.list()]
 
-    async def create_token(self, request: web.Request) -> dict[str, Any]:
+    async def create_token(self, request: web.Request) -> t.TokenCreated:
         body: t.TokenRequest = request["body"]
         ttl = parse_duration(body.ttl) if body.ttl else None
         token = await self.auth.tokens.create(list(body.roles) or ["node"], ttl=ttl, value=body.token)
-        result = token.to_dict()
-        result["ca_pins"] = await self.auth.ca_pins()
-        result["auth_server"] = self.auth.advertise_addr()
-        return result
+        return t.TokenCreated(
+            token=token.value, roles=token.roles, expires=token.expires.isoformat() if token.expires else None,
+            static=token.static, ca_pins=tuple(await self.auth.ca_pins()), auth_server=self.auth.advertise_addr(),
+        )
 
     async def delete_token(self, request: web.Request) -> dict[str, Any]:
         await self.auth.tokens.delete(request.match_info["token"])
@@ -436,7 +436,7 @@ class AuthAPI:
         login_source(forwarded)  # an IP address (and port), nothing else
         return forwarded
 
-    async def login(self, request: web.Request) -> dict[str, Any]:
+    async def login(self, request: web.Request) -> t.UserCerts:
         remote_addr = self._client_addr(request)
         return await self.auth.login(request["body"], remote_addr)
 
@@ -469,7 +469,7 @@ class AuthAPI:
                                     "remote_addr": remote_addr})
         return {"user": user.name}
 
-    async def sign_user(self, request: web.Request) -> dict[str, Any]:
+    async def sign_user(self, request: web.Request) -> t.UserCerts:
         body: t.UserCertRequest = request["body"]
         return await self.auth.sign_user(body.user, body.ssh_public_key, body.tls_public_key.encode() or None, body.ttl)
 
@@ -603,7 +603,7 @@ class AuthAPI:
         session_id = request.match_info["session_id"]
         await self.auth.sessions.end(session_id, self._host(request))
         return {"ended": session_id}
-    async def watch_authorities(self, request: web.Request) -> dict[str, Any]:
+    async def watch_authorities(self, request: web.Request) -> t.AuthorityState:
         """The CA state agents follow (:meth:`AuthService.authority_state`), as a long poll:
         with ``revision`` equal to the current one, the answer waits up to ``wait`` seconds for
         a CA to change; otherwise (or with no ``wait``) it comes at once."""
@@ -615,7 +615,7 @@ class AuthAPI:
         watcher = await self.auth.backend.new_watcher([AUTHORITIES_PREFIX])
         try:
             state = await self.auth.authority_state()
-            if state["revision"] != known or wait <= 0:
+            if state.revision != known or wait <= 0:
                 return state
 
             async def changed() -> None:

@@ -24,7 +24,19 @@ from teleport_runtime import __version__
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api.names import API_SERVER_NAME
 from teleport_runtime.api.routes import HEARTBEAT, JOIN
-from teleport_runtime.api.types import HeartbeatReport, JoinRequest, LoginRequest
+from teleport_runtime.api.types import (
+    AuthorityState,
+    HeartbeatAnswer,
+    HeartbeatReport,
+    HostRemoved,
+    IssuedIdentity,
+    JoinRequest,
+    LoginRequest,
+    NodeRecord,
+    PublicCAs,
+    RotationView,
+    UserCerts,
+)
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.hosts import Binding, HostRegistry, Lock, key_fingerprint, removed_message
 from teleport_runtime.auth.presence import Presence
@@ -162,19 +174,20 @@ class AuthService:
         host = await self.get_ca(CAType.HOST)
         return [ca_pin(c) for c in host.trusted_tls_certs()]
 
-    async def authority_state(self) -> dict[str, Any]:
+    async def authority_state(self) -> AuthorityState:
         """What agents follow CA rotations with: both CAs' rotation views, the public CA
         material, the host CA cert that signs now, and a ``revision`` that changes whenever
         either CA record changes (the watch compares it)."""
         items = {t: await self.backend.get(_ca_key(t)) for t in (CAType.HOST, CAType.USER)}
         cas = {t: CertAuthority.from_dict(json.loads(item.value)) for t, item in items.items()}
         host, user = cas[CAType.HOST], cas[CAType.USER]
-        return {
-            "revision": f"{items[CAType.HOST].revision}.{items[CAType.USER].revision}",
-            "rotation": {t.value: rotation_view(ca) for t, ca in cas.items()},
-            "cas": {"cluster": self.cluster_name, **_trusted(host, user), "user_ca_certs": _certs(user)},
-            "signing": {"host_ca_cert": host.active.tls_cert.decode()},
-        }
+        return AuthorityState(
+            revision=f"{items[CAType.HOST].revision}.{items[CAType.USER].revision}",
+            rotation={t.value: RotationView.from_json(rotation_view(ca)) for t, ca in cas.items()},
+            cas=PublicCAs.from_json({"cluster": self.cluster_name, **_trusted(host, user),
+                                     "user_ca_certs": _certs(user)}),
+            signing={"host_ca_cert": host.active.tls_cert.decode()},
+        )
 
     async def issue_server_identity(self, extra_names: list[str]) -> Identity:
         """The auth API's own TLS identity, valid for ``teleport.cluster.local`` and its names.
@@ -250,7 +263,7 @@ class AuthService:
 
     async def register(
         self, req: JoinRequest, remote_addr: str, presented: TLSIdentity | None = None
-    ) -> dict[str, Any]:
+    ) -> IssuedIdentity:
         """The server side of the join flow: check the token, decide who the host is, sign.
 
         The host's UUID is bound to the first key that joined with it; names are unique (see
@@ -292,7 +305,7 @@ class AuthService:
             addresses=tuple(addresses),
         )
         log.info("%s %s (%s) joined from %s", req.role, nodename, host_uuid, remote_addr)
-        return identity
+        return IssuedIdentity.from_json(identity)
 
     async def _bind(
         self, host_uuid: str, nodename: str, role: str, fingerprint: str, candidates: list[str],
@@ -388,7 +401,7 @@ class AuthService:
     async def reregister(
         self, caller: TLSIdentity, caller_names: list[str], ssh_public_key: str, tls_public_key: bytes,
         remote_addr: str = "",
-    ) -> dict[str, Any]:
+    ) -> IssuedIdentity:
         """A joined host asks for a new identity with the one it holds (no token): during a host
         CA rotation this is how agents get certificates signed by the key that signs now. Who it
         is (UUID, name, role) and the names it is signed for come from its verified certificate
@@ -418,7 +431,7 @@ class AuthService:
         binding.names = list(dict.fromkeys([*binding.names, *addresses]))
         await self.hosts.save(binding, new=False)
         log.info("%s %s (%s) re-registered", role.lower(), caller.nodename, host_uuid)
-        return identity
+        return IssuedIdentity.from_json(identity)
 
     async def check_host_caller(self, identity: TLSIdentity, fingerprint: str, locks: dict[str, Lock]) -> None:
         """A host certificate may call the API while its UUID is bound to its key. A certificate
@@ -441,7 +454,7 @@ class AuthService:
                 f"with a new token) or, if {binding.nodename} is gone, run `tctl nodes rm {binding.nodename}`"
             )
 
-    async def remove_host(self, name_or_uuid: str) -> dict[str, Any]:
+    async def remove_host(self, name_or_uuid: str) -> HostRemoved:
         """``tctl nodes rm``: lock the host's certificates, forget its binding and names, delete its
         presence records. The host may join again with a new key (see ``auth/hosts.py``)."""
         target = name_or_uuid.strip()
@@ -459,21 +472,21 @@ class AuthService:
             await self.hosts.forget(binding)
         await self.presence.remove(host_uuid)
         log.info("host %s (%s) removed and locked", nodename, host_uuid)
-        return {"removed": host_uuid, "nodename": nodename, "locked_keys": len(lock.keys), "all_keys": lock.all}
+        return HostRemoved(removed=host_uuid, nodename=nodename, locked_keys=len(lock.keys), all_keys=lock.all)
 
-    async def list_hosts(self, role: str) -> list[dict[str, Any]]:
+    async def list_hosts(self, role: str) -> list[NodeRecord]:
         """Presence records of hosts that are bound: a removed host's record (a heartbeat in
         flight during `tctl nodes rm` may store one after the removal) is not listed."""
         bound = {b.uuid for b in await self.hosts.bindings()}
-        return [r for r in await self.presence.list(role) if r["id"] in bound]
+        return [NodeRecord.from_json(r) for r in await self.presence.list(role) if r["id"] in bound]
 
     async def heartbeat(
         self, identity: TLSIdentity, cert_names: list[str], report: HeartbeatReport, remote_ip: str
-    ) -> dict[str, Any]:
+    ) -> HeartbeatAnswer:
         """Store a host's heartbeat after checking that its name and addresses are its own."""
         role = identity.roles[0] if identity.roles else ""
         try:
-            return await self.presence.heartbeat(
+            answer = await self.presence.heartbeat(
                 role=role, host_uuid=identity.host_uuid or "", report=report.to_json(), remote_ip=remote_ip,
                 nodename=identity.nodename or identity.host_uuid or "", cert_names=cert_names,
                 forbidden=self.served_addrs,
@@ -482,6 +495,7 @@ class AuthService:
             raise await self.refuse(exc, resource=HEARTBEAT.path, remote_addr=remote_ip,
                                     host_uuid=identity.host_uuid or "", nodename=identity.nodename or "",
                                     role=role) from None
+        return HeartbeatAnswer.from_json(answer)
 
     async def issue_host_identity(
         self,
@@ -541,7 +555,7 @@ class AuthService:
         ssh_public_key: str,
         tls_public_key: bytes | None,
         ttl: str | timedelta | None,
-    ) -> dict[str, Any]:
+    ) -> UserCerts:
         """Short-lived user certs: logins and forwarding from the user's roles; the TTL (12 h by
         default) is capped by the roles' max_session_ttl."""
         role_set, role_names = await self.role_set(username)
@@ -562,28 +576,31 @@ class AuthService:
             permit_agent_forwarding=role_set.can_forward_agent(),
             permit_port_forwarding=role_set.can_port_forward(),
         )
-        result: dict[str, Any] = {
-            "username": username,
-            "cluster": self.cluster_name,
-            "ssh_cert": ssh_cert,
-            "roles": role_names,
-            "logins": logins,
-            "ttl_seconds": int(cert_ttl.total_seconds()),
-            **_trusted(host_ca, user_ca),
-        }
+        tls_cert = None
         if tls_public_key:
-            result["tls_cert"] = generate_tls_identity_cert(
+            tls_cert = generate_tls_identity_cert(
                 user_ca.active,
                 tls_public_key,
                 TLSIdentity(name=username, kind="user", roles=role_names,
                             cluster=self.cluster_name, logins=logins),
                 ttl=cert_ttl,
             ).decode()
-        return result
+        return UserCerts(
+            username=username,
+            cluster=self.cluster_name,
+            ssh_cert=ssh_cert,
+            roles=tuple(role_names),
+            logins=tuple(logins),
+            ttl_seconds=int(cert_ttl.total_seconds()),
+            host_ca_certs=tuple(_certs(host_ca)),
+            host_ca_keys=tuple(host_ca.trusted_ssh_public_keys()),
+            user_ca_keys=tuple(user_ca.trusted_ssh_public_keys()),
+            tls_cert=tls_cert,
+        )
 
     async def login(
         self, request: LoginRequest, remote_addr: str
-    ) -> dict[str, Any]:
+    ) -> UserCerts:
         """Password + TOTP login (through the proxy); audited either way."""
         name = request.user
         try:
