@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from cryptography import x509
@@ -36,7 +36,7 @@ from teleport_runtime.api.names import (
     SERVER_KEEPALIVE_SECONDS,
 )
 from teleport_runtime.api.routes import PUBLIC, Endpoint
-from teleport_runtime.api.wire import encode
+from teleport_runtime.api.wire import Message, encode
 from teleport_runtime.auth.audit import AGENT_EVENTS, check_agent_event
 from teleport_runtime.auth.hosts import LOCKS_PREFIX, Lock, key_fingerprint
 from teleport_runtime.auth.recordings import download, parse_since, read_upload
@@ -94,6 +94,23 @@ def system_roles(identity: TLSIdentity) -> list[str]:
     """The API roles a certificate holds. User certs carry user role names, which must never
     be mistaken for system roles (a user role named "Admin" is still just a user)."""
     return list(identity.roles) if identity.kind in ("host", "admin") else ["User"]
+
+
+#: What the middleware learned about a request, for its handler: the caller's verified identity,
+#: its certificate's key and names, and the decoded body (when the endpoint takes one).
+IDENTITY = web.RequestKey("identity", TLSIdentity)
+PEER = web.RequestKey("peer", PeerCert)
+BODY = web.RequestKey("body", Message)
+M = TypeVar("M", bound=Message)
+
+
+def _body(request: web.Request, kind: type[M]) -> M:
+    """The body the middleware decoded: the endpoint's declared type (a mismatch is a bug in the
+    route table, not the caller's: it fails closed as an internal error)."""
+    body = request[BODY]
+    if not isinstance(body, kind):
+        raise TypeError(f"{request.method} {request.path}: body is {type(body).__name__}, not {kind.__name__}")
+    return body
 
 
 class AuthAPI:
@@ -231,9 +248,9 @@ class AuthAPI:
                         "reason": reason,
                     })
                     raise AccessDenied(reason)
-                request["identity"] = identity
+                request[IDENTITY] = identity
             if endpoint.body is not None:  # types and sizes, before any handler reads it
-                request["body"] = endpoint.body.from_json(await read_object(request), str(endpoint))
+                request[BODY] = endpoint.body.from_json(await read_object(request), str(endpoint))
             result = await handler(request)
             if isinstance(result, web.StreamResponse):
                 return result
@@ -276,7 +293,7 @@ class AuthAPI:
                 self._callers[sslobj] = (trust, identity, peer)
         if identity.expires is not None and identity.expires <= datetime.now(UTC):
             raise AccessDenied(f"the certificate of {identity.name} expired: log in or join again")
-        request["peer"] = peer
+        request[PEER] = peer
         return identity
 
     def _verify_peer(self, sslobj: ssl.SSLObject | None, trust: TrustedCAs) -> tuple[TLSIdentity, PeerCert]:
@@ -322,7 +339,7 @@ class AuthAPI:
             if not exc.first:
                 raise
             raise await self.auth.refuse(exc, resource=r.JOIN.path, remote_addr=remote) from None
-        sent: t.JoinRequest = request["body"]
+        sent = _body(request, t.JoinRequest)
         req = dataclasses.replace(sent, role=sent.role.lower())
         # A host joining a second role (node and proxy on one host) proves it is the host
         # holding its UUID with the certificate of its first role.
@@ -341,18 +358,19 @@ class AuthAPI:
     async def reregister(self, request: web.Request) -> t.IssuedIdentity:
         """A new identity for the caller's own UUID, name, role and certificate names: names in
         the body are ignored."""
-        body: t.ReregisterRequest = request["body"]
-        peer: PeerCert = request["peer"]
+        body = _body(request, t.ReregisterRequest)
+        peer = request[PEER]
         return await self.auth.reregister(
-            request["identity"], list(peer.names), body.ssh_public_key, body.tls_public_key, request.remote or "",
+            request[IDENTITY], list(peer.names), body.ssh_public_key, body.tls_public_key, request.remote or "",
         )
 
     async def heartbeat(self, request: web.Request) -> t.HeartbeatAnswer:
-        identity: TLSIdentity = request["identity"]
+        identity = request[IDENTITY]
         if not identity.host_uuid:
             raise AccessDenied("heartbeat needs a host identity")
-        peer: PeerCert = request["peer"]
-        return await self.auth.heartbeat(identity, list(peer.names), request["body"], request.remote or "")
+        peer = request[PEER]
+        return await self.auth.heartbeat(identity, list(peer.names), _body(request, t.HeartbeatReport),
+                                         request.remote or "")
 
     async def list_nodes(self, request: web.Request) -> list[t.NodeRecord]:
         return await self.auth.list_hosts("Node")
@@ -371,7 +389,7 @@ class AuthAPI:
         return [t.to_dict() for t in await self.auth.tokens.list()]
 
     async def create_token(self, request: web.Request) -> t.TokenCreated:
-        body: t.TokenRequest = request["body"]
+        body = _body(request, t.TokenRequest)
         ttl = parse_duration(body.ttl) if body.ttl else None
         token = await self.auth.tokens.create(list(body.roles) or ["node"], ttl=ttl, value=body.token)
         return t.TokenCreated(
@@ -390,7 +408,7 @@ class AuthAPI:
         return [r.to_dict() for r in await self.auth.users.list_roles()]
 
     async def upsert_role(self, request: web.Request) -> dict[str, Any]:
-        body: t.RoleUpsert = request["body"]
+        body = _body(request, t.RoleUpsert)
         role, existed = await self.auth.users.upsert_role(body.role, force=body.force)
         return {"name": role.name, "existed": existed}
 
@@ -402,11 +420,11 @@ class AuthAPI:
         return [u.public() for u in await self.auth.users.list_users()]
 
     async def add_user(self, request: web.Request) -> dict[str, Any]:
-        body: t.UserAdd = request["body"]
+        body = _body(request, t.UserAdd)
         return await self.auth.users.add_user(body.name, list(body.roles), list(body.logins))
 
     async def update_user(self, request: web.Request) -> dict[str, Any]:
-        body: t.UserUpdate = request["body"]
+        body = _body(request, t.UserUpdate)
         user = await self.auth.users.update_user(
             request.match_info["name"],
             None if body.roles is None else list(body.roles),
@@ -425,7 +443,7 @@ class AuthAPI:
     def _client_addr(request: web.Request) -> str:
         """The address of the user behind a proxy's request: the proxy forwards it (only a Proxy
         identity may: login and sign-up admit no other caller), validated here."""
-        identity: TLSIdentity = request["identity"]
+        identity = request[IDENTITY]
         if "Proxy" not in system_roles(identity):
             raise AccessDenied(f"only a proxy may forward a client's address ({HEADER_FORWARDED_ADDR})")
         forwarded = request.headers.get(HEADER_FORWARDED_ADDR, "")
@@ -438,7 +456,7 @@ class AuthAPI:
 
     async def login(self, request: web.Request) -> t.UserCerts:
         remote_addr = self._client_addr(request)
-        return await self.auth.login(request["body"], remote_addr)
+        return await self.auth.login(_body(request, t.LoginRequest), remote_addr)
 
     async def signup_info(self, request: web.Request) -> dict[str, Any]:
         token = request.match_info["token"]
@@ -458,7 +476,7 @@ class AuthAPI:
     async def signup(self, request: web.Request) -> dict[str, Any]:
         """Complete a sign-up; audited (``user.signup``) either way, a refused token too."""
         remote_addr = self._client_addr(request)
-        body: t.SignupRequest = request["body"]
+        body = _body(request, t.SignupRequest)
         token = body.token
         try:
             user = await self.auth.users.complete_signup(token, body.password, body.otp)
@@ -470,11 +488,11 @@ class AuthAPI:
         return {"user": user.name}
 
     async def sign_user(self, request: web.Request) -> t.UserCerts:
-        body: t.UserCertRequest = request["body"]
+        body = _body(request, t.UserCertRequest)
         return await self.auth.sign_user(body.user, body.ssh_public_key, body.tls_public_key.encode() or None, body.ttl)
 
     async def sign_host(self, request: web.Request) -> dict[str, Any]:
-        body: t.HostCertRequest = request["body"]
+        body = _body(request, t.HostCertRequest)
         ttl = parse_duration(body.ttl) if body.ttl else None
         cert = await self.auth.sign_openssh_host(list(body.names), body.ssh_public_key, ttl)
         return {"ssh_cert": cert}
@@ -482,9 +500,9 @@ class AuthAPI:
     async def emit_audit(self, request: web.Request) -> dict[str, Any]:
         """An agent's event, within what its role may write (:func:`check_agent_event`); a
         refusal is final for the sender and audited as ``access.denied``."""
-        identity: TLSIdentity = request["identity"]
+        identity = request[IDENTITY]
         host_uuid = self._host(request)
-        body = request["body"].to_json()
+        body = _body(request, t.AuditEvent).to_json()
         if not body.get("event"):
             raise BadParameter("an audit event needs an 'event' field")
         role = next((r for r in system_roles(identity) if r in AGENT_EVENTS), "")
@@ -509,7 +527,7 @@ class AuthAPI:
     # ------------------------------------------------------------------ CA rotation
 
     async def rotate(self, request: web.Request) -> dict[str, Any]:
-        body: t.RotateRequest = request["body"]
+        body = _body(request, t.RotateRequest)
         return await self.auth.rotation.rotate(
             request.match_info["type"], mode=body.mode or "auto", target_phase=body.phase,
             # a number of seconds reaches the rotation's own duration check as it was sent
@@ -542,7 +560,7 @@ class AuthAPI:
     async def _authorize(self, request: web.Request, resource: str, verb: str) -> TLSIdentity:
         """Who a read of recordings, sessions or the audit log is for, once allowed: the caller,
         or the user a proxy forwards. Refusals are audited (``access.denied``)."""
-        identity: TLSIdentity = request["identity"]
+        identity = request[IDENTITY]
         remote = request.remote or ""
         if "Proxy" in system_roles(identity):
             encoded = request.headers.get(HEADER_FORWARDED_USER)
@@ -555,7 +573,7 @@ class AuthAPI:
 
     @staticmethod
     def _host(request: web.Request) -> str:
-        identity: TLSIdentity = request["identity"]
+        identity = request[IDENTITY]
         if not identity.host_uuid:
             raise AccessDenied("this endpoint needs a host identity")
         return identity.host_uuid
@@ -594,7 +612,7 @@ class AuthAPI:
         return await self.auth.sessions.list()
 
     async def start_active_session(self, request: web.Request) -> dict[str, Any]:
-        return await self.auth.sessions.start(request["body"].to_json(), self._host(request))
+        return await self.auth.sessions.start(_body(request, t.ActiveSession).to_json(), self._host(request))
 
     async def keep_alive_session(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.sessions.keep_alive(request.match_info["session_id"], self._host(request))
