@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from teleport_runtime.agent.heartbeat import Heartbeat
+from teleport_runtime.api.types import HeartbeatAnswer, HeartbeatReport
 from teleport_runtime.auth.presence import Presence, heartbeat_interval
 from teleport_runtime.backend import open_backend
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem
@@ -24,12 +25,12 @@ class FlakyAuth:
         self.failures = list(failures)
         self.calls = 0
 
-    async def post(self, path, body):
+    async def heartbeat(self, report):
         self.calls += 1
-        assert path == "/v1/heartbeat"
+        assert isinstance(report, HeartbeatReport)
         if self.failures:
             raise self.failures.pop(0)
-        return {"heartbeat_interval": 0.01}
+        return HeartbeatAnswer(heartbeat_interval=0.01)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ import pyotp
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import join_cluster
 from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.types import HeartbeatReport
 from teleport_runtime.auth.api import AuthAPI
 from teleport_runtime.auth.service import AuthService
 from teleport_runtime.backend import open_backend
@@ -156,7 +157,7 @@ class LocalCluster:
         self.nodes.append(node)
         identity, host_uuid = await self.join("node", name, [node.ip])
         client = self.client(identity)
-        await client.request("POST", "/v1/heartbeat", {"hostname": name, "addr": node.addr, "labels": labels or {}})
+        await client.heartbeat(HeartbeatReport(hostname=name, addr=node.addr, labels=dict(labels or {})))
         return node, host_uuid
 
     async def user_keys(

@@ -223,7 +223,7 @@ async def test_a_corrupted_local_file_is_refused_before_sending(spool, tmp_path)
     class Client:
         sent = 0
 
-        async def call(self, method, path, body=None):
+        async def upload_recording(self, session_id, body, headers):
             Client.sent += 1
 
     manifest = await write_session(spool, "corrupt")
