@@ -79,18 +79,14 @@ class ProxyWeb:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
-        routes: list[tuple[str, str, Handler]] = [  # handlers answer JSON values (the middleware encodes)
-            ("GET", "/webapi/ping", self.ping),
-            ("POST", "/webapi/login", self.login),
-            ("GET", "/webapi/signup/{token}", self.get_signup),
-            ("POST", "/webapi/signup", self.signup),
-            ("GET", "/webapi/nodes", self.nodes),
-            ("GET", "/webapi/recordings", self.recordings),
-            ("GET", "/webapi/recordings/{session_id}", self.recording),
-            ("GET", "/webapi/sessions/active", self.active_sessions),
-        ]
-        for method, path, handler in routes:
-            app.router.add_route(method, path, handler)
+        app.router.add_get("/webapi/ping", self.ping)
+        app.router.add_post("/webapi/login", self.login)
+        app.router.add_get("/webapi/signup/{token}", self.get_signup)
+        app.router.add_post("/webapi/signup", self.signup)
+        app.router.add_get("/webapi/nodes", self.nodes)
+        app.router.add_get("/webapi/recordings", self.recordings)
+        app.router.add_get("/webapi/recordings/{session_id}", self.recording)
+        app.router.add_get("/webapi/sessions/active", self.active_sessions)
         return app
 
     async def start(self, host: str, port: int) -> int:

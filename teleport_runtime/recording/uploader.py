@@ -337,17 +337,16 @@ class SpoolFileBody(aiohttp.payload.Payload):
     def __init__(self, path: Path) -> None:
         super().__init__(path, content_type=CONTENT_TYPE)
         self._path = path
-        #: The file's size when the upload began (``_size`` is aiohttp's, for Content-Length).
-        self._length = self._size = path.stat().st_size
+        self._size = path.stat().st_size
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return f"<recording {self._path.name}, {self._length} bytes>"
+        return f"<recording {self._path.name}, {self._size} bytes>"
 
     async def write(self, writer: Any) -> None:
         await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        left = self._length if content_length is None else min(self._length, content_length)
+        left = self._size if content_length is None else min(self._size, content_length)
         fh = await asyncio.to_thread(self._path.open, "rb")
         try:
             while left > 0:
