@@ -386,7 +386,7 @@ class AuthAPI:
         return await self.auth.status()
 
     async def list_tokens(self, request: web.Request) -> list[dict[str, Any]]:
-        return [t.to_dict() for t in await self.auth.tokens.list()]
+        return [token.to_dict() for token in await self.auth.tokens.list()]
 
     async def create_token(self, request: web.Request) -> t.TokenCreated:
         body = _body(request, t.TokenRequest)
@@ -397,24 +397,24 @@ class AuthAPI:
             static=token.static, ca_pins=tuple(await self.auth.ca_pins()), auth_server=self.auth.advertise_addr(),
         )
 
-    async def delete_token(self, request: web.Request) -> dict[str, Any]:
+    async def delete_token(self, request: web.Request) -> t.Deleted:
         await self.auth.tokens.delete(request.match_info["token"])
-        return {"deleted": request.match_info["token"]}
+        return t.Deleted(deleted=request.match_info["token"])
 
 
     # ------------------------------------------------------------------ roles and users
 
     async def list_roles(self, _request: web.Request) -> list[dict[str, Any]]:
-        return [r.to_dict() for r in await self.auth.users.list_roles()]
+        return [role.to_dict() for role in await self.auth.users.list_roles()]
 
-    async def upsert_role(self, request: web.Request) -> dict[str, Any]:
+    async def upsert_role(self, request: web.Request) -> t.RoleSaved:
         body = _body(request, t.RoleUpsert)
         role, existed = await self.auth.users.upsert_role(body.role, force=body.force)
-        return {"name": role.name, "existed": existed}
+        return t.RoleSaved(name=role.name, existed=existed)
 
-    async def delete_role(self, request: web.Request) -> dict[str, Any]:
+    async def delete_role(self, request: web.Request) -> t.Deleted:
         await self.auth.users.delete_role(request.match_info["name"])
-        return {"deleted": request.match_info["name"]}
+        return t.Deleted(deleted=request.match_info["name"])
 
     async def list_users(self, _request: web.Request) -> list[dict[str, Any]]:
         return [u.public() for u in await self.auth.users.list_users()]
@@ -432,9 +432,9 @@ class AuthAPI:
         )
         return user.public()
 
-    async def delete_user(self, request: web.Request) -> dict[str, Any]:
+    async def delete_user(self, request: web.Request) -> t.Deleted:
         await self.auth.users.delete_user(request.match_info["name"])
-        return {"deleted": request.match_info["name"]}
+        return t.Deleted(deleted=request.match_info["name"])
 
     async def reset_user(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.users.reset_user(request.match_info["name"])
@@ -473,7 +473,7 @@ class AuthAPI:
             "remote_addr": remote_addr[:64], "reason": exc.message,
         })
 
-    async def signup(self, request: web.Request) -> dict[str, Any]:
+    async def signup(self, request: web.Request) -> t.SignupDone:
         """Complete a sign-up; audited (``user.signup``) either way, a refused token too."""
         remote_addr = self._client_addr(request)
         body = _body(request, t.SignupRequest)
@@ -485,17 +485,17 @@ class AuthAPI:
             raise
         await self.auth.audit.emit({"event": "user.signup", "success": True, "user": user.name,
                                     "remote_addr": remote_addr})
-        return {"user": user.name}
+        return t.SignupDone(user=user.name)
 
     async def sign_user(self, request: web.Request) -> t.UserCerts:
         body = _body(request, t.UserCertRequest)
         return await self.auth.sign_user(body.user, body.ssh_public_key, body.tls_public_key.encode() or None, body.ttl)
 
-    async def sign_host(self, request: web.Request) -> dict[str, Any]:
+    async def sign_host(self, request: web.Request) -> t.HostCert:
         body = _body(request, t.HostCertRequest)
         ttl = parse_duration(body.ttl) if body.ttl else None
         cert = await self.auth.sign_openssh_host(list(body.names), body.ssh_public_key, ttl)
-        return {"ssh_cert": cert}
+        return t.HostCert(ssh_cert=cert)
 
     async def emit_audit(self, request: web.Request) -> dict[str, Any]:
         """An agent's event, within what its role may write (:func:`check_agent_event`); a
@@ -505,7 +505,7 @@ class AuthAPI:
         body = _body(request, t.AuditEvent).to_json()
         if not body.get("event"):
             raise BadParameter("an audit event needs an 'event' field")
-        role = next((r for r in system_roles(identity) if r in AGENT_EVENTS), "")
+        role = next((name for name in system_roles(identity) if name in AGENT_EVENTS), "")
         try:
             record = check_agent_event(body, role=role, host_uuid=host_uuid, nodename=identity.nodename or "")
         except EventRefused as exc:
@@ -521,7 +521,7 @@ class AuthAPI:
     async def search_audit(self, request: web.Request) -> list[dict[str, Any]]:
         await self._authorize(request, "event", "list")
         since = parse_duration(request.query.get("since", "1h"))
-        types = [t for t in request.query.get("type", "").split(",") if t]
+        types = [kind for kind in request.query.get("type", "").split(",") if kind]
         return await self.auth.audit.search(datetime.now(UTC) - since, types=types or None)
 
     # ------------------------------------------------------------------ CA rotation
@@ -535,7 +535,7 @@ class AuthAPI:
         )
 
     async def rotation_state(self, _request: web.Request) -> dict[str, Any]:
-        return {t: await self.auth.rotation.view(t) for t in ("host", "user")}
+        return {ca_type: await self.auth.rotation.view(ca_type) for ca_type in ("host", "user")}
 
     # ------------------------------------------------------------------ recordings and sessions
 
@@ -587,7 +587,7 @@ class AuthAPI:
         return await download(self.auth.recordings, request.match_info["session_id"],
                               request.query.get("encoding", ""))
 
-    async def upload_recording(self, request: web.Request) -> dict[str, Any]:
+    async def upload_recording(self, request: web.Request) -> t.RecordingStored:
         server_id = self._host(request)
         # Streamed to a temp file beside the recordings, never whole in memory.
         upload = await read_upload(request, server_id, self.auth.recordings)
@@ -595,9 +595,9 @@ class AuthAPI:
             record = await self.auth.store_recording(upload, server_id)
         finally:
             upload.discard()
-        return {k: record.get(k) for k in ("session_id", "size", "sha256", "stored_at", "duplicate")}
+        return t.RecordingStored.from_json(record)
 
-    async def stream_recording(self, request: web.Request) -> dict[str, Any]:
+    async def stream_recording(self, request: web.Request) -> t.StreamAppended:
         server_id = self._host(request)
         session_id = check_session_id(request.match_info["session_id"])
         offset = query_int(request, "offset", "a recording stream append needs ?offset=BYTES")
@@ -605,7 +605,7 @@ class AuthAPI:
         if len(data) > MAX_STREAM_CHUNK:
             raise BadParameter(f"a recording stream append is at most {MAX_STREAM_CHUNK} bytes")
         size = await self.auth.recordings.append_stream(session_id, offset, data, server_id)
-        return {"session_id": session_id, "size": size}
+        return t.StreamAppended(session_id=session_id, size=size)
 
     async def list_active_sessions(self, request: web.Request) -> list[dict[str, Any]]:
         await self._authorize(request, "session", "list")
@@ -617,10 +617,10 @@ class AuthAPI:
     async def keep_alive_session(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.sessions.keep_alive(request.match_info["session_id"], self._host(request))
 
-    async def end_active_session(self, request: web.Request) -> dict[str, Any]:
+    async def end_active_session(self, request: web.Request) -> t.SessionEnded:
         session_id = request.match_info["session_id"]
         await self.auth.sessions.end(session_id, self._host(request))
-        return {"ended": session_id}
+        return t.SessionEnded(ended=session_id)
     async def watch_authorities(self, request: web.Request) -> t.AuthorityState:
         """The CA state agents follow (:meth:`AuthService.authority_state`), as a long poll:
         with ``revision`` equal to the current one, the answer waits up to ``wait`` seconds for
