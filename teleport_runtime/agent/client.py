@@ -5,7 +5,7 @@ It verifies the auth server against the cluster's host CAs under the name
 host identity with the ``Auth`` system role (of the caller's cluster when known), and presents
 the caller's identity. The host CA signs every node's and proxy's certificate too, so the chain
 alone would accept any member of the cluster as the auth service; the role is checked during
-the TLS handshake of every connection (:func:`~teleport_runtime.agent.identity.require_server_role`),
+the TLS handshake of every connection (:func:`~teleport_runtime.identity.require_server_role`),
 before anything is sent, on every context the client is given, including the unverified one
 used only to fetch the CA certs a pin is checked against.
 
@@ -24,9 +24,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from teleport_runtime.agent.identity import Identity, WrongServer, require_server_role
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import ConnectionProblem, TeleportError, error_from_dict
+from teleport_runtime.identity import Identity, WrongServer, require_server_role
 from teleport_runtime.urlpath import check_request_path
 
 log = logging.getLogger("teleport.client")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from teleport_runtime.agent.client import AuthClient
-from teleport_runtime.agent.identity import write_private
+from teleport_runtime.durable import write_private
 from teleport_runtime.errors import AccessDenied, TeleportError
 from teleport_runtime.rbac import Role, parse_role
 

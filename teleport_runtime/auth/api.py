@@ -24,7 +24,6 @@ from aiohttp import web
 from cryptography import x509
 
 from teleport_runtime.agent.client import KEEPALIVE_SECONDS as AGENT_KEEPALIVE_SECONDS
-from teleport_runtime.agent.identity import load_cert_chain
 from teleport_runtime.auth.audit import AGENT_EVENTS, check_agent_event
 from teleport_runtime.auth.bodies import check_request_body
 from teleport_runtime.auth.hosts import LOCKS_PREFIX, Lock, key_fingerprint
@@ -36,6 +35,7 @@ from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, par
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, EventRefused, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, query_int, read_object
+from teleport_runtime.identity import load_cert_chain
 from teleport_runtime.ratelimit import RateLimited, TokenBuckets
 from teleport_runtime.recording.asciicast import check_session_id
 

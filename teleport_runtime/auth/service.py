@@ -22,7 +22,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime import __version__
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.hosts import Binding, HostRegistry, Lock, key_fingerprint, removed_message
 from teleport_runtime.auth.presence import Presence
@@ -51,6 +50,7 @@ from teleport_runtime.ca import (
 from teleport_runtime.config import AuthConfig
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound, TeleportError
+from teleport_runtime.identity import Identity
 from teleport_runtime.names import check_host_name, ip_literal, is_host_name, is_loopback, is_reserved
 from teleport_runtime.rbac import RoleSet
 

@@ -18,7 +18,6 @@ import yaml
 
 from teleport_runtime import config as configuration
 from teleport_runtime.agent.client import AuthClient
-from teleport_runtime.agent.identity import Identity, write_private
 from teleport_runtime.ca import generate_ssh_keypair
 from teleport_runtime.client.output import (
     echo_json,
@@ -27,8 +26,10 @@ from teleport_runtime.client.output import (
     format_labels,
     humanize_ttl,
 )
+from teleport_runtime.durable import write_private
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
+from teleport_runtime.identity import Identity
 from teleport_runtime.urlpath import api_path
 
 T = TypeVar("T")

@@ -122,7 +122,7 @@ def _fresh_totp_code(totp: pyotp.TOTP, secret_file: str) -> str:
     codes of the current and the next 30 s step; when both were used, wait for the next step.
     The last step used is kept beside the secret file (``FILE.last-step``), so every tsh home
     that reads the same secret file takes turns."""
-    from teleport_runtime.agent.identity import write_private
+    from teleport_runtime.durable import write_private
 
     state = Path(secret_file + OTP_STEP_SUFFIX)
     try:
@@ -420,7 +420,7 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
     import pyotp
     import segno
 
-    from teleport_runtime.agent.identity import write_private
+    from teleport_runtime.durable import write_private
     from teleport_runtime.urlpath import api_path
 
     addr = _proxy_addr(proxy)

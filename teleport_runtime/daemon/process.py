@@ -18,11 +18,11 @@ import time
 import psutil
 
 from teleport_runtime.agent.client import AuthClient
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import ensure_identity
 from teleport_runtime.auth.server import AuthServer
 from teleport_runtime.config import Config
 from teleport_runtime.daemon.diag import DiagServer
+from teleport_runtime.identity import Identity
 from teleport_runtime.node.service import NodeService
 from teleport_runtime.proxy.service import ProxyService
 

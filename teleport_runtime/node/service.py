@@ -20,13 +20,13 @@ from typing import Any
 from teleport_runtime import __version__
 from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.heartbeat import Heartbeat
-from teleport_runtime.agent.identity import Identity, host_uuid
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.roles import RoleCache
 from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
+from teleport_runtime.identity import Identity, host_uuid
 from teleport_runtime.node.audit import AuditSender, AuditSpool, audit_spool_dir
 from teleport_runtime.node.labels import CommandLabels
 from teleport_runtime.node.ssh_server import NodeSSHServer

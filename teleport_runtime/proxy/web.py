@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from teleport_runtime.agent.identity import Identity, load_cert_chain
 from teleport_runtime.auth.api import HEADER_FORWARDED_ADDR, HEADER_FORWARDED_USER
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, read_object
+from teleport_runtime.identity import Identity, load_cert_chain
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
 from teleport_runtime.urlpath import api_path, check_path_param, check_url_token

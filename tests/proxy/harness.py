@@ -21,7 +21,6 @@ import asyncssh
 import pyotp
 
 from teleport_runtime.agent.client import AuthClient
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import join_cluster
 from teleport_runtime.auth.server import AuthServer
 from teleport_runtime.ca import (
@@ -33,6 +32,7 @@ from teleport_runtime.ca import (
     generate_user_ssh_cert,
 )
 from teleport_runtime.config import AuthConfig, Config, HostPort
+from teleport_runtime.identity import Identity
 from teleport_runtime.proxy import ProxyService
 from tests.conftest import next_loopback_ip
 
