@@ -32,6 +32,7 @@ from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WIND
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
+from teleport_runtime.sshinternals import BufferingForwarder
 from teleport_runtime.sshserver import (
     GatedServerConnection,
     StartupGate,
@@ -113,46 +114,6 @@ def _cert_key_id(key_data: bytes) -> str:
         return ""
 
 
-class _BufferingForwarder(asyncssh.SSHForwarder):
-    """asyncssh's forwarder protocol (it relays in protocol callbacks, with flow control both
-    ways), minus a race: a node speaks first (its SSH version line), and asyncssh's own
-    ``forward_connection`` drops data that arrives before the channel side is connected. Here it
-    is kept and flushed once both sides are up."""
-
-    def __init__(self, peer: asyncssh.SSHForwarder | None = None) -> None:
-        self._pending: list[bytes] = []
-        self._pending_eof = False
-        super().__init__(peer)
-
-    def set_peer(self, peer: asyncssh.SSHForwarder) -> None:
-        super().set_peer(peer)
-        if self._inpbuf:  # received before there was a peer
-            peer.write(self._inpbuf)
-            self._inpbuf = b""
-        if self._eof_received:
-            peer.write_eof()
-
-    def write(self, data: bytes) -> None:
-        if self._transport is None:
-            self._pending.append(data)
-        else:
-            super().write(data)
-
-    def write_eof(self) -> None:
-        if self._transport is None:
-            self._pending_eof = True
-        else:
-            super().write_eof()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        pending, self._pending = self._pending, []
-        for data in pending:
-            super().write(data)
-        if self._pending_eof:
-            super().write_eof()
-
-
 class _ProxyServerConnection(GatedServerConnection):
     """asyncssh's server connection, remembering who logged in and treating the jump hop as
     routing rather than port forwarding."""
@@ -172,7 +133,7 @@ class _ProxyServerConnection(GatedServerConnection):
         return super().check_certificate_permission(permission)
 
     def create_tcp_channel(self, encoding: str | None = None, errors: str = "strict", window: int = SSH_WINDOW,
-                           max_pktsize: int = SSH_MAX_PACKET + SSH_PACKET_FRAMING) -> asyncssh.SSHTCPChannel:
+                           max_pktsize: int = SSH_MAX_PACKET + SSH_PACKET_FRAMING) -> asyncssh.SSHTCPChannel[bytes]:
         # The channels to nodes (direct-tcpip) carry whole SSH packets of the node connection
         # inside: one of the node's largest packets, framed, fits one packet of this channel.
         return super().create_tcp_channel(encoding, errors, SSH_WINDOW, SSH_MAX_PACKET + SSH_PACKET_FRAMING)
@@ -225,7 +186,7 @@ class _ProxyConnection(asyncssh.SSHServer):
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 _, node_side = await asyncio.get_running_loop().create_connection(
-                    _BufferingForwarder, node.addr.host, node.addr.port
+                    BufferingForwarder, node.addr.host, node.addr.port
                 )
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
@@ -235,7 +196,7 @@ class _ProxyConnection(asyncssh.SSHServer):
                 f"reached from the proxy: {reason}",
             ) from None
         log.info("%s: %s -> node %s at %s", self.user, dest_host, node.hostname, node.addr)
-        return _BufferingForwarder(node_side)
+        return BufferingForwarder(node_side)
 
 
 class ProxySSHServer:
@@ -324,9 +285,11 @@ class ProxySSHServer:
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
 
-    async def _session(self, process: asyncssh.SSHServerProcess) -> None:
+    async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""
-        conn: _ProxyConnection = process.channel.get_connection().get_owner()
+        conn = process.channel.get_connection().get_owner()
+        if not isinstance(conn, _ProxyConnection):  # every connection here is made by _options()
+            raise RuntimeError(f"proxy session on a connection owned by {type(conn).__name__}")
         subsystem = process.subsystem
         if not subsystem:
             what = f"command {process.command!r}" if process.command else "a shell"
@@ -371,7 +334,7 @@ class ProxySSHServer:
 
 
 async def _relay(
-    process: asyncssh.SSHServerProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    process: asyncssh.SSHServerProcess[bytes], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """Copy both ways until the node side closes; EOFs are passed on."""
 
