@@ -143,7 +143,7 @@ def join_command(token: dict[str, Any], role: str) -> str:
 
 
 async def _create_token(client: AuthClient, roles: list[str], ttl: str | None, value: str | None) -> dict[str, Any]:
-    token = await client.post("/v1/tokens", {"roles": roles, "ttl": ttl, "token": value})
+    token: dict[str, Any] = await client.post("/v1/tokens", {"roles": roles, "ttl": ttl, "token": value})
     token["join_command"] = join_command(token, ",".join(token["roles"]))
     return token
 

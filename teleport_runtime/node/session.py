@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -311,7 +312,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 write_fd = stdin_w
             for fd, datatype in outputs:
                 transport, _ = await loop.connect_read_pipe(
-                    lambda datatype=datatype: _OutputProtocol(self, datatype),
+                    functools.partial(_OutputProtocol, self, datatype),
                     os.fdopen(fd, "rb", buffering=0),
                 )
                 parent_fds.remove(fd)

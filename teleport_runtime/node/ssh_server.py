@@ -201,8 +201,9 @@ class _Conn:
         if cache_key in self._decisions:
             return self._decisions[cache_key]
         self.log.extra["login"] = login  # type: ignore[index]
+        decision: _Identity | None
         try:
-            decision: _Identity | None = await self._check(login, key_data)
+            checked = await self._check(login, key_data)
         except _Refusal as refusal:
             decision = None
             if refusal.plain:
@@ -214,7 +215,8 @@ class _Conn:
                 return None
             self._refused(login, refusal)
         else:
-            self.approved_ca_keys.add(decision.ca_key)
+            self.approved_ca_keys.add(checked.ca_key)
+            decision = checked
         self._decisions[cache_key] = decision
         return decision
 

@@ -217,7 +217,8 @@ class ProxyService:
     # ------------------------------------------------------------------ auth API
 
     async def _fetch_nodes(self) -> list[dict[str, Any]]:
-        return await self.client.get("/v1/nodes")
+        nodes: list[dict[str, Any]] = await self.client.get("/v1/nodes")
+        return nodes
 
     async def roles(self, names: list[str]) -> list[Role]:
         """The named roles, from a short-lived cache of ``GET /v1/roles``."""
