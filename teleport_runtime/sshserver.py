@@ -22,7 +22,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any, cast
@@ -270,6 +270,24 @@ class StartupGate:
             )
             self._dropped = 0
             self._last_drop_log = now
+
+
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """A connection's logger: messages start with ``[conn=N user=U login=L]`` (and
+    ``target=T`` once the connection goes somewhere), the same on the node and the proxy, so one
+    connection's lines can be found among many. The fields are set as they become known
+    (``log.extra["user"] = ...``)."""
+
+    def __init__(self, logger: logging.Logger, conn_id: int) -> None:
+        self.fields: dict[str, Any] = {"conn": conn_id, "user": "", "login": ""}
+        super().__init__(logger, self.fields)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        f = self.fields
+        prefix = f"conn={f['conn']} user={f.get('user') or '-'} login={f.get('login') or '-'}"
+        if f.get("target"):
+            prefix += f" target={f['target']}"
+        return f"[{prefix}] {msg}", kwargs
 
 
 class GatedServerConnection(ServerConnection):

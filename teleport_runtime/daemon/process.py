@@ -138,7 +138,7 @@ class TeleportProcess:
         if self.auth_server is not None:
             await self.auth_server.stop()
         if self.diag is not None:
-            await self.diag.close()
+            await self.diag.stop()
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop."""

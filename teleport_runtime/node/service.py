@@ -154,7 +154,7 @@ class NodeService:
     async def stop(self) -> None:
         await self.rotation.stop()
         await self.heartbeat.stop()
-        await self.ssh.close()
+        await self.ssh.stop()
         await self.recording.stop()
         await self.audit_sender.stop()  # what is not delivered yet stays spooled
         await self.command_labels.stop()

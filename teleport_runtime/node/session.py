@@ -40,7 +40,7 @@ DEFAULT_SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 #: How long to keep reading a PTY after its process exited (background jobs keep it open).
 PTY_DRAIN_TIMEOUT = 2.0
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("teleport.node.session")
 
 
 class SessionRecorder(Protocol):

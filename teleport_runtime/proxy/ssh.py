@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import logging
 import re
 import struct
@@ -34,6 +35,7 @@ from teleport_runtime.names import is_host_name
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.sshinternals import BufferingForwarder
 from teleport_runtime.sshserver import (
+    ConnectionLog,
     GatedServerConnection,
     StartupGate,
     StartupLimits,
@@ -146,8 +148,24 @@ class _ProxyConnection(asyncssh.SSHServer):
         self.server = server
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
-        self.login = ""
-        self.user = ""  # the Teleport user: the certificate's key id
+        self.log = ConnectionLog(log, next(server.conn_ids))
+
+    @property
+    def user(self) -> str:
+        """The Teleport user: the certificate's key id (empty until a certificate is offered)."""
+        return str(self.log.fields["user"])
+
+    @user.setter
+    def user(self, value: str) -> None:
+        self.log.fields["user"] = value
+
+    @property
+    def login(self) -> str:
+        return str(self.log.fields["login"])
+
+    @login.setter
+    def login(self, value: str) -> None:
+        self.log.fields["login"] = value
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -172,7 +190,7 @@ class _ProxyConnection(asyncssh.SSHServer):
         return False
 
     def auth_completed(self) -> None:
-        log.info("%s (login %s) connected to the proxy from %s", self.user, self.login, self.peer)
+        self.log.info("authenticated, from %s", self.peer)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # no remote forwarding on the proxy
@@ -195,7 +213,7 @@ class _ProxyConnection(asyncssh.SSHServer):
                 f"node {node.hostname} ({node.id}) is registered at {node.addr} but cannot be "
                 f"reached from the proxy: {reason}",
             ) from None
-        log.info("%s: %s -> node %s at %s", self.user, dest_host, node.hostname, node.addr)
+        self.log.info("direct-tcpip to node %s (%s) at %s", node.hostname, node.id, node.addr)
         return BufferingForwarder(node_side)
 
 
@@ -224,6 +242,7 @@ class ProxySSHServer:
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.port: int | None = None
         self.startup_gate = StartupGate("proxy SSH service", startup_limits)
+        self.conn_ids = itertools.count(1)
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return cert_only_options(
@@ -266,14 +285,12 @@ class ProxySSHServer:
         self, conn: _ProxyConnection, host: str, port: int | None, how: str
     ) -> NodeRecord:
         """The registered node for a request; ChannelOpenError (and an audit event) otherwise."""
+        target = f"{host}:{port}" if port else host
+        conn.log.fields["target"] = target
         try:
             return await self.directory.resolve(host)
         except TeleportError as exc:
-            target = f"{host}:{port}" if port else host
-            log.warning(
-                "refused %s from %s (login %s, %s) to %s: %s",
-                how, conn.user or "?", conn.login, conn.peer, target, exc.message,
-            )
+            conn.log.warning("refused %s from %s: %s", how, conn.peer, exc.message)
             self.audit(
                 "proxy.connect.rejected",
                 user=conn.user,
@@ -329,7 +346,7 @@ class ProxySSHServer:
             )
             process.exit(1)
             return
-        log.info("%s: subsystem %s -> node %s at %s", conn.user, subsystem, node.hostname, node.addr)
+        conn.log.info("subsystem to node %s (%s) at %s", node.hostname, node.id, node.addr)
         await _relay(process, reader, writer)
 
 
