@@ -9,7 +9,7 @@ field and what it should be, before any handler or service code sees it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,3 +178,18 @@ def internal_error_response(service: str) -> web.Response:
     return web.json_response(
         {"error": {"code": "internal", "message": f"internal error, see the {service} log"}}, status=500
     )
+
+
+#: A handler that answers a JSON value (or a response of its own).
+JSONHandler = Callable[[web.Request], Awaitable[Any]]
+
+
+def json_route(handler: JSONHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler answering what ``handler`` returns as JSON (a response it builds
+    itself, such as a stream, passes through)."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        result = await handler(request)
+        return result if isinstance(result, web.StreamResponse) else web.json_response(result)
+
+    return route

@@ -22,16 +22,16 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, cast
 
 import asyncssh
-from asyncssh.kex import get_kex_algs
 
 from teleport_runtime.config import SSH_WINDOW
 from teleport_runtime.errors import BadParameter
+from teleport_runtime.sshinternals import ServerConnection, supported_kex_algs
 
 _LOG = logging.getLogger("teleport.sshserver")
 
@@ -51,7 +51,7 @@ _PREFERRED_KEX = (
     b"diffie-hellman-group16-sha512",
     b"diffie-hellman-group18-sha512",
 )
-KEX_ALGS: tuple[str, ...] = tuple(alg.decode() for alg in _PREFERRED_KEX if alg in get_kex_algs())
+KEX_ALGS: tuple[str, ...] = tuple(alg.decode() for alg in _PREFERRED_KEX if alg in supported_kex_algs())
 ENCRYPTION_ALGS: tuple[str, ...] = (
     "chacha20-poly1305@openssh.com",
     "aes256-gcm@openssh.com",
@@ -272,7 +272,25 @@ class StartupGate:
             self._last_drop_log = now
 
 
-class GatedServerConnection(asyncssh.SSHServerConnection):
+class ConnectionLog(logging.LoggerAdapter[logging.Logger]):
+    """A connection's logger: messages start with ``[conn=N user=U login=L]`` (and
+    ``target=T`` once the connection goes somewhere), the same on the node and the proxy, so one
+    connection's lines can be found among many. The fields are set as they become known
+    (``log.extra["user"] = ...``)."""
+
+    def __init__(self, logger: logging.Logger, conn_id: int) -> None:
+        self.fields: dict[str, Any] = {"conn": conn_id, "user": "", "login": ""}
+        super().__init__(logger, self.fields)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        f = self.fields
+        prefix = f"conn={f['conn']} user={f.get('user') or '-'} login={f.get('login') or '-'}"
+        if f.get("target"):
+            prefix += f" target={f['target']}"
+        return f"[{prefix}] {msg}", kwargs
+
+
+class GatedServerConnection(ServerConnection):
     """asyncssh's server connection behind a :class:`StartupGate`, refusing SHA-1 signatures.
 
     A connection the gate refuses is aborted in ``connection_made``, before asyncssh sets it up
@@ -288,7 +306,7 @@ class GatedServerConnection(asyncssh.SSHServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._gate.admit(self, _source(transport.get_extra_info("peername"))):
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()  # a stream transport: TCP
             return
         self._grace_timer = asyncio.get_running_loop().call_later(
             self._gate.limits.grace_time, self._grace_expired

@@ -22,12 +22,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from teleport_runtime.agent.identity import Identity, host_uuid, load_cert_chain
 from teleport_runtime.api.client import AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.api.types import IssuedIdentity, JoinRequest
 from teleport_runtime.ca import check_ca_pins, generate_ssh_keypair, generate_tls_keypair
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import AccessDenied, ConfigError
+from teleport_runtime.identity import Identity, host_uuid, load_cert_chain
 
 log = logging.getLogger("teleport.join")
 

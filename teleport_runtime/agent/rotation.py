@@ -43,13 +43,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import issued_identity
 from teleport_runtime.api.client import AuthClient, insecure_ssl_context
 from teleport_runtime.api.types import AuthorityState, PublicCAs, ReregisterRequest
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, issuing_ca_matches
 from teleport_runtime.durable import write_private
 from teleport_runtime.errors import AccessDenied, ConnectionProblem, TeleportError
+from teleport_runtime.identity import Identity
 
 log = logging.getLogger("teleport.rotation")
 

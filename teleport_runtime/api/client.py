@@ -7,7 +7,7 @@ It verifies the auth server against the cluster's host CAs under the name
 host identity with the ``Auth`` system role (of the caller's cluster when known), and presents
 the caller's identity. The host CA signs every node's and proxy's certificate too, so the chain
 alone would accept any member of the cluster as the auth service; the role is checked during
-the TLS handshake of every connection (:func:`~teleport_runtime.agent.identity.require_server_role`),
+the TLS handshake of every connection (:func:`~teleport_runtime.identity.require_server_role`),
 before anything is sent, on every context the client is given, including the unverified one
 used only to fetch the CA certs a pin is checked against.
 
@@ -29,7 +29,6 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from teleport_runtime.agent.identity import Identity, WrongServer, require_server_role
 from teleport_runtime.api import routes as r
 from teleport_runtime.api import types as t
 from teleport_runtime.api.names import (
@@ -42,6 +41,7 @@ from teleport_runtime.api.names import (
 from teleport_runtime.api.wire import Message
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import BadParameter, ConnectionProblem, TeleportError, error_from_dict
+from teleport_runtime.identity import Identity, WrongServer, require_server_role
 from teleport_runtime.urlpath import check_request_path
 
 log = logging.getLogger("teleport.client")

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 from aiohttp import web
 from cryptography import x509
 
-from teleport_runtime.agent.identity import load_cert_chain
 from teleport_runtime.api import routes as r
 from teleport_runtime.api import types as t
 from teleport_runtime.api.names import (
@@ -47,6 +46,7 @@ from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, load_certs, par
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, EventRefused, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, query_int, read_object
+from teleport_runtime.identity import load_cert_chain
 from teleport_runtime.ratelimit import RateLimited, TokenBuckets
 from teleport_runtime.recording.asciicast import check_session_id
 

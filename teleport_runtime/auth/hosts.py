@@ -126,7 +126,8 @@ class HostRegistry:
 
     async def _name(self, name: str) -> dict[str, Any] | None:
         try:
-            return json.loads((await self.backend.get(NAMES_PREFIX + name.lower())).value)
+            record: dict[str, Any] = json.loads((await self.backend.get(NAMES_PREFIX + name.lower())).value)
+            return record
         except NotFound:
             return None
 

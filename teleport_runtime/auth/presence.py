@@ -35,9 +35,10 @@ def _rotation_report(value: Any) -> dict[str, dict[str, str]]:
     """The CA rotation phases a host says it has applied: ``{"host": {"phase", "id"}, "user":
     {...}}`` (standby with no id for what it does not report)."""
     given = value if isinstance(value, dict) else {}
-    out = {}
+    out: dict[str, dict[str, str]] = {}
     for ca_type in ("host", "user"):
-        entry = given.get(ca_type) if isinstance(given.get(ca_type), dict) else {}
+        reported = given.get(ca_type)
+        entry = reported if isinstance(reported, dict) else {}
         out[ca_type] = {"phase": str(entry.get("phase") or "standby"), "id": str(entry.get("id") or "")}
     return out
 

@@ -476,7 +476,8 @@ class FileRecordingStore(RecordingStore):
 
         def read() -> dict[str, Any]:
             try:
-                return json.loads(meta_path.read_text(encoding="utf-8"))
+                meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
+                return meta
             except FileNotFoundError:
                 raise NotFound(f"no recording of session {session_id}") from None
 
@@ -484,7 +485,7 @@ class FileRecordingStore(RecordingStore):
 
     async def list(self, since: datetime | None = None) -> list[dict[str, Any]]:
         def scan() -> list[dict[str, Any]]:
-            records = []
+            records: list[dict[str, Any]] = []
             if not self.root.is_dir():
                 return records
             for path in self.root.glob("*.json"):
@@ -736,6 +737,6 @@ class ActiveSessions:
 
 
 def _active_view(item: Item) -> dict[str, Any]:
-    record = json.loads(item.value)
+    record: dict[str, Any] = json.loads(item.value)
     record["expires"] = item.expires.isoformat() if item.expires else None
     return record

@@ -21,7 +21,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime import __version__
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api.names import API_SERVER_NAME
 from teleport_runtime.api.routes import HEARTBEAT, JOIN
 from teleport_runtime.api.types import (
@@ -65,6 +64,7 @@ from teleport_runtime.ca import (
 from teleport_runtime.config import AuthConfig
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound, TeleportError
+from teleport_runtime.identity import Identity
 from teleport_runtime.names import check_host_name, ip_literal, is_host_name, is_loopback, is_reserved
 from teleport_runtime.rbac import RoleSet
 

@@ -8,6 +8,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from teleport_runtime.backend import Backend, Item, prefix_end
 from teleport_runtime.config import TOKEN_ROLES, StaticToken
@@ -30,7 +31,7 @@ class JoinToken:
     def static(self) -> bool:
         return self.expires is None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "token": self.value,
             "roles": list(self.roles),
@@ -80,11 +81,10 @@ class TokenStore:
             )
         if any(t.value == value for t in self.static):
             raise AlreadyExists(f"token {mask(value)} is a static token from the auth config")
-        token = JoinToken(value, roles_t, datetime.now(UTC) + ttl)
-        record = {"roles": list(roles_t), "expires": token.expires.isoformat()}
-        await self.backend.put(
-            Item(key=_PREFIX + value, value=json.dumps(record).encode(), expires=token.expires)
-        )
+        expires = datetime.now(UTC) + ttl
+        token = JoinToken(value, roles_t, expires)
+        record = {"roles": list(roles_t), "expires": expires.isoformat()}
+        await self.backend.put(Item(key=_PREFIX + value, value=json.dumps(record).encode(), expires=expires))
         return token
 
     async def list(self) -> list[JoinToken]:

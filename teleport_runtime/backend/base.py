@@ -28,7 +28,7 @@ from types import TracebackType
 
 from teleport_runtime.errors import BadParameter, ConnectionProblem, LimitExceeded
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("teleport.backend")
 
 Clock = Callable[[], datetime]
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from teleport_runtime.errors import BadParameter
 
@@ -49,12 +50,7 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def openssh_public_line(key: object) -> str:
+def openssh_public_line(key: PublicKeyTypes) -> str:
     """The authorized_keys form (``ssh-ed25519 AAAA...``, no comment) of a public key."""
-    return (
-        key.public_bytes(  # type: ignore[attr-defined]
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        .decode("ascii")
-        .strip()
-    )
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode("ascii").strip()

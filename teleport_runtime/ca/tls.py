@@ -84,7 +84,7 @@ def _truncate_utf8(value: str, limit: int) -> str:
 
 
 def _subject(identity: TLSIdentity) -> x509.Name:
-    attrs: list[x509.NameAttribute] = []
+    attrs: list[x509.NameAttribute[str]] = []
     if len(identity.name.encode("utf-8")) > _CN_MAX_BYTES:
         attrs.append(
             x509.NameAttribute(NameOID.COMMON_NAME, _truncate_utf8(identity.name, _CN_MAX_BYTES))

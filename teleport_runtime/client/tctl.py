@@ -16,7 +16,6 @@ import click
 import yaml
 
 from teleport_runtime import config as configuration
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import (
     Deleted,
@@ -40,6 +39,7 @@ from teleport_runtime.client.output import (
 from teleport_runtime.durable import write_private
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
+from teleport_runtime.identity import Identity
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])

@@ -12,7 +12,7 @@ import getpass
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -51,7 +51,7 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
+def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Run an async command; errors become one ``ERROR:`` line on stderr and exit status 1."""
 
     @wraps(fn)
@@ -110,11 +110,13 @@ def _totp_from_file(path: str) -> str:
 
     secret = _read_secret_file(path, "OTP secret").strip()
     try:
-        totp = pyotp.parse_uri(secret) if secret.startswith("otpauth://") else pyotp.TOTP(secret)
-        totp.now()
+        otp = pyotp.parse_uri(secret) if secret.startswith("otpauth://") else pyotp.TOTP(secret)
+        if not isinstance(otp, pyotp.TOTP):  # a counter-based (HOTP) URI has no current code
+            raise ValueError("it is an otpauth://hotp URI; the cluster uses time-based codes (otpauth://totp)")
+        otp.now()
     except (ValueError, TypeError) as exc:
         raise BadParameter(f"{path} does not hold a TOTP secret (base32 or otpauth:// URI): {exc}") from None
-    return _fresh_totp_code(totp, path)
+    return _fresh_totp_code(otp, path)
 
 
 def _fresh_totp_code(totp: pyotp.TOTP, secret_file: str) -> str:
@@ -122,7 +124,7 @@ def _fresh_totp_code(totp: pyotp.TOTP, secret_file: str) -> str:
     codes of the current and the next 30 s step; when both were used, wait for the next step.
     The last step used is kept beside the secret file (``FILE.last-step``), so every tsh home
     that reads the same secret file takes turns."""
-    from teleport_runtime.agent.identity import write_private
+    from teleport_runtime.durable import write_private
 
     state = Path(secret_file + OTP_STEP_SUFFIX)
     try:
@@ -420,7 +422,7 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
     import pyotp
     import segno
 
-    from teleport_runtime.agent.identity import write_private
+    from teleport_runtime.durable import write_private
     from teleport_runtime.urlpath import api_path
 
     addr = _proxy_addr(proxy)
@@ -431,6 +433,8 @@ async def signup(proxy: str, token: str, ca_pins: tuple[str, ...], insecure: boo
         totp = pyotp.parse_uri(uri)
     except (ValueError, TypeError):
         raise BadParameter("the proxy's sign-up answer has no valid otpauth:// URI") from None
+    if not isinstance(totp, pyotp.TOTP):
+        raise BadParameter("the proxy's sign-up answer is not a time-based otpauth://totp URI")
     if not otp_secret_out:
         click.echo(f"Signing up as {user}. Scan this QR code with your authenticator app:")
         segno.make(uri).terminal(compact=True)

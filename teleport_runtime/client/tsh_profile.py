@@ -30,10 +30,11 @@ from typing import Any
 
 import yaml
 
-from teleport_runtime.agent.identity import split_pem, write_private
 from teleport_runtime.ca import UserCertInfo, parse_user_ssh_cert
 from teleport_runtime.config import HostPort
+from teleport_runtime.durable import write_private
 from teleport_runtime.errors import BadParameter, NotFound
+from teleport_runtime.identity import split_pem
 
 CURRENT_PROFILE = "current-profile"
 DEFAULT_WEB_PORT = 3080

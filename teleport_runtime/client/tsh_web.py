@@ -8,7 +8,7 @@ The proxy serves its own X.509 identity, signed by the cluster's host CA. tsh tr
   made again verifying against them, as a joining node does), and
 - the certificate is a host identity with the ``Proxy`` role of the expected cluster (any
   certificate the host CA signed for a node would chain as well): the same check as the auth
-  client's ``Auth`` role check (:func:`~teleport_runtime.agent.identity.check_server_identity`),
+  client's ``Auth`` role check (:func:`~teleport_runtime.identity.check_server_identity`),
   made on the connected socket before the request is written.
 
 Host names are not checked: the cluster's own CA and the Proxy role identify the proxy, so a
@@ -27,10 +27,10 @@ import json
 import ssl
 from typing import Any
 
-from teleport_runtime.agent.identity import check_server_identity, load_cert_chain
 from teleport_runtime.ca import check_ca_pins
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError, error_from_dict
+from teleport_runtime.identity import check_server_identity, load_cert_chain
 from teleport_runtime.urlpath import check_request_path
 
 TIMEOUT = 60.0

@@ -25,7 +25,7 @@ class DiagServer:
         await self.runner.setup()
         await web.TCPSite(self.runner, host, port, reuse_address=True).start()
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
 

@@ -8,31 +8,25 @@ for them, so there is one join path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import time
-from datetime import UTC, datetime, timedelta
 
 import psutil
 
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import ensure_identity
 from teleport_runtime.api.client import AuthClient
-from teleport_runtime.auth.api import AuthAPI
-from teleport_runtime.auth.service import AuthService
-from teleport_runtime.backend import Backend, EventType, open_backend
-from teleport_runtime.config import Config, HostPort
+from teleport_runtime.auth.server import AuthServer
+from teleport_runtime.config import Config
 from teleport_runtime.daemon.diag import DiagServer
-from teleport_runtime.errors import TeleportError
+from teleport_runtime.identity import Identity
 from teleport_runtime.node.service import NodeService
 from teleport_runtime.proxy.service import ProxyService
 
 log = logging.getLogger("teleport")
-ROTATION_TICK_SECONDS = 60.0
 
 
 def interface_addresses() -> list[str]:
@@ -53,10 +47,7 @@ class TeleportProcess:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.backend: Backend | None = None
-        self.auth: AuthService | None = None
-        self.auth_api: AuthAPI | None = None
-        self.auth_port: int | None = None
+        self.auth_server: AuthServer | None = None
         self.node: NodeService | None = None
         self.proxy: ProxyService | None = None
         self.clients: list[AuthClient] = []
@@ -64,9 +55,6 @@ class TeleportProcess:
         self.ready = False
         self.started = time.time()
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._auth_names: list[str] = []
-        self._ca_changed = asyncio.Event()
 
     def host_addresses(self) -> list[str]:
         """Names and addresses this host is known by, for its certificates."""
@@ -111,70 +99,18 @@ class TeleportProcess:
 
     async def _start_auth(self) -> None:
         cfg = self.cfg
-        self.backend = open_backend(cfg.storage, str(cfg.data_dir))
-        self.auth = AuthService(self.backend, cfg.auth, cfg.data_dir)
-        await self.auth.init()
-        self.auth_api = AuthAPI(self.auth)
-        names = [cfg.nodename, *cfg.auth.public_addr, *self.host_addresses()]
-        if cfg.auth.listen_addr.host not in ("0.0.0.0", "::"):  # noqa: S104
-            names.append(cfg.auth.listen_addr.host)
-        self.auth_port = await self.auth_api.start(
-            cfg.auth.listen_addr.host, cfg.auth.listen_addr.port, names
+        self.auth_server = AuthServer(
+            cfg.auth, cfg.data_dir, storage=cfg.storage,
+            names=[cfg.nodename, *cfg.auth.public_addr, *self.host_addresses()],
         )
+        await self.auth_server.start()
         if cfg.auth.listen_addr.port == 0:  # tests: let local agents find the picked port
-            cfg.auth.listen_addr = HostPort(cfg.auth.listen_addr.host, self.auth_port)
-        await self.auth.write_admin_identity()
-        self._auth_names = names
-        loop = asyncio.get_running_loop()
-        self._tasks += [
-            loop.create_task(self._rotation_timer(), name="rotation-timer"),
-            loop.create_task(self._follow_authorities(), name="ca-watch"),
-        ]
-        pins = await self.auth.ca_pins()
-        log.info("auth service ready: cluster %s, CA pin %s", self.auth.cluster_name, pins[0])
-
-    async def _rotation_timer(self) -> None:
-        """Auto-mode rotations move on their schedule: the timer wakes at the next scheduled
-        phase change (or when a CA changes, or after a minute at most) and applies what is due."""
-        assert self.auth is not None
-        while True:
-            wait = ROTATION_TICK_SECONDS
-            try:
-                moved = await self.auth.rotation.tick()
-                for ca_type, view in moved.items():
-                    log.info("%s CA rotation moved to phase %s", ca_type, view["phase"])
-                deadline = await self.auth.rotation.next_deadline()
-                if moved:
-                    wait = 0.0  # several steps may be overdue: one per tick
-                elif deadline is not None:
-                    wait = min(wait, max(0.2, (deadline - datetime.now(UTC)).total_seconds()))
-            except TeleportError as exc:
-                log.warning("rotation timer: %s", exc.message)
-            self._ca_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ca_changed.wait(), timeout=wait)
-
-    async def _follow_authorities(self) -> None:
-        """Whenever a CA changes (a rotation step, here or on another auth server), serve the API
-        with the new trust and refresh the local admin identity tctl uses."""
-        assert self.auth is not None and self.backend is not None and self.auth_api is not None
-        watcher = await self.backend.new_watcher(["/authorities/"])
-        try:
-            async for event in watcher:
-                if event.type is not EventType.PUT:
-                    continue
-                self._ca_changed.set()
-                await self.auth_api.reload_tls(self._auth_names)
-                await self.auth.write_admin_identity()
-        finally:
-            watcher.close()
+            cfg.auth.listen_addr = self.auth_server.addr
 
     async def _local_join_token(self) -> None:
-        assert self.auth is not None
+        assert self.auth_server is not None
         roles = [r for r in ("node", "proxy") if r in self.cfg.roles]
-        token = await self.auth.tokens.create(roles, ttl=timedelta(minutes=1))
-        self.cfg.auth_token = token.value
-        self.cfg.ca_pins = await self.auth.ca_pins()
+        self.cfg.auth_token, self.cfg.ca_pins = await self.auth_server.local_join_token(roles)
 
     def _client(self, identity: Identity) -> AuthClient:
         client = AuthClient.for_identity(self.cfg.auth_addresses(), identity)
@@ -193,21 +129,16 @@ class TeleportProcess:
     async def stop(self) -> None:
         """Ordered shutdown: agents first, then the auth API, then the backend."""
         self.ready = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.node is not None:
             await self.node.stop()
         if self.proxy is not None:
             await self.proxy.stop()
         for client in self.clients:
             await client.close()
-        if self.auth_api is not None:
-            await self.auth_api.close()
-        if self.backend is not None:
-            await self.backend.close()
+        if self.auth_server is not None:
+            await self.auth_server.stop()
         if self.diag is not None:
-            await self.diag.close()
+            await self.diag.stop()
 
     async def run(self) -> None:
         """Start, serve until SIGTERM/SIGINT, stop."""

@@ -242,7 +242,8 @@ class AuditSpool:
                 counted.unlink(missing_ok=True)
                 fsync_dir(self.directory)
             try:
-                return json.loads(sending.read_text(encoding="utf-8"))
+                pending: dict[str, Any] = json.loads(sending.read_text(encoding="utf-8"))
+                return pending
             except (OSError, ValueError):
                 sending.unlink(missing_ok=True)
                 return None

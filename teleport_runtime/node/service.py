@@ -19,7 +19,6 @@ from typing import Any
 
 from teleport_runtime import __version__
 from teleport_runtime.agent.heartbeat import Heartbeat
-from teleport_runtime.agent.identity import Identity, host_uuid
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.roles import RoleCache
 from teleport_runtime.agent.rotation import RotationSync
@@ -28,6 +27,7 @@ from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
+from teleport_runtime.identity import Identity, host_uuid
 from teleport_runtime.node.audit import AuditSender, AuditSpool, audit_spool_dir
 from teleport_runtime.node.labels import CommandLabels
 from teleport_runtime.node.ssh_server import NodeSSHServer
@@ -155,7 +155,7 @@ class NodeService:
     async def stop(self) -> None:
         await self.rotation.stop()
         await self.heartbeat.stop()
-        await self.ssh.close()
+        await self.ssh.stop()
         await self.recording.stop()
         await self.audit_sender.stop()  # what is not delivered yet stays spooled
         await self.command_labels.stop()

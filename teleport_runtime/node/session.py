@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -39,7 +40,7 @@ DEFAULT_SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 #: How long to keep reading a PTY after its process exited (background jobs keep it open).
 PTY_DRAIN_TIMEOUT = 2.0
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("teleport.node.session")
 
 
 class SessionRecorder(Protocol):
@@ -311,7 +312,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 write_fd = stdin_w
             for fd, datatype in outputs:
                 transport, _ = await loop.connect_read_pipe(
-                    lambda datatype=datatype: _OutputProtocol(self, datatype),
+                    functools.partial(_OutputProtocol, self, datatype),
                     os.fdopen(fd, "rb", buffering=0),
                 )
                 parent_fds.remove(fd)

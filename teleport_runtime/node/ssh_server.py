@@ -43,7 +43,7 @@ import itertools
 import logging
 import os
 import struct
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import ip_address, ip_network
@@ -65,6 +65,7 @@ from teleport_runtime.node.session import (
 )
 from teleport_runtime.rbac import Role, RoleSet
 from teleport_runtime.sshserver import (
+    ConnectionLog,
     GatedServerConnection,
     StartupGate,
     StartupLimits,
@@ -89,19 +90,10 @@ AUDIT_QUEUE_SIZE = 10_000
 AuditFunc = Callable[[dict[str, Any]], Awaitable[None]]
 RoleLookup = Callable[[list[str]], Awaitable[list[Role]]]
 
-_LOG = logging.getLogger(__name__)
+_LOG = logging.getLogger("teleport.node.ssh")
 _CERT_SUFFIX = b"-cert-v01@openssh.com"
 #: Critical options a user certificate may carry (asyncssh enforces source-address too).
 _KNOWN_CRITICAL_OPTIONS = {b"source-address"}
-
-
-class _ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Prefixes messages with ``[conn=N user=U login=L]``."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        prefix = f"[conn={extra.get('conn')} user={extra.get('user') or '-'} login={extra.get('login') or '-'}]"
-        return f"{prefix} {msg}", kwargs
 
 
 class _Refusal(Exception):
@@ -170,7 +162,7 @@ class _Conn:
     def __init__(self, node: NodeSSHServer, conn_id: int) -> None:
         self.node = node
         self.conn_id = conn_id
-        self.log = _ConnLog(_LOG, {"conn": conn_id, "user": "", "login": ""})
+        self.log = ConnectionLog(_LOG, conn_id)
         self.conn: _NodeConnection | None = None
         self.remote_addr = ""
         self.identity: _Identity | None = None
@@ -185,8 +177,8 @@ class _Conn:
         identity = self.identity
         fields = {
             "conn_id": self.conn_id,
-            "user": identity.user if identity else self.log.extra.get("user", ""),  # type: ignore[union-attr]
-            "login": identity.login if identity else self.log.extra.get("login", ""),  # type: ignore[union-attr]
+            "user": identity.user if identity else self.log.fields.get("user", ""),
+            "login": identity.login if identity else self.log.fields.get("login", ""),
             "remote_addr": self.remote_addr,
         }
         self.node._emit({**fields, **event})
@@ -200,9 +192,10 @@ class _Conn:
         cache_key = (login, key_data)
         if cache_key in self._decisions:
             return self._decisions[cache_key]
-        self.log.extra["login"] = login  # type: ignore[index]
+        self.log.fields["login"] = login
+        decision: _Identity | None
         try:
-            decision: _Identity | None = await self._check(login, key_data)
+            checked = await self._check(login, key_data)
         except _Refusal as refusal:
             decision = None
             if refusal.plain:
@@ -214,7 +207,8 @@ class _Conn:
                 return None
             self._refused(login, refusal)
         else:
-            self.approved_ca_keys.add(decision.ca_key)
+            self.approved_ca_keys.add(checked.ca_key)
+            decision = checked
         self._decisions[cache_key] = decision
         return decision
 
@@ -272,7 +266,7 @@ class _Conn:
             message = exc.message if isinstance(exc, TeleportError) else str(exc)
             raise _Refusal(f"invalid certificate: {message}") from None
         user = cert.username
-        self.log.extra["user"] = user  # type: ignore[index]
+        self.log.fields["user"] = user
         ca_key = _key_blob(cert.ca_public_key) or b""
         try:
             trusted = {_key_blob(entry) for entry in self.node._trusted_user_ca_keys()}
@@ -506,7 +500,7 @@ class _ServerHandler(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         assert self.ctx is not None
-        self.ctx.log.extra["login"] = username  # type: ignore[index]
+        self.ctx.log.fields["login"] = username
         self.ctx.auth_started = True
         return True
 
@@ -657,7 +651,7 @@ class NodeSSHServer:
         _LOG.info("node SSH service listening on %s:%d", host, bound)
         return int(bound)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         """Stop listening, close every connection (ending their sessions), flush the audit."""
         server, self._server = self._server, None
         await close_listener(server, self._connections)

@@ -23,7 +23,6 @@ from typing import Any
 
 from teleport_runtime import __version__
 from teleport_runtime.agent.heartbeat import Heartbeat
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.api.client import AuthClient
@@ -31,6 +30,7 @@ from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
+from teleport_runtime.identity import Identity
 from teleport_runtime.proxy.directory import NodeDirectory
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context

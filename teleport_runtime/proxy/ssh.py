@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import logging
 import re
 import struct
@@ -32,7 +33,9 @@ from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WIND
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
+from teleport_runtime.sshinternals import BufferingForwarder
 from teleport_runtime.sshserver import (
+    ConnectionLog,
     GatedServerConnection,
     StartupGate,
     StartupLimits,
@@ -113,46 +116,6 @@ def _cert_key_id(key_data: bytes) -> str:
         return ""
 
 
-class _BufferingForwarder(asyncssh.SSHForwarder):
-    """asyncssh's forwarder protocol (it relays in protocol callbacks, with flow control both
-    ways), minus a race: a node speaks first (its SSH version line), and asyncssh's own
-    ``forward_connection`` drops data that arrives before the channel side is connected. Here it
-    is kept and flushed once both sides are up."""
-
-    def __init__(self, peer: asyncssh.SSHForwarder | None = None) -> None:
-        self._pending: list[bytes] = []
-        self._pending_eof = False
-        super().__init__(peer)
-
-    def set_peer(self, peer: asyncssh.SSHForwarder) -> None:
-        super().set_peer(peer)
-        if self._inpbuf:  # received before there was a peer
-            peer.write(self._inpbuf)
-            self._inpbuf = b""
-        if self._eof_received:
-            peer.write_eof()
-
-    def write(self, data: bytes) -> None:
-        if self._transport is None:
-            self._pending.append(data)
-        else:
-            super().write(data)
-
-    def write_eof(self) -> None:
-        if self._transport is None:
-            self._pending_eof = True
-        else:
-            super().write_eof()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        pending, self._pending = self._pending, []
-        for data in pending:
-            super().write(data)
-        if self._pending_eof:
-            super().write_eof()
-
-
 class _ProxyServerConnection(GatedServerConnection):
     """asyncssh's server connection, remembering who logged in and treating the jump hop as
     routing rather than port forwarding."""
@@ -172,7 +135,7 @@ class _ProxyServerConnection(GatedServerConnection):
         return super().check_certificate_permission(permission)
 
     def create_tcp_channel(self, encoding: str | None = None, errors: str = "strict", window: int = SSH_WINDOW,
-                           max_pktsize: int = SSH_MAX_PACKET + SSH_PACKET_FRAMING) -> asyncssh.SSHTCPChannel:
+                           max_pktsize: int = SSH_MAX_PACKET + SSH_PACKET_FRAMING) -> asyncssh.SSHTCPChannel[bytes]:
         # The channels to nodes (direct-tcpip) carry whole SSH packets of the node connection
         # inside: one of the node's largest packets, framed, fits one packet of this channel.
         return super().create_tcp_channel(encoding, errors, SSH_WINDOW, SSH_MAX_PACKET + SSH_PACKET_FRAMING)
@@ -185,8 +148,24 @@ class _ProxyConnection(asyncssh.SSHServer):
         self.server = server
         self.conn: asyncssh.SSHServerConnection | None = None
         self.peer = ""
-        self.login = ""
-        self.user = ""  # the Teleport user: the certificate's key id
+        self.log = ConnectionLog(log, next(server.conn_ids))
+
+    @property
+    def user(self) -> str:
+        """The Teleport user: the certificate's key id (empty until a certificate is offered)."""
+        return str(self.log.fields["user"])
+
+    @user.setter
+    def user(self, value: str) -> None:
+        self.log.fields["user"] = value
+
+    @property
+    def login(self) -> str:
+        return str(self.log.fields["login"])
+
+    @login.setter
+    def login(self, value: str) -> None:
+        self.log.fields["login"] = value
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -211,7 +190,7 @@ class _ProxyConnection(asyncssh.SSHServer):
         return False
 
     def auth_completed(self) -> None:
-        log.info("%s (login %s) connected to the proxy from %s", self.user, self.login, self.peer)
+        self.log.info("authenticated, from %s", self.peer)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # no remote forwarding on the proxy
@@ -225,7 +204,7 @@ class _ProxyConnection(asyncssh.SSHServer):
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 _, node_side = await asyncio.get_running_loop().create_connection(
-                    _BufferingForwarder, node.addr.host, node.addr.port
+                    BufferingForwarder, node.addr.host, node.addr.port
                 )
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
@@ -234,8 +213,8 @@ class _ProxyConnection(asyncssh.SSHServer):
                 f"node {node.hostname} ({node.id}) is registered at {node.addr} but cannot be "
                 f"reached from the proxy: {reason}",
             ) from None
-        log.info("%s: %s -> node %s at %s", self.user, dest_host, node.hostname, node.addr)
-        return _BufferingForwarder(node_side)
+        self.log.info("direct-tcpip to node %s (%s) at %s", node.hostname, node.id, node.addr)
+        return BufferingForwarder(node_side)
 
 
 class ProxySSHServer:
@@ -263,6 +242,7 @@ class ProxySSHServer:
         self.connections: set[asyncssh.SSHServerConnection] = set()
         self.port: int | None = None
         self.startup_gate = StartupGate("proxy SSH service", startup_limits)
+        self.conn_ids = itertools.count(1)
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return cert_only_options(
@@ -305,14 +285,12 @@ class ProxySSHServer:
         self, conn: _ProxyConnection, host: str, port: int | None, how: str
     ) -> NodeRecord:
         """The registered node for a request; ChannelOpenError (and an audit event) otherwise."""
+        target = f"{host}:{port}" if port else host
+        conn.log.fields["target"] = target
         try:
             return await self.directory.resolve(host)
         except TeleportError as exc:
-            target = f"{host}:{port}" if port else host
-            log.warning(
-                "refused %s from %s (login %s, %s) to %s: %s",
-                how, conn.user or "?", conn.login, conn.peer, target, exc.message,
-            )
+            conn.log.warning("refused %s from %s: %s", how, conn.peer, exc.message)
             self.audit(
                 "proxy.connect.rejected",
                 user=conn.user,
@@ -324,9 +302,11 @@ class ProxySSHServer:
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
 
-    async def _session(self, process: asyncssh.SSHServerProcess) -> None:
+    async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""
-        conn: _ProxyConnection = process.channel.get_connection().get_owner()
+        conn = process.channel.get_connection().get_owner()
+        if not isinstance(conn, _ProxyConnection):  # every connection here is made by _options()
+            raise RuntimeError(f"proxy session on a connection owned by {type(conn).__name__}")
         subsystem = process.subsystem
         if not subsystem:
             what = f"command {process.command!r}" if process.command else "a shell"
@@ -366,12 +346,12 @@ class ProxySSHServer:
             )
             process.exit(1)
             return
-        log.info("%s: subsystem %s -> node %s at %s", conn.user, subsystem, node.hostname, node.addr)
+        conn.log.info("subsystem to node %s (%s) at %s", node.hostname, node.id, node.addr)
         await _relay(process, reader, writer)
 
 
 async def _relay(
-    process: asyncssh.SSHServerProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    process: asyncssh.SSHServerProcess[bytes], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """Copy both ways until the node side closes; EOFs are passed on."""
 

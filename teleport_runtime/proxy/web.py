@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from teleport_runtime.agent.identity import Identity, load_cert_chain
 from teleport_runtime.api import routes
 from teleport_runtime.api.client import Forwarded
 from teleport_runtime.api.types import LoginRequest, SignupRequest
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
-from teleport_runtime.httpjson import error_response, internal_error_response, read_object
+from teleport_runtime.httpjson import error_response, internal_error_response, json_route, read_object
+from teleport_runtime.identity import Identity, load_cert_chain
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
 from teleport_runtime.urlpath import check_path_param, check_url_token
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("teleport.proxy.web")
 
-Handler = Callable[[web.Request], Awaitable[Any]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Fields of a login request passed on to the auth service.
 LOGIN_FIELDS = ("user", "password", "otp", "ssh_public_key", "tls_public_key", "ttl")
 
@@ -79,14 +79,14 @@ class ProxyWeb:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
-        app.router.add_get("/webapi/ping", self.ping)
-        app.router.add_post("/webapi/login", self.login)
-        app.router.add_get("/webapi/signup/{token}", self.get_signup)
-        app.router.add_post("/webapi/signup", self.signup)
-        app.router.add_get("/webapi/nodes", self.nodes)
-        app.router.add_get("/webapi/recordings", self.recordings)
-        app.router.add_get("/webapi/recordings/{session_id}", self.recording)
-        app.router.add_get("/webapi/sessions/active", self.active_sessions)
+        app.router.add_get("/webapi/ping", json_route(self.ping))
+        app.router.add_post("/webapi/login", json_route(self.login))
+        app.router.add_get("/webapi/signup/{token}", json_route(self.get_signup))
+        app.router.add_post("/webapi/signup", json_route(self.signup))
+        app.router.add_get("/webapi/nodes", json_route(self.nodes))
+        app.router.add_get("/webapi/recordings", json_route(self.recordings))
+        app.router.add_get("/webapi/recordings/{session_id}", json_route(self.recording))
+        app.router.add_get("/webapi/sessions/active", json_route(self.active_sessions))
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -97,8 +97,7 @@ class ProxyWeb:
         await self.runner.setup()
         site = web.TCPSite(self.runner, host or None, port, ssl_context=outer, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self.port = int(self.runner.addresses[0][1])
         log.info("proxy web API listening on %s:%s", host, self.port)
         return self.port
 
@@ -118,10 +117,7 @@ class ProxyWeb:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            result = await handler(request)
-            if isinstance(result, web.StreamResponse):
-                return result
-            return web.json_response(result)
+            return await handler(request)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return web.json_response(
@@ -173,7 +169,7 @@ class ProxyWeb:
     async def ping(self, request: web.Request) -> dict[str, Any]:
         return self.service.ping_info(request.host)
 
-    async def login(self, request: web.Request) -> dict[str, Any]:
+    async def login(self, request: web.Request) -> Any:
         body = await read_object(request)
         if not isinstance(body.get("user"), str) or not body["user"]:
             raise BadParameter("login request needs a user")
@@ -184,7 +180,7 @@ class ProxyWeb:
         token = self._path_param(request, "token", lambda v: check_url_token(v, "sign-up token"))
         return (await self.service.client.signup_info(token)).to_json()
 
-    async def signup(self, request: web.Request) -> dict[str, Any]:
+    async def signup(self, request: web.Request) -> Any:
         body = await read_object(request)
         signup = SignupRequest.from_json({k: body.get(k) for k in ("token", "password", "otp")}, str(routes.SIGNUP))
         return (await self.service.client.signup(signup, self._client(request))).to_json()

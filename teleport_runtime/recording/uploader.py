@@ -337,16 +337,21 @@ class SpoolFileBody(aiohttp.payload.Payload):
     def __init__(self, path: Path) -> None:
         super().__init__(path, content_type=CONTENT_TYPE)
         self._path = path
-        self._size = path.stat().st_size
+        self._length = path.stat().st_size
+
+    @property
+    def size(self) -> int:
+        """The file's size: the request's Content-Length."""
+        return self._length
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return f"<recording {self._path.name}, {self._size} bytes>"
+        return f"<recording {self._path.name}, {self._length} bytes>"
 
     async def write(self, writer: Any) -> None:
         await self.write_with_length(writer, None)
 
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        left = self._size if content_length is None else min(self._size, content_length)
+        left = self._length if content_length is None else min(self._length, content_length)
         fh = await asyncio.to_thread(self._path.open, "rb")
         try:
             while left > 0:

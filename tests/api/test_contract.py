@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from teleport_runtime.identity import Identity
 
 import teleport_runtime
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api import client as client_module
 from teleport_runtime.api import routes
 from teleport_runtime.api.routes import ENDPOINTS, Endpoint

@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from teleport_runtime.agent.identity import Identity, WrongServer, load_cert_chain, require_server_role
 from teleport_runtime.agent.join import join_cluster
 from teleport_runtime.api.client import AuthClient, insecure_ssl_context, trusting_ssl_context
 from teleport_runtime.backend import open_backend
 from teleport_runtime.ca import CAType, CertAuthority, generate_tls_identity_cert, parse_tls_identity
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import BadParameter, ConnectionProblem
+from teleport_runtime.identity import Identity, WrongServer, load_cert_chain, require_server_role
 from teleport_runtime.urlpath import api_path, check_path_param, check_request_path, check_url_token
 from tests.conftest import Cluster, next_loopback_ip, wait_for
 from tests.proxy.harness import LocalCluster

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from cryptography import x509
 
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import issued_identity
 from teleport_runtime.api.client import insecure_ssl_context
 from teleport_runtime.api.names import API_SERVER_NAME
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, parse_host_ssh_cert
+from teleport_runtime.identity import Identity
 from teleport_runtime.ratelimit import RateLimited, TokenBuckets
 from tests.conftest import (
     TELEPORT,

@@ -14,7 +14,6 @@ from datetime import timedelta
 import aiohttp
 import pytest
 
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.ca import (
     CAType,
@@ -25,6 +24,7 @@ from teleport_runtime.ca import (
 )
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import AccessDenied, ConfigError
+from teleport_runtime.identity import Identity
 from tests.conftest import Cluster, require_binary, wait_for
 
 API_NAME = "teleport.cluster.local"

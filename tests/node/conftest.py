@@ -262,7 +262,7 @@ async def node(
     try:
         yield running
     finally:
-        await server.close()
+        await server.stop()
 
 
 @pytest.fixture

@@ -149,7 +149,7 @@ async def small_node(host_identity, user_ca):
     try:
         yield server, port
     finally:
-        await server.close()
+        await server.stop()
 
 
 async def _roles(names: list[str]) -> list:

@@ -457,7 +457,7 @@ async def test_close_ends_running_sessions(node, issue, os_login):
     conn = await node.connect(os_login, key)
     proc = await conn.create_process("exec sleep 63", term_type="xterm")
     await wait_until_running(conn, os_login, "sleep 63")
-    await asyncio.wait_for(node.server.close(), WAIT)
+    await asyncio.wait_for(node.server.stop(), WAIT)
     await asyncio.wait_for(proc.wait_closed(), WAIT)
     conn.close()
 

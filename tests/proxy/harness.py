@@ -1,6 +1,7 @@
-"""An in-process cluster for the proxy and tsh tests: the real auth service and auth API on
-127.0.0.1 (mutual TLS), hosts joined through the real join flow, the real ProxyService on its own
-loopback address, and stand-in nodes (plain TCP servers) registered with real heartbeats.
+"""An in-process cluster for the proxy and tsh tests: the real auth server on 127.0.0.1 (mutual
+TLS), assembled as the daemon assembles it (:class:`AuthServer`), hosts joined through the real
+join flow, the real ProxyService on its own loopback address, and stand-in nodes (plain TCP
+servers) registered with real heartbeats.
 
 User certificates are signed directly with the user CA, so the proxy can be tested without users
 and passwords; the login path is tested separately through the auth service's users.
@@ -19,13 +20,10 @@ from typing import Any
 import asyncssh
 import pyotp
 
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import join_cluster
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import HeartbeatReport
-from teleport_runtime.auth.api import AuthAPI
-from teleport_runtime.auth.service import AuthService
-from teleport_runtime.backend import open_backend
+from teleport_runtime.auth.server import AuthServer
 from teleport_runtime.ca import (
     CAType,
     TLSIdentity,
@@ -35,6 +33,7 @@ from teleport_runtime.ca import (
     generate_user_ssh_cert,
 )
 from teleport_runtime.config import AuthConfig, Config, HostPort
+from teleport_runtime.identity import Identity
 from teleport_runtime.proxy import ProxyService
 from tests.conftest import next_loopback_ip
 
@@ -96,17 +95,17 @@ class LocalCluster:
         self.nodes: list[EchoNode] = []
 
     async def start(self) -> None:
-        data = self.root / "auth"
-        self.backend = open_backend({"type": "sqlite"}, data)
         cfg = AuthConfig(
             enabled=True, listen_addr=HostPort("127.0.0.1", 0), cluster_name=self.cluster,
             presence_ttl=timedelta(seconds=60),
         )
-        self.auth = AuthService(self.backend, cfg, data)
-        await self.auth.init()
-        self.api = AuthAPI(self.auth)
-        port = await self.api.start("127.0.0.1", 0, [])
-        self.addr = HostPort("127.0.0.1", port)
+        # The auth server the daemon runs (backend, service, API, rotation timer, CA watcher).
+        self.server = AuthServer(cfg, self.root / "auth", storage={"type": "sqlite"})
+        await self.server.start()
+        self.backend = self.server.backend
+        self.auth = self.server.service
+        self.api = self.server.api
+        self.addr = self.server.addr
 
     async def stop(self) -> None:
         for proxy in self.proxies:
@@ -115,8 +114,7 @@ class LocalCluster:
             await node.stop()
         for client in self.clients:
             await client.close()
-        await self.api.close()
-        await self.backend.close()
+        await self.server.stop()
 
     async def pins(self) -> list[str]:
         return await self.auth.ca_pins()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import UTC, datetime, timedelta
 
 import asyncssh
@@ -151,3 +153,21 @@ async def test_user_ca_changes_reach_the_listener(routed) -> None:
     proxy._cas = {**(proxy._cas or {}), "user_ca_keys": [*proxy.user_ca_keys(), newer.ssh_public_key]}
     async with await connect(proxy, keys, cluster) as conn:
         assert await echo_through(conn, "node1", 3022) == b"hello from node1\n"
+
+
+async def test_the_proxy_logs_each_connection_with_its_context(routed, caplog: pytest.LogCaptureFixture) -> None:
+    """As on the node: every line of a connection starts with ``[conn=N user=U login=L]``, and
+    the target once the connection goes somewhere, so one connection can be followed."""
+    cluster, proxy, keys, *_ = routed
+    with caplog.at_level(logging.INFO, logger="teleport.proxy.ssh"):
+        async with await connect(proxy, keys, cluster) as conn:
+            assert await echo_through(conn, "node1", 3022) == b"hello from node1\n"
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_connection("nosuch", 3022)
+    lines = [r.getMessage() for r in caplog.records if r.name == "teleport.proxy.ssh"]
+    connected = next(line for line in lines if "authenticated" in line)
+    conn_id = re.fullmatch(r"\[conn=(\d+) user=alice login=root\] authenticated, from 127\.0\.0\.1", connected)
+    assert conn_id is not None, connected
+    prefix = f"[conn={conn_id.group(1)} user=alice login=root target="
+    assert any(line.startswith(prefix + "node1:3022] direct-tcpip to node node1") for line in lines), lines
+    assert any(line.startswith(prefix + "nosuch:3022] refused direct-tcpip") for line in lines), lines

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from teleport_runtime.agent.identity import Identity
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.names import HEADER_FORWARDED_USER
 from teleport_runtime.ca import CAType, new_cert_authority
 from teleport_runtime.errors import AccessDenied, AlreadyExists, BadParameter
+from teleport_runtime.identity import Identity
 from teleport_runtime.recording.client import fetch_recording, list_active_sessions, list_recordings
 from teleport_runtime.recording.uploader import make_upload, upload_headers
 from tests.proxy.harness import CLUSTER, LocalCluster

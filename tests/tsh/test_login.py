@@ -7,8 +7,11 @@ import json
 import stat
 
 import pyotp
+import pytest
 
 from teleport_runtime.ca import CAType, ca_pin, new_cert_authority
+from teleport_runtime.client.tsh import _totp_from_file
+from teleport_runtime.errors import BadParameter
 from tests.conftest import async_wait_for
 from tests.tsh.conftest import PASSWORD, Setup
 
@@ -166,3 +169,12 @@ async def test_signup_with_a_bad_token(setup: Setup) -> None:
                              f"--password-file={setup.password_file}", f"--otp-secret-out={setup.otp_file}.x")
     assert result.returncode == 1
     assert "sign-up token is unknown or expired" in result.stderr
+
+
+def test_a_counter_based_otp_secret_is_refused_with_the_fix(tmp_path) -> None:
+    """An otpauth://hotp URI parses as an OTP without a current code: it is refused by name
+    instead of failing inside the code generator."""
+    secret = tmp_path / "otp"
+    secret.write_text(pyotp.HOTP(pyotp.random_base32()).provisioning_uri(name="alice", initial_count=0))
+    with pytest.raises(BadParameter, match=r"otpauth://hotp URI; the cluster uses time-based codes"):
+        _totp_from_file(str(secret))

@@ -36,12 +36,10 @@ def load_cert_chain(ctx: ssl.SSLContext, cert: bytes | str, key: bytes | str) ->
     """Load a PEM certificate and key held in memory into ``ctx`` (the ssl module reads files:
     they exist for the call only, private, in a temporary directory)."""
     with tempfile.TemporaryDirectory() as tmp:  # created 0700; nothing to keep, so no fsync
-        paths = []
-        for name, data in (("cert.pem", cert), ("key.pem", key)):
-            path = Path(tmp) / name
+        cert_path, key_path = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        for path, data in ((cert_path, cert), (key_path, key)):
             path.write_bytes(data.encode() if isinstance(data, str) else data)
-            paths.append(path)
-        ctx.load_cert_chain(*paths)
+        ctx.load_cert_chain(cert_path, key_path)
 
 
 #: A torn read of an identity being replaced is retried this often, this many seconds apart.
@@ -158,16 +156,20 @@ class Identity:
     def load(cls, directory: Path) -> Identity:
         """Read an identity; ConfigError naming the missing file if it is incomplete."""
 
-        def read(name: str, required: bool = True) -> bytes | None:
+        def read_optional(name: str) -> bytes | None:
             path = directory / _FILES[name]
             try:
                 return path.read_bytes()
             except FileNotFoundError:
-                if required:
-                    raise ConfigError(f"identity file {path} is missing") from None
                 return None
             except PermissionError:
                 raise ConfigError(f"cannot read {path}: permission denied (run as root?)") from None
+
+        def read(name: str) -> bytes:
+            data = read_optional(name)
+            if data is None:
+                raise ConfigError(f"identity file {directory / _FILES[name]} is missing")
+            return data
 
         def lines(raw: bytes | None) -> list[str] | None:
             if raw is None:
@@ -179,7 +181,6 @@ class Identity:
         # a certificate read after it do not match, so read the pair again until they do.
         for _attempt in range(_TORN_READ_ATTEMPTS):
             tls_key, tls_cert = read("tls_key"), read("tls_cert")
-            assert tls_key is not None and tls_cert is not None  # required files
             if _key_matches_cert(tls_key, tls_cert):
                 break
             time.sleep(_TORN_READ_PAUSE)
@@ -193,10 +194,10 @@ class Identity:
             tls_key=tls_key,
             tls_cert=tls_cert,
             ca_certs=split_pem(read("ca_certs")),
-            ssh_key=read("ssh_key", required=False) or b"",
-            ssh_cert=(read("ssh_cert", required=False) or b"").decode().strip(),
-            user_ca_keys=lines(read("user_ca_keys", required=False)),
-            host_ca_keys=lines(read("host_ca_keys", required=False)),
+            ssh_key=read_optional("ssh_key") or b"",
+            ssh_cert=(read_optional("ssh_cert") or b"").decode().strip(),
+            user_ca_keys=lines(read_optional("user_ca_keys")),
+            host_ca_keys=lines(read_optional("host_ca_keys")),
         )
 
     @staticmethod
