@@ -28,6 +28,7 @@ from teleport_runtime.backend import Backend, EventType, open_backend
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.daemon.diag import DiagServer
 from teleport_runtime.errors import TeleportError
+from teleport_runtime.netaddr import is_wildcard
 from teleport_runtime.node.service import NodeService
 from teleport_runtime.proxy.service import ProxyService
 
@@ -78,7 +79,7 @@ class TeleportProcess:
                 out.append(addr.host)
         wildcard = False
         for listen in (self.cfg.ssh.listen_addr, self.cfg.proxy.listen_addr, self.cfg.proxy.web_listen_addr):
-            if listen.host in ("0.0.0.0", "::", ""):  # noqa: S104
+            if is_wildcard(listen.host):
                 wildcard = True
             else:
                 out.append(listen.host)
@@ -116,7 +117,7 @@ class TeleportProcess:
         await self.auth.init()
         self.auth_api = AuthAPI(self.auth)
         names = [cfg.nodename, *cfg.auth.public_addr, *self.host_addresses()]
-        if cfg.auth.listen_addr.host not in ("0.0.0.0", "::"):  # noqa: S104
+        if not is_wildcard(cfg.auth.listen_addr.host):
             names.append(cfg.auth.listen_addr.host)
         self.auth_port = await self.auth_api.start(
             cfg.auth.listen_addr.host, cfg.auth.listen_addr.port, names

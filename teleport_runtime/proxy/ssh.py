@@ -28,9 +28,10 @@ from typing import Any
 import asyncssh
 
 from teleport_runtime.ca import parse_user_ssh_cert
-from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW, is_ipv6
+from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
+from teleport_runtime.netaddr import is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.sshserver import (
     GatedServerConnection,

@@ -1,0 +1,92 @@
+"""The address rules (teleport_runtime/netaddr.py): parsing, formatting, wildcards, advertising."""
+
+from __future__ import annotations
+
+import pytest
+
+from teleport_runtime.errors import BadParameter
+from teleport_runtime.netaddr import (
+    HostPort,
+    advertised,
+    format_host_port,
+    is_wildcard,
+    parse_host_port,
+    split_host,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("auth.example.com:3025", HostPort("auth.example.com", 3025)),
+        ("auth.example.com", HostPort("auth.example.com", 9)),
+        ("10.0.0.5:22", HostPort("10.0.0.5", 22)),
+        ("[::1]:3025", HostPort("::1", 3025)),
+        ("[2001:db8::1]", HostPort("2001:db8::1", 9)),
+        ("2001:db8::1", HostPort("2001:db8::1", 9)),
+        (":3080", HostPort("", 3080)),
+        ("  node1:0 ", HostPort("node1", 0)),
+    ],
+)
+def test_parse_host_port(text: str, expected: HostPort) -> None:
+    assert parse_host_port(text, 9) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "empty address"),
+        ("[::1", "invalid address"),
+        ("[::1]x", "invalid address"),
+        ("[node1]:22", "is not an IPv6 address"),
+        ("a:b:c", "invalid address"),
+        ("node 1:22", "invalid host"),
+        ("node1:http", "invalid port"),
+        ("node1:65536", "out of range"),
+    ],
+)
+def test_parse_host_port_refuses_with_the_form_expected(text: str, problem: str) -> None:
+    with pytest.raises(BadParameter) as err:
+        parse_host_port(text, 22, "ssh_service.listen_addr")
+    assert problem in err.value.message
+    assert err.value.message.startswith("ssh_service.listen_addr: ")
+    assert "host:port" in err.value.message
+
+
+@pytest.mark.parametrize("host", ["::1", "2001:db8::1", "10.0.0.1", "node1", ""])
+@pytest.mark.parametrize("port", [0, 22, 65535])
+def test_format_then_parse_is_the_same_address(host: str, port: int) -> None:
+    text = format_host_port(host, port)
+    assert parse_host_port(text, 1) == HostPort(host, port)
+    assert str(HostPort(host, port)) == text
+    assert split_host(text) == host
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "::", "[::]", "0:0::0", " 0.0.0.0 "])
+def test_wildcards(host: str) -> None:
+    assert is_wildcard(host)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "node1", "0.0.0.1", "[::1]"])
+def test_not_wildcards(host: str) -> None:
+    assert not is_wildcard(host)
+
+
+def test_a_wildcard_dials_loopback_of_its_family() -> None:
+    assert HostPort("0.0.0.0", 3025).dialable() == HostPort("127.0.0.1", 3025)
+    assert HostPort("", 3025).dialable() == HostPort("127.0.0.1", 3025)
+    assert HostPort("::", 3025).dialable() == HostPort("::1", 3025)
+    assert HostPort("10.1.2.3", 3025).dialable() == HostPort("10.1.2.3", 3025)
+
+
+def test_advertised_address_order() -> None:
+    everywhere = HostPort("0.0.0.0", 3022)
+    public = HostPort("node.example.com", 443)
+    assert advertised(public, everywhere, advertise_ip="10.0.0.5", fallbacks=["x"]) == public
+    assert advertised(None, everywhere, bound_port=4000, advertise_ip="10.0.0.5") == HostPort("10.0.0.5", 4000)
+    assert advertised(None, HostPort("10.0.0.6", 3022), fallbacks=["x"]) == HostPort("10.0.0.6", 3022)
+    assert advertised(None, everywhere, fallbacks=["", "::", "proxy.example.com"]) == HostPort(
+        "proxy.example.com", 3022
+    )
+    # Nothing better known: the wildcard stays, for the receiver to replace with what it sees.
+    assert advertised(None, everywhere, bound_port=5000) == HostPort("0.0.0.0", 5000)
