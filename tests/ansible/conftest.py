@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from teleport_runtime import rotation_phases
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -28,10 +30,8 @@ _install_collection_finder()
 PIN = "sha256:" + "ab" * 32
 NEW_PIN = "sha256:" + "cd" * 32
 SIGNUP_TOKEN = "5e" * 16
-#: The phases the fake auth service allows next (as teleport_runtime/auth/rotation.py does).
-ALLOWED_NEXT = {"standby": ["init"], "init": ["update_clients", "rollback"],
-                "update_clients": ["update_servers", "rollback"], "update_servers": ["standby", "rollback"],
-                "rollback": ["standby"]}
+#: The phases the fake auth service allows next: the runtime's table.
+ALLOWED_NEXT = {p.value: [n.value for n in nexts] for p, nexts in rotation_phases.ALLOWED_NEXT.items()}
 
 
 class ModuleExit(Exception):
