@@ -57,7 +57,7 @@ def parse_time(value):
     try:
         when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise TctlError("tctl status printed a bad time %r" % (value,))
+        raise TctlError("tctl status printed a bad time %r" % (value,)) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
