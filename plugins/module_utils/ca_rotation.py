@@ -37,6 +37,9 @@ ALLOWED_NEXT = {
 ROLLBACK_FROM = ("init", "update_clients", "update_servers")
 #: The phases a rotation walks through, in order, once started.
 ROTATION_WALK = ("init", "update_clients", "update_servers", "standby")
+# The table above is the runtime's (teleport_runtime/rotation_phases.py), held to it by
+# tests/ansible/test_rules_match_runtime.py.
+
 
 def parse_duration(value):
     """Seconds in ``90d``, ``12h``, ``1h30m``, ``0s`` (or a plain number of seconds): the runtime's
