@@ -83,6 +83,30 @@ def split_host(text: str) -> str:
     return value
 
 
+_FIELD = re.compile(r"\[(?P<bracketed>[^\[\]]*)\]|(?P<plain>[^:\[\]]*)")
+
+
+def split_fields(text: str) -> list[str] | None:
+    """``:``-separated fields where a host may be an IPv6 address in brackets, brackets removed
+    (OpenSSH's ``-L [BIND:]LPORT:HOST:RPORT``): ``[::1]:80:db:5432`` -> ``["::1", "80", "db",
+    "5432"]``; None when the brackets do not close around a whole field or hold no IPv6 address."""
+    fields: list[str] = []
+    pos = 0
+    while True:
+        match = _FIELD.match(text, pos)
+        assert match is not None  # the plain alternative matches the empty string
+        bracketed = match.group("bracketed")
+        if bracketed is not None and not is_ipv6(bracketed):
+            return None
+        fields.append(bracketed if bracketed is not None else match.group("plain"))
+        pos = match.end()
+        if pos == len(text):
+            return fields
+        if text[pos] != ":":
+            return None
+        pos += 1
+
+
 def parse_host_port(text: str, default_port: int, key: str = "address") -> HostPort:
     """Parse ``host``, ``host:port``, ``[v6]:port``, a bare IPv6 address or ``:port`` (every
     address); ``default_port`` when the port is left out. Raises BadParameter naming ``key``, the

@@ -11,6 +11,7 @@ from teleport_runtime.netaddr import (
     format_host_port,
     is_wildcard,
     parse_host_port,
+    split_fields,
     split_host,
 )
 
@@ -90,3 +91,19 @@ def test_advertised_address_order() -> None:
     )
     # Nothing better known: the wildcard stays, for the receiver to replace with what it sees.
     assert advertised(None, everywhere, bound_port=5000) == HostPort("0.0.0.0", 5000)
+
+
+@pytest.mark.parametrize(
+    ("text", "fields"),
+    [
+        ("8080:node1:22", ["8080", "node1", "22"]),
+        ("127.0.0.1:8080:node1:22", ["127.0.0.1", "8080", "node1", "22"]),
+        ("8080:[::1]:22", ["8080", "::1", "22"]),
+        ("[::1]:8080:[2001:db8::1]:22", ["::1", "8080", "2001:db8::1", "22"]),
+        ("8080:[node1]:22", None),
+        ("8080:[::1:22", None),
+        ("8080:x[::1]:22", None),
+    ],
+)
+def test_split_fields_of_a_forward_spec(text: str, fields: list[str] | None) -> None:
+    assert split_fields(text) == fields

@@ -536,7 +536,7 @@ class _ServerHandler(asyncssh.SSHServer):
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
         # asyncssh asked check_key_permission("port-forwarding") first.
         assert self.ctx is not None
-        dest = f"{dest_host}:{dest_port}"
+        dest = format_host_port(dest_host, dest_port)
         self.ctx.log.info("port forward to %s", dest)
         self.ctx.emit({"event": "port", "dest": dest})
         return True
@@ -544,7 +544,7 @@ class _ServerHandler(asyncssh.SSHServer):
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         assert self.ctx is not None
         return self._refuse_forward(
-            "remote port forwarding (-R) is not supported", listen=f"{listen_host}:{listen_port}"
+            "remote port forwarding (-R) is not supported", listen=format_host_port(listen_host, listen_port)
         )
 
     def unix_connection_requested(self, dest_path: str) -> bool:

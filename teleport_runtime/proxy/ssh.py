@@ -31,7 +31,7 @@ from teleport_runtime.ca import parse_user_ssh_cert
 from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
-from teleport_runtime.netaddr import is_ipv6
+from teleport_runtime.netaddr import format_host_port, is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.sshserver import (
     GatedServerConnection,
@@ -309,7 +309,7 @@ class ProxySSHServer:
         try:
             return await self.directory.resolve(host)
         except TeleportError as exc:
-            target = f"{host}:{port}" if port else host
+            target = format_host_port(host, port) if port else host
             log.warning(
                 "refused %s from %s (login %s, %s) to %s: %s",
                 how, conn.user or "?", conn.login, conn.peer, target, exc.message,
