@@ -381,6 +381,8 @@ def config_from_dict(
         if auth.get("cluster_name"):
             cfg.auth.cluster_name = r.string(auth["cluster_name"], "auth_service.cluster_name", "example.com")
         cfg.auth.public_addr = r.string_list(auth.get("public_addr"), "auth_service.public_addr")
+        for index, public in enumerate(cfg.auth.public_addr):  # each a host or host:port
+            r.addr(public, f"auth_service.public_addr[{index}]", AUTH_PORT)
         cfg.auth.static_tokens = [
             parse_static_token(t, "auth_service.tokens")
             for t in r.string_list(auth.get("tokens"), "auth_service.tokens")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from teleport_runtime.errors import BadParameter
+from teleport_runtime.auth.service import AuthService
+from teleport_runtime.backend import open_backend
+from teleport_runtime.config import config_from_dict
+from teleport_runtime.errors import BadParameter, ConfigError
 from teleport_runtime.netaddr import (
     HostPort,
     advertised,
@@ -107,3 +112,36 @@ def test_advertised_address_order() -> None:
 )
 def test_split_fields_of_a_forward_spec(text: str, fields: list[str] | None) -> None:
     assert split_fields(text) == fields
+
+
+def test_auth_public_addr_is_checked_where_it_enters() -> None:
+    doc = {"version": "v1", "teleport": {"nodename": "n"},
+           "auth_service": {"enabled": True, "public_addr": ["auth.example.com", "auth example:3025"]}}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(doc, "teleport.yaml")
+    assert err.value.message.startswith("teleport.yaml: auth_service.public_addr[1]: ")
+    assert "invalid host 'auth example'" in err.value.message
+    assert "host:port" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("public", "listen", "expected"),
+    [
+        (["auth.example.com"], "0.0.0.0:3025", "auth.example.com:3025"),
+        (["auth.example.com:443", "other"], "0.0.0.0:3025", "auth.example.com:443"),
+        (["2001:db8::1"], "0.0.0.0:3025", "[2001:db8::1]:3025"),
+        ([], "10.1.2.3:3025", "10.1.2.3:3025"),
+        ([], "[::1]:3025", "[::1]:3025"),
+    ],
+)
+async def test_auth_advertises_its_public_address_else_its_listen_address(
+    public: list[str], listen: str, expected: str, tmp_path: Path
+) -> None:
+    doc = {"version": "v1", "teleport": {"nodename": "n"},
+           "auth_service": {"enabled": True, "public_addr": public, "listen_addr": listen}}
+    cfg = config_from_dict(doc, "teleport.yaml")
+    backend = open_backend(None, tmp_path)
+    try:
+        assert AuthService(backend, cfg.auth, tmp_path).advertise_addr() == expected
+    finally:
+        await backend.close()
