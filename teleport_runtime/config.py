@@ -20,7 +20,13 @@ import yaml
 from teleport_runtime.ca.pin import normalize_pin
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError
-from teleport_runtime.names import check_host_name, is_host_name
+from teleport_runtime.names import check_host_name
+
+# Addresses live in netaddr; these names stay importable from here for the modules that load a Config.
+from teleport_runtime.netaddr import EVERY_IPV4
+from teleport_runtime.netaddr import HostPort as HostPort
+from teleport_runtime.netaddr import is_ipv6 as is_ipv6
+from teleport_runtime.netaddr import parse_host_port as parse_host_port
 
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 DEFAULT_DATA_DIR = "/var/lib/teleport"
@@ -62,71 +68,6 @@ _KNOWN_KEYS: dict[str, set[str]] = {
 
 
 @dataclass(frozen=True)
-class HostPort:
-    """A ``host:port`` address."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def dialable(self) -> HostPort:
-        """The address a local client dials: wildcard listen addresses become loopback."""
-        if self.host in ("0.0.0.0", ""):  # noqa: S104 - a listen address, not a bind
-            return HostPort("127.0.0.1", self.port)
-        if self.host == "::":
-            return HostPort("::1", self.port)
-        return self
-
-
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-def parse_host_port(text: str, default_port: int, key: str = "address") -> HostPort:
-    """Parse ``host``, ``host:port``, ``[v6]:port``, ``:port`` (every address); raises
-    BadParameter naming ``key``, the value and the expected form."""
-    value = str(text).strip(" \t")
-    if not value:
-        raise BadParameter(f"{key}: empty address, expected host:port")
-    expected = "expected host:port, such as auth.example.com:3025 or [::1]:3025"
-    if value.startswith("["):
-        host, closed, rest = value[1:].partition("]")
-        if not closed or (rest and not rest.startswith(":")):
-            raise BadParameter(f"{key}: invalid address {value!r}: {expected}")
-        port_text = rest[1:] if rest else str(default_port)
-        if not is_ipv6(host):
-            raise BadParameter(f"{key}: {host!r} in brackets is not an IPv6 address: {expected}")
-    elif value.count(":") == 1:
-        host, port_text = value.split(":")
-    elif value.count(":") > 1:
-        if not is_ipv6(value):
-            raise BadParameter(f"{key}: invalid address {value!r}: {expected}")
-        host, port_text = value, str(default_port)
-    else:
-        host, port_text = value, str(default_port)
-    if host and ":" not in host and not is_host_name(host):
-        raise BadParameter(
-            f"{key}: invalid host {host!r} in {value!r}: a host is an IP address or a DNS name "
-            f"of letters, digits, '.', '-' and '_'; {expected}"
-        )
-    if not _PORT.fullmatch(port_text):
-        raise BadParameter(f"{key}: invalid port {port_text!r} in {value!r}: {expected}")
-    if int(port_text) > 65535:
-        raise BadParameter(f"{key}: port {port_text} out of range 0-65535 in {value!r}: {expected}")
-    return HostPort(host, int(port_text))
-
-
-def is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
 class StaticToken:
     """A token from ``auth_service.tokens``: never expires."""
 
@@ -146,7 +87,7 @@ class CommandLabel:
 @dataclass
 class AuthConfig:
     enabled: bool = False
-    listen_addr: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", AUTH_PORT))  # noqa: S104
+    listen_addr: HostPort = field(default_factory=lambda: HostPort(EVERY_IPV4, AUTH_PORT))
     cluster_name: str = ""
     public_addr: list[str] = field(default_factory=list)
     static_tokens: list[StaticToken] = field(default_factory=list)
@@ -157,7 +98,7 @@ class AuthConfig:
 @dataclass
 class SSHConfig:
     enabled: bool = False
-    listen_addr: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", NODE_SSH_PORT))  # noqa: S104
+    listen_addr: HostPort = field(default_factory=lambda: HostPort(EVERY_IPV4, NODE_SSH_PORT))
     public_addr: HostPort | None = None
     labels: dict[str, str] = field(default_factory=dict)
     commands: list[CommandLabel] = field(default_factory=list)
@@ -166,9 +107,9 @@ class SSHConfig:
 @dataclass
 class ProxyConfig:
     enabled: bool = False
-    listen_addr: HostPort = field(default_factory=lambda: HostPort("0.0.0.0", PROXY_SSH_PORT))  # noqa: S104
+    listen_addr: HostPort = field(default_factory=lambda: HostPort(EVERY_IPV4, PROXY_SSH_PORT))
     web_listen_addr: HostPort = field(
-        default_factory=lambda: HostPort("0.0.0.0", PROXY_WEB_PORT)  # noqa: S104
+        default_factory=lambda: HostPort(EVERY_IPV4, PROXY_WEB_PORT)
     )
     public_addr: HostPort | None = None
     ssh_public_addr: HostPort | None = None
@@ -440,6 +381,8 @@ def config_from_dict(
         if auth.get("cluster_name"):
             cfg.auth.cluster_name = r.string(auth["cluster_name"], "auth_service.cluster_name", "example.com")
         cfg.auth.public_addr = r.string_list(auth.get("public_addr"), "auth_service.public_addr")
+        for index, public in enumerate(cfg.auth.public_addr):  # each a host or host:port
+            r.addr(public, f"auth_service.public_addr[{index}]", AUTH_PORT)
         cfg.auth.static_tokens = [
             parse_static_token(t, "auth_service.tokens")
             for t in r.string_list(auth.get("tokens"), "auth_service.tokens")

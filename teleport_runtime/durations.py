@@ -1,4 +1,13 @@
-"""Durations as the reference writes them: ``30s``, ``5m``, ``12h``, ``1h30m``, ``90d``."""
+"""The one duration grammar: ``30s``, ``5m``, ``12h``, ``1h30m``, ``90d``, ``2w``.
+
+A duration is one or more ``<number><unit>`` parts written together (``1h30m``, ``1.5h``), the
+units ``ms``, ``s``, ``m``, ``h``, ``d`` and ``w``, or a bare number of seconds (``45``); digits are
+ASCII, no sign, no spaces between parts, at most :data:`MAX_DURATION`. The reference's Go-style
+forms (``90s``, ``1h30m``) are all valid; ``d`` and ``w`` are the ones its configs add for CA ages
+and TTLs. Config files, CLI flags, API bodies and the Ansible collection all read this grammar;
+the collection's copy (``plugins/module_utils/durations.py``) is held to this one by
+``tests/ansible/test_rules_match_runtime.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,8 @@ from datetime import timedelta
 
 from teleport_runtime.errors import BadParameter
 
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 #: The longest duration anything in the cluster asks for (TTLs, grace periods, "since" windows):
 #: far above any real use, and far below what timedelta and the certificate fields can hold.

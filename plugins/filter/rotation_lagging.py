@@ -53,7 +53,6 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-
 from ansible_collections.teleport_access.cluster.plugins.module_utils.ca_rotation import lagging_agents
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import TctlError
 
@@ -62,7 +61,7 @@ def rotation_lagging(info, ca_type, expected=None, phases=None):
     try:
         return lagging_agents(info or {}, ca_type, expected or [], phases or None)
     except TctlError as exc:
-        raise AnsibleFilterError(exc.message)
+        raise AnsibleFilterError(exc.message) from None
 
 
 class FilterModule:

@@ -12,9 +12,12 @@ The phases, as the auth service walks them::
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 
+from ansible_collections.teleport_access.cluster.plugins.module_utils.durations import (
+    EXPECTED,
+    duration_seconds,
+)
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import (
     TctlError,
     TctlModule,
@@ -34,27 +37,19 @@ ALLOWED_NEXT = {
 ROLLBACK_FROM = ("init", "update_clients", "update_servers")
 #: The phases a rotation walks through, in order, once started.
 ROTATION_WALK = ("init", "update_clients", "update_servers", "standby")
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The table above is the runtime's (teleport_runtime/rotation_phases.py), held to it by
+# tests/ansible/test_rules_match_runtime.py.
 
 
 def parse_duration(value):
-    """Seconds in ``90d``, ``12h``, ``1h30m``, ``0s`` (or a plain number of seconds)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        text = str(value or "").strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            seconds = float(text)
-        elif text and _DURATION_PART.sub("", text) == "":
-            seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(text))
-        else:
-            raise TctlError(
-                "max_age: %r is not a duration; write it as 90d, 12h, 1h30m or 0s" % (value,)
-            )
-    if seconds < 0:
-        raise TctlError("max_age: %r is negative; use 0s to rotate on every run" % (value,))
+    """Seconds in ``90d``, ``12h``, ``1h30m``, ``0s`` (or a plain number of seconds): the runtime's
+    grammar (module_utils/durations.py)."""
+    seconds = duration_seconds(value)
+    if seconds is None:
+        raise TctlError(
+            "max_age: %r is not a duration (%s); write it as 90d, 12h, 1h30m, or 0s to rotate on "
+            "every run" % (value, EXPECTED)
+        )
     return seconds
 
 
@@ -65,7 +60,7 @@ def parse_time(value):
     try:
         when = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
-        raise TctlError("tctl status printed a bad time %r" % (value,))
+        raise TctlError("tctl status printed a bad time %r" % (value,)) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 

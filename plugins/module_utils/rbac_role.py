@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 
+from ansible_collections.teleport_access.cluster.plugins.module_utils.durations import duration_seconds
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import TctlModule
 
 ROLE_VERSION = "v1"
@@ -30,17 +30,11 @@ def prune(value):
     return value
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def duration_seconds(value):
-    """``"1h30m"`` -> 5400.0; anything unparsable is returned as it is (the cluster will judge)."""
-    text = str(value).strip()
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return value
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+def comparable_duration(value):
+    """``"1h30m"`` -> 5400.0 (module_utils/durations.py); anything unparsable is returned as it is
+    (the cluster will judge)."""
+    seconds = duration_seconds(value)
+    return value if seconds is None else seconds
 
 
 def normalise_spec(spec):
@@ -56,7 +50,7 @@ def normalise_spec(spec):
             )
     options = spec.get("options")
     if isinstance(options, dict) and "max_session_ttl" in options:
-        options["max_session_ttl"] = duration_seconds(options["max_session_ttl"])
+        options["max_session_ttl"] = comparable_duration(options["max_session_ttl"])
     return spec
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 #: Options every tctl-driven module takes (documented in the ``tctl`` doc fragment).
 TCTL_ARGUMENT_SPEC = dict(
@@ -117,7 +117,7 @@ class Tctl:
             raise TctlError(
                 "%s printed no JSON (%s): %s" % (shown, exc, stdout[:200]),
                 cmd=shown, rc=rc, stdout=stdout, stderr=stderr,
-            )
+            ) from None
 
 
 def _first_error_line(text):
@@ -150,17 +150,17 @@ class TctlModule:
             result["diff"] = dict(before=before, after=after)
         return result
 
-    def find(self, list_args: Sequence[str], matches: Callable[[dict], bool]) -> Optional[dict]:
+    def find(self, list_args: Sequence[str], matches: Callable[[dict], bool]) -> dict | None:
         """The first record ``tctl <list_args>`` lists for which ``matches(record)`` holds, else None."""
         return next((record for record in self.tctl.run(list_args) if matches(record)), None)
 
     def remove(
         self,
-        existing: Optional[dict],
+        existing: dict | None,
         rm_args: Sequence[str],
-        view: Callable[[Optional[dict]], dict],
+        view: Callable[[dict | None], dict],
         secrets: Sequence[str] = (),
-        stdin: Optional[str] = None,
+        stdin: str | None = None,
         **result: Any,
     ) -> dict:
         """``state=absent``: run ``tctl <rm_args>`` when ``existing`` is there (not in check mode).

@@ -53,7 +53,7 @@ class UserManager(TctlModule):
         if existing is None:
             result["changed"] = True
             if not self.check_mode:
-                created = self.tctl.run(["users", "add", name] + flags)
+                created = self.tctl.run(["users", "add", name, *flags])
                 result["invite"] = dict(user=created.get("user", name), expires=created.get("expires"))
                 if params.get("return_token"):
                     result["invite"]["token"] = created.get("token")

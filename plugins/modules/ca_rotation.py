@@ -145,7 +145,6 @@ ca_pins:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.teleport_access.cluster.plugins.module_utils.ca_rotation import CARotation
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import tctl_argument_spec
 

@@ -90,7 +90,6 @@ proxies:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.teleport_access.cluster.plugins.module_utils.cluster_info import ClusterInfo
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import tctl_argument_spec
 

@@ -121,7 +121,6 @@ join_command:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.teleport_access.cluster.plugins.module_utils.join_token import JoinTokenManager
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import tctl_argument_spec
 

@@ -80,7 +80,6 @@ role:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.teleport_access.cluster.plugins.module_utils.rbac_role import RoleManager
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import tctl_argument_spec
 

@@ -124,7 +124,6 @@ invite:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import tctl_argument_spec
 from ansible_collections.teleport_access.cluster.plugins.module_utils.users import UserManager
 

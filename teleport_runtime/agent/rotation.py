@@ -4,8 +4,8 @@ rotation, and the rotation phase it reports in its heartbeat.
 The agent watches the CA state on the auth API (``GET /v1/authorities/watch``, a long poll that
 answers as soon as a CA changes, and after :data:`WATCH_SECONDS` anyway, which is the periodic
 poll that catches anything a lost watch missed) and converges to it. What it does depends on
-the phase, not on the step that led there, so an agent that was down or missed phases catches
-up in one go:
+the phase, not on the step that led there (the table is ``teleport_runtime/rotation_phases.py``
+``AGENT_STEPS``), so an agent that was down or missed phases catches up in one go:
 
 host CA (its identity, and the CAs it trusts the auth API and other servers with)
     - trust: exactly the host CA certs the cluster trusts now (both during a rotation; the old
@@ -50,6 +50,7 @@ from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair, issu
 from teleport_runtime.durable import write_private
 from teleport_runtime.errors import AccessDenied, ConnectionProblem, TeleportError
 from teleport_runtime.identity import Identity
+from teleport_runtime.rotation_phases import AGENT_STEPS, Held, to_phase
 
 log = logging.getLogger("teleport.rotation")
 
@@ -202,15 +203,9 @@ class RotationSync:
         """Converge identity and trust to ``state`` (the CA watch's answer)."""
         rotation, cas = state.rotation, state.cas
         host_phase = rotation["host"].phase
+        step = AGENT_STEPS[to_phase(host_phase)]
         signer = state.signing["host_ca_cert"].encode()
-        if host_phase == "update_clients":
-            if not _signed_by(self.client_identity, signer):
-                self.replacement = await self._reregister()
-                self.replacement.save(self.directory / REPLACEMENT_DIR)
-                self._use_client_identity()
-                log.info("%s holds a replacement identity signed by the new host CA", self.role)
-        elif host_phase != "init":
-            # update_servers, rollback and standby: serve an identity the signing key issued.
+        if step.serves is Held.SIGNED_NOW:
             if not _signed_by(self.identity, signer):
                 fresh = self.replacement
                 if fresh is None or not _signed_by(fresh, signer):
@@ -218,6 +213,13 @@ class RotationSync:
                 self._promote(fresh, host_phase)
             elif self.replacement is not None:
                 self._drop_replacement()
+        elif step.client is Held.SIGNED_NOW:
+            # Call the auth API with a new-key identity while still serving the old one.
+            if not _signed_by(self.client_identity, signer):
+                self.replacement = await self._reregister()
+                self.replacement.save(self.directory / REPLACEMENT_DIR)
+                self._use_client_identity()
+                log.info("%s holds a replacement identity signed by the new host CA", self.role)
         self._set_trust(cas)
         self.on_cas(cas.to_json())
         applied = {ca_type: {"phase": rotation[ca_type].phase, "id": rotation[ca_type].id}

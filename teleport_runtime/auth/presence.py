@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from teleport_runtime.backend import Backend, Item, prefix_end
-from teleport_runtime.config import HostPort, parse_host_port, validate_labels
+from teleport_runtime.config import validate_labels
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound
 from teleport_runtime.names import check_host_name, ip_literal
+from teleport_runtime.netaddr import HostPort, is_wildcard, parse_host_port
 
 _KINDS = {"Node": "/nodes/", "Proxy": "/proxies/"}
 #: How long a heartbeat waits for others to share its write (seconds).
@@ -134,7 +135,7 @@ class Presence:
             addr = parse_host_port(text or ":3022", 3022, f"heartbeat {key}")
         except BadParameter:
             raise BadParameter(f"heartbeat {key} {text[:80]!r} is not host:port") from None
-        if addr.host in ("", "0.0.0.0", "::"):  # noqa: S104 - wildcard: use what we saw
+        if is_wildcard(addr.host):  # use what we saw
             addr = HostPort(remote_ip, addr.port)
         host = _canonical(addr.host)
         if host not in justified:

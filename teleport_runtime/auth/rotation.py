@@ -5,25 +5,20 @@ backend stores (``/authorities/<type>``): the key pairs and the ``rotation`` dic
 in memory, so an auth server that restarts mid-rotation resumes where the record says, and two
 auth servers sharing a backend see the same rotation.
 
-Phases and the keys in each (``active`` always signs; every key pair listed is trusted)::
+The phase table (the phases, the allowed moves, which key signs, what agents do in each) is
+:mod:`teleport_runtime.rotation_phases`; this module stores it. The key pairs in each phase
+(``active`` always signs; every key pair listed is trusted)::
 
-    phase            CertAuthority.active   additional_trusted   trusted set   agents
-    standby          current                []                   {current}     serve with current
-    init             old                    [new]                {old, new}    add new to trust
-    update_clients   new                    [old]                {new, old}    re-register: get a
-                                                                               new identity, use it
-                                                                               as a client
-    update_servers   new                    [old]                {new, old}    serve with the new
-                                                                               identity
-    standby (done)   new                    []                   {new}         drop the old trust
-    rollback         old                    [new]                {old, new}    re-register: get an
-                                                                               old-key identity
-    standby (undone) old                    []                   {old}         drop the new trust
+    phase            CertAuthority.active   additional_trusted   trusted set
+    standby          current                []                   {current}
+    init             old                    [new]                {old, new}
+    update_clients   new                    [old]                {new, old}
+    update_servers   new                    [old]                {new, old}
+    standby (done)   new                    []                   {new}
+    rollback         old                    [new]                {old, new}
+    standby (undone) old                    []                   {old}
 
-Transitions (anything else raises BadParameter naming the current phase and the allowed ones)::
-
-    standby -> init -> update_clients -> update_servers -> standby
-    init | update_clients | update_servers -> rollback -> standby
+A move the table does not allow raises BadParameter naming the current phase and the allowed ones.
 
 Rollback is two steps, as in the reference: in ``rollback`` the old key signs again while the new
 key stays trusted, because agents may already hold (and authenticate to the auth API with)
@@ -58,42 +53,26 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from itertools import pairwise
 from typing import Any
 
 from teleport_runtime.backend import Backend, Item
 from teleport_runtime.ca import CAKeyPair, CAType, CertAuthority, generate_ca_keypair, to_ca_type
 from teleport_runtime.durations import format_duration, parse_duration
 from teleport_runtime.errors import BadParameter, CompareFailed
+from teleport_runtime.rotation_phases import (
+    ALLOWED_NEXT,
+    NEW_KEY_SIGNS,
+    ROTATING,
+    WALK,
+    Mode,
+    Phase,
+    to_mode,
+    to_phase,
+)
 
 log = logging.getLogger("teleport.auth.rotation")
 
-
-class Phase(StrEnum):
-    """A rotation phase (a str Enum: the values are what the rotation dict stores)."""
-
-    STANDBY = "standby"
-    INIT = "init"
-    UPDATE_CLIENTS = "update_clients"
-    UPDATE_SERVERS = "update_servers"
-    ROLLBACK = "rollback"
-
-
-class Mode(StrEnum):
-    """How a rotation moves between phases."""
-
-    MANUAL = "manual"
-    AUTO = "auto"
-
-
-#: The phases a CA may move to from each phase.
-ALLOWED_NEXT: dict[Phase, tuple[Phase, ...]] = {
-    Phase.STANDBY: (Phase.INIT,),
-    Phase.INIT: (Phase.UPDATE_CLIENTS, Phase.ROLLBACK),
-    Phase.UPDATE_CLIENTS: (Phase.UPDATE_SERVERS, Phase.ROLLBACK),
-    Phase.UPDATE_SERVERS: (Phase.STANDBY, Phase.ROLLBACK),
-    Phase.ROLLBACK: (Phase.STANDBY,),
-}
 
 #: The reference's default grace period for an auto rotation.
 DEFAULT_GRACE_PERIOD = timedelta(hours=30)
@@ -101,14 +80,9 @@ DEFAULT_GRACE_PERIOD = timedelta(hours=30)
 #: Makes the new key pair at ``init``: ``factory(ca_type, cluster_name, now)``.
 KeyPairFactory = Callable[[CAType, str, datetime], CAKeyPair]
 
-#: Phases in which the CA holds exactly two key pairs (old and new).
-_ROTATING = (Phase.INIT, Phase.UPDATE_CLIENTS, Phase.UPDATE_SERVERS, Phase.ROLLBACK)
-#: The auto schedule: (phase that waits, next phase, fraction of the grace period from start).
-_AUTO_STEPS = (
-    (Phase.INIT, Phase.UPDATE_CLIENTS, 1),
-    (Phase.UPDATE_CLIENTS, Phase.UPDATE_SERVERS, 2),
-    (Phase.UPDATE_SERVERS, Phase.STANDBY, 3),
-)
+#: The auto schedule along the walk: (phase that waits, next phase, thirds of the grace period
+#: from the start).
+_AUTO_STEPS = tuple((waiting, following, step) for step, (waiting, following) in enumerate(pairwise(WALK), 1))
 
 
 # ---------------------------------------------------------------------------- parsing helpers
@@ -131,24 +105,6 @@ def _parse_time(value: Any, what: str) -> datetime:
         return _utc(datetime.fromisoformat(str(value)))
     except (ValueError, BadParameter) as exc:
         raise BadParameter(f"rotation {what}: bad timestamp {value!r}") from exc
-
-
-def to_phase(value: Phase | str) -> Phase:
-    """``value`` as a Phase; BadParameter naming the accepted phases otherwise."""
-    try:
-        return Phase(value)
-    except ValueError:
-        raise BadParameter(
-            f"unknown rotation phase {value!r}: expected one of {', '.join(p.value for p in Phase)}"
-        ) from None
-
-
-def to_mode(value: Mode | str) -> Mode:
-    """``value`` as a Mode; BadParameter otherwise."""
-    try:
-        return Mode(value)
-    except ValueError:
-        raise BadParameter(f"unknown rotation mode {value!r}: expected 'manual' or 'auto'") from None
 
 
 def _grace(value: timedelta | str | int | float | None) -> timedelta:
@@ -183,7 +139,7 @@ def _check_transition(ca: CertAuthority, target: Phase, hint: str = "") -> Phase
 
 def _check_shape(ca: CertAuthority, phase: Phase) -> None:
     """The stored CA must hold the key pairs its phase implies (see the module docstring)."""
-    if phase in _ROTATING and len(ca.additional_trusted) != 1:
+    if phase in ROTATING and len(ca.additional_trusted) != 1:
         raise BadParameter(
             f"the {ca.type.value} CA is in rotation phase {phase.value} but holds "
             f"{len(ca.additional_trusted)} additional trusted key pairs (expected 1, the "
@@ -413,7 +369,7 @@ def longest_trusted(ca: CertAuthority) -> CAKeyPair:
     down, or the admin moved on quickly) can still reach the API, learn the new key and follow.
     """
     phase = current_phase(ca)
-    if phase in (Phase.UPDATE_CLIENTS, Phase.UPDATE_SERVERS):
+    if phase in NEW_KEY_SIGNS:
         _check_shape(ca, phase)
         return ca.additional_trusted[0]
     return ca.active

@@ -24,6 +24,7 @@ from teleport_runtime.auth.service import AuthService
 from teleport_runtime.backend import DEFAULT_SWEEP_INTERVAL, Backend, EventType, Watcher, open_backend
 from teleport_runtime.config import AuthConfig, HostPort
 from teleport_runtime.errors import TeleportError
+from teleport_runtime.netaddr import is_wildcard
 
 log = logging.getLogger("teleport.auth.server")
 
@@ -53,8 +54,7 @@ class AuthServer:
         self._storage = storage
         self._sweep_interval = sweep_interval
         listen_host = config.listen_addr.host
-        wildcard = listen_host in ("0.0.0.0", "::", "")  # noqa: S104
-        self.names = list(dict.fromkeys([*names, *([] if wildcard else [listen_host])]))
+        self.names = list(dict.fromkeys([*names, *([] if is_wildcard(listen_host) else [listen_host])]))
         self._backend: Backend | None = None
         self._service: AuthService | None = None
         self._api: AuthAPI | None = None

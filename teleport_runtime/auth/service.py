@@ -66,6 +66,7 @@ from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound, TeleportError
 from teleport_runtime.identity import Identity
 from teleport_runtime.names import check_host_name, ip_literal, is_host_name, is_loopback, is_reserved
+from teleport_runtime.netaddr import advertised, local_address, parse_host_port, split_host
 from teleport_runtime.rbac import RoleSet
 
 log = logging.getLogger("teleport.auth")
@@ -225,24 +226,17 @@ class AuthService:
 
     def advertise_addr(self) -> str:
         """The address joining hosts dial: the first public_addr, else the listen address."""
-        port = self.config.listen_addr.port
-        if self.config.public_addr:
-            first = self.config.public_addr[0]
-            return first if first.count(":") == 1 or first.startswith("[") else f"{first}:{port}"
-        host = self.config.listen_addr.host
-        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a wildcard: name a reachable address
-            try:
-                host = socket.gethostbyname(socket.gethostname())
-            except OSError:
-                host = "127.0.0.1"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        listen = self.config.listen_addr
+        public = self.config.public_addr
+        first = parse_host_port(public[0], listen.port, "auth_service.public_addr") if public else None
+        return str(advertised(first, listen, fallbacks=[local_address()]))
 
     # ------------------------------------------------------------------ join
 
     def served_at(self, names: list[str], port: int) -> None:
         """Where the auth API listens: its names (host part) and ``(host, port)`` pairs."""
         for raw in names:
-            host = _host_part(raw)
+            host = split_host(raw)
             if host:
                 self.served_names.add(ip_literal(host) or host.lower())
         self.served_addrs |= {(name, port) for name in self.served_names}
@@ -377,7 +371,7 @@ class AuthService:
         out: list[str] = []
         own = {n.lower() for n in _own_names(host_uuid, nodename, self.cluster_name)}
         for raw in candidates:
-            host = _host_part(str(raw))
+            host = split_host(str(raw))
             name = ip_literal(host) or host.lower()
             if not name or name in out or name in own or name in _DEFAULT_PRINCIPALS:
                 continue
@@ -697,16 +691,6 @@ class AuthService:
         }
 
 
-def _host_part(address: str) -> str:
-    """The host of ``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    text = address.strip()
-    if text.startswith("[") and "]" in text:
-        return text[1 : text.index("]")]
-    if text.count(":") == 1:
-        return text.split(":")[0]
-    return text
-
-
 def _printable(text: str) -> str:
     """``text`` for a log line: control characters escaped, at most 80 characters."""
     return text.encode("unicode_escape").decode("ascii")[:80]
@@ -731,13 +715,9 @@ def _split_names(names: list[str]) -> tuple[list[str], list[str]]:
     dns: list[str] = []
     ips: list[str] = []
     for raw in names:
-        name = raw.strip()
+        name = split_host(raw)
         if not name:
             continue
-        if name.startswith("[") and "]" in name:
-            name = name[1 : name.index("]")]
-        elif name.count(":") == 1:
-            name = name.split(":")[0]
         try:
             ip = str(ipaddress.ip_address(name))
             if ip not in ips:

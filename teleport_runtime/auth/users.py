@@ -45,6 +45,7 @@ from teleport_runtime.errors import (
     LimitExceeded,
     NotFound,
 )
+from teleport_runtime.netaddr import split_host
 from teleport_runtime.rbac import Role, parse_role, preset_roles
 
 USERS = "/users/"
@@ -121,11 +122,7 @@ def _validate_name(name: str) -> str:
 def login_source(remote_addr: str) -> str:
     """The source a login's failures are counted for: the client's IP address (an IPv6 client's
     /64, which one host controls whole); the port is ignored."""
-    host = remote_addr.strip()
-    if host.startswith("["):
-        host = host[1:].partition("]")[0]
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
+    host = split_host(remote_addr)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

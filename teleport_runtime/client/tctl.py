@@ -40,6 +40,7 @@ from teleport_runtime.durable import write_private
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
 from teleport_runtime.identity import Identity
+from teleport_runtime.rotation_phases import WALK, Phase, next_in_walk, phase_names
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])
@@ -112,10 +113,9 @@ def rotation_text(ca: dict[str, Any]) -> str:
     if rotation.get("state") == "in_progress":
         text = f"rotation in progress (phase {rotation.get('phase')}, mode {rotation.get('mode')})"
         due = (rotation.get("schedule") or {})
-        following = {"init": "update_clients", "update_clients": "update_servers",
-                     "update_servers": "standby"}.get(str(rotation.get("phase")))
-        if following and due.get(following):
-            text += f", {following} {format_expiry(due[following])}"
+        following = next_in_walk(str(rotation.get("phase")))
+        if following and due.get(following.value):
+            text += f", {following.value} {format_expiry(due[following.value])}"
         return text
     if rotation.get("last_rotated"):
         return f"rotated {format_expiry(rotation['last_rotated'])}"
@@ -502,7 +502,7 @@ async def auth_sign(
     click.echo(f"The credentials have been written to {out}, {out}-cert.pub")
 
 
-ROTATION_PHASES = click.Choice(["init", "update_clients", "update_servers", "standby", "rollback"])
+ROTATION_PHASES = click.Choice([p.value for p in (*WALK, Phase.ROLLBACK)])
 
 
 @auth.command("rotate")
@@ -517,7 +517,7 @@ async def auth_rotate(
 ) -> None:
     """Rotate a CA: auto with a grace period, or manual phase by phase."""
     if manual and not phase:
-        raise ConfigError("--manual needs --phase: init, update_clients, update_servers, standby or rollback")
+        raise ConfigError(f"--manual needs --phase: {phase_names((*WALK, Phase.ROLLBACK))}")
     if manual and grace_period:
         raise ConfigError("--grace-period applies to auto mode only; drop it or drop --manual")
     view = (await client.rotate(

@@ -349,13 +349,13 @@ async def login(proxy: str, user: str, ttl: str | None, ca_pins: tuple[str, ...]
 def _ssh_proxy_addr(ping: dict[str, Any], web: HostPort) -> tuple[str, int]:
     """Where the proxy's SSH listener is, from the ping answer (a wildcard host: the web host)."""
     from teleport_runtime.client.tsh_profile import DEFAULT_SSH_PORT
-    from teleport_runtime.config import parse_host_port
+    from teleport_runtime.netaddr import is_wildcard, parse_host_port
 
     text = str((ping.get("proxy") or {}).get("ssh_addr") or "")
     if not text:
         return web.host, DEFAULT_SSH_PORT
     addr = parse_host_port(text, DEFAULT_SSH_PORT, "proxy ssh_addr")
-    host = addr.host if addr.host not in ("", "0.0.0.0", "::") else web.host  # noqa: S104
+    host = web.host if is_wildcard(addr.host) else addr.host
     return host, addr.port
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from teleport_runtime.errors import BadParameter, TeleportError
+from teleport_runtime.netaddr import unbracket
 
 if TYPE_CHECKING:
     import asyncssh
@@ -43,10 +44,7 @@ def parse_location(text: str) -> Location:
     match = _REMOTE.fullmatch(text)
     if not match:
         return Location(text)
-    host = match.group("host")
-    if host.startswith("["):
-        host = host[1:-1]
-    return Location(match.group("path"), host, match.group("login"))
+    return Location(match.group("path"), unbracket(match.group("host")), match.group("login"))
 
 
 @dataclass(frozen=True)

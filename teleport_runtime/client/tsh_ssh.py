@@ -22,6 +22,7 @@ from typing import Any
 
 from teleport_runtime.client.tsh_profile import Profile
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem
+from teleport_runtime.netaddr import format_host_port, split_fields
 
 # On import, asyncssh looks for liboqs (for the sntrup761 hybrid key exchange) with
 # ctypes.util.find_library, which runs ldconfig and then gcc: 25-40 ms of every tsh ssh/scp.
@@ -339,13 +340,16 @@ def _forwarded_env() -> dict[str, str]:
 
 async def local_forward(conn: asyncssh.SSHClientConnection, spec: str) -> asyncssh.SSHListener:
     """``-L [BIND:]LPORT:HOST:RPORT``: listen locally, forward through the node."""
-    parts = spec.split(":")
+    parts = split_fields(spec) or []
     if len(parts) == 3:
         bind, (lport, host, rport) = "127.0.0.1", parts
     elif len(parts) == 4:
         bind, lport, host, rport = parts
     else:
-        raise BadParameter(f"-L {spec}: expected LPORT:HOST:RPORT or BIND:LPORT:HOST:RPORT")
+        raise BadParameter(
+            f"-L {spec}: expected LPORT:HOST:RPORT or BIND:LPORT:HOST:RPORT (an IPv6 host in brackets, "
+            "such as 8080:[::1]:80)"
+        )
     try:
         return await conn.forward_local_port(bind, int(lport), host, int(rport))
     except ValueError:
@@ -353,7 +357,8 @@ async def local_forward(conn: asyncssh.SSHClientConnection, spec: str) -> asyncs
     except asyncssh.ChannelOpenError as exc:
         raise AccessDenied(f"-L {spec}: port forwarding refused: {exc.reason}") from None
     except OSError as exc:
-        raise BadParameter(f"-L {spec}: cannot listen on {bind}:{lport}: {exc.strerror}") from None
+        where = format_host_port(bind, int(lport))
+        raise BadParameter(f"-L {spec}: cannot listen on {where}: {exc.strerror}") from None
 
 
 async def close_all(*conns: asyncssh.SSHClientConnection | None) -> None:

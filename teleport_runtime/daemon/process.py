@@ -23,6 +23,7 @@ from teleport_runtime.auth.server import AuthServer
 from teleport_runtime.config import Config
 from teleport_runtime.daemon.diag import DiagServer
 from teleport_runtime.identity import Identity
+from teleport_runtime.netaddr import is_wildcard
 from teleport_runtime.node.service import NodeService
 from teleport_runtime.proxy.service import ProxyService
 
@@ -66,7 +67,7 @@ class TeleportProcess:
                 out.append(addr.host)
         wildcard = False
         for listen in (self.cfg.ssh.listen_addr, self.cfg.proxy.listen_addr, self.cfg.proxy.web_listen_addr):
-            if listen.host in ("0.0.0.0", "::", ""):  # noqa: S104
+            if is_wildcard(listen.host):
                 wildcard = True
             else:
                 out.append(listen.host)

@@ -25,9 +25,10 @@ from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
-from teleport_runtime.config import Config, HostPort
+from teleport_runtime.config import Config
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.identity import Identity, host_uuid
+from teleport_runtime.netaddr import advertised
 from teleport_runtime.node.audit import AuditSender, AuditSpool, audit_spool_dir
 from teleport_runtime.node.labels import CommandLabels
 from teleport_runtime.node.ssh_server import NodeSSHServer
@@ -44,12 +45,10 @@ log = logging.getLogger("teleport.node")
 
 
 def advertised_addr(cfg: Config, port: int | None = None) -> str:
-    """The address the node reports: public_addr, else the listen address with the bound port (a
-    wildcard host is replaced by the auth service with the address it sees)."""
-    if cfg.ssh.public_addr is not None:
-        return str(cfg.ssh.public_addr)
-    host = cfg.advertise_ip or cfg.ssh.listen_addr.host
-    return str(HostPort(host, port or cfg.ssh.listen_addr.port))
+    """The address the node reports (:func:`netaddr.advertised`; a wildcard host is replaced by the
+    auth service with the address it sees)."""
+    ssh = cfg.ssh
+    return str(advertised(ssh.public_addr, ssh.listen_addr, bound_port=port, advertise_ip=cfg.advertise_ip))
 
 
 class NodeService:

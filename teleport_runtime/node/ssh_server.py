@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_identit
 from teleport_runtime.ca import UserCertInfo, parse_host_ssh_cert, parse_user_ssh_cert
 from teleport_runtime.config import SSH_MAX_PACKET
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
+from teleport_runtime.netaddr import EVERY_IPV4, format_host_port, split_host
 from teleport_runtime.node.osuser import OSUser, can_switch_to, lookup_os_user
 from teleport_runtime.node.session import (
     DEFAULT_SFTP_SERVER,
@@ -337,7 +338,7 @@ class _Conn:
     def _check_source_address(self, value: str, user: str) -> None:
         try:
             networks = [ip_network(item.strip(), strict=False) for item in value.split(",")]
-            peer = ip_address(self.remote_addr.rsplit(":", 1)[0].strip("[]"))
+            peer = ip_address(split_host(self.remote_addr))
         except ValueError:
             raise _Refusal(f"certificate has an invalid source-address {value!r}", user=user) from None
         if not any(peer in network for network in networks):
@@ -485,7 +486,7 @@ class _ServerHandler(asyncssh.SSHServer):
         ctx = self.ctx = conn.node_conn
         ctx.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
-        ctx.remote_addr = f"{peer[0]}:{peer[1]}" if ":" not in str(peer[0]) else f"[{peer[0]}]:{peer[1]}"
+        ctx.remote_addr = format_host_port(str(peer[0]), peer[1])
         ctx.node._connections.add(conn)
         ctx.log.info("connection from %s", ctx.remote_addr)
 
@@ -529,7 +530,7 @@ class _ServerHandler(asyncssh.SSHServer):
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
         # asyncssh asked check_key_permission("port-forwarding") first.
         assert self.ctx is not None
-        dest = f"{dest_host}:{dest_port}"
+        dest = format_host_port(dest_host, dest_port)
         self.ctx.log.info("port forward to %s", dest)
         self.ctx.emit({"event": "port", "dest": dest})
         return True
@@ -537,7 +538,7 @@ class _ServerHandler(asyncssh.SSHServer):
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         assert self.ctx is not None
         return self._refuse_forward(
-            "remote port forwarding (-R) is not supported", listen=f"{listen_host}:{listen_port}"
+            "remote port forwarding (-R) is not supported", listen=format_host_port(listen_host, listen_port)
         )
 
     def unix_connection_requested(self, dest_path: str) -> bool:
@@ -640,7 +641,7 @@ class NodeSSHServer:
         conn.node_conn = _Conn(self, next(self._conn_ids))
         return conn
 
-    async def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT) -> int:  # noqa: S104
+    async def start(self, host: str = EVERY_IPV4, port: int = DEFAULT_PORT) -> int:
         """Listen on ``host:port`` (port 0: any free port); returns the bound port."""
         if self._server is not None:
             raise BadParameter("the node SSH service is already running")

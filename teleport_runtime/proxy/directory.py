@@ -29,6 +29,7 @@ from typing import Any
 from teleport_runtime.config import HostPort, parse_host_port
 from teleport_runtime.errors import BadParameter, NotFound, TeleportError
 from teleport_runtime.names import is_host_name
+from teleport_runtime.netaddr import unbracket
 
 log = logging.getLogger("teleport.proxy.directory")
 
@@ -73,9 +74,7 @@ class NodeRecord:
 
 def _normalize_host(text: str) -> str:
     """Lower case, without IPv6 brackets or a trailing dot; IPs in canonical form."""
-    host = text.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    host = unbracket(text.strip().lower().rstrip("."))
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -31,6 +31,7 @@ from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.identity import Identity
+from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
@@ -40,11 +41,6 @@ log = logging.getLogger("teleport.proxy")
 
 #: How long the role list is reused for ``/webapi/nodes``.
 ROLE_CACHE_SECONDS = 5.0
-_WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - listen addresses, not binds
-
-
-def _format_host_port(host: str, port: int) -> str:
-    return str(HostPort(host, port))
 
 
 class ProxyService:
@@ -109,8 +105,8 @@ class ProxyService:
         self.heartbeat.start()
         log.info(
             "proxy service ready: cluster %s, SSH on %s, web on %s",
-            self.cluster, _format_host_port(listen.host, self.ssh_port or 0),
-            _format_host_port(web_listen.host, self.web_port or 0),
+            self.cluster, format_host_port(listen.host, self.ssh_port or 0),
+            format_host_port(web_listen.host, self.web_port or 0),
         )
 
     async def stop(self) -> None:
@@ -156,14 +152,12 @@ class ProxyService:
     def _advertised(
         self, public: HostPort | None, listen: HostPort, bound_port: int | None, request_host: str | None
     ) -> str:
-        """The public address when configured, else the listen address with the port actually
-        bound; a wildcard listen host becomes the host the client reached the web API with."""
-        if public is not None:
-            return str(public)
-        host = listen.host
-        if host in _WILDCARDS:
-            host = _split_request_host(request_host) or self.cfg.advertise_ip or host
-        return _format_host_port(host, bound_port or listen.port)
+        """:func:`netaddr.advertised` with the port actually bound; for a wildcard listener, the
+        host the client reached the web API with."""
+        return str(advertised(
+            public, listen, bound_port=bound_port, advertise_ip=self.cfg.advertise_ip,
+            fallbacks=[split_host(request_host or "")],
+        ))
 
     def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
         return {
@@ -240,13 +234,3 @@ class ProxyService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-
-def _split_request_host(value: str | None) -> str:
-    """The host part of an HTTP Host header."""
-    if not value:
-        return ""
-    if value.startswith("["):
-        return value[1:].partition("]")[0]
-    if value.count(":") == 1:
-        return value.split(":")[0]
-    return value

@@ -29,9 +29,10 @@ from typing import Any
 import asyncssh
 
 from teleport_runtime.ca import parse_user_ssh_cert
-from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW, is_ipv6
+from teleport_runtime.config import SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
+from teleport_runtime.netaddr import format_host_port, is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.sshinternals import BufferingForwarder
 from teleport_runtime.sshserver import (
@@ -290,7 +291,8 @@ class ProxySSHServer:
         try:
             return await self.directory.resolve(host)
         except TeleportError as exc:
-            conn.log.warning("refused %s from %s: %s", how, conn.peer, exc.message)
+            target = format_host_port(host, port) if port else host
+            conn.log.warning("refused %s from %s to %s: %s", how, conn.peer, target, exc.message)
             self.audit(
                 "proxy.connect.rejected",
                 user=conn.user,

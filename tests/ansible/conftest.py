@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from teleport_runtime import rotation_phases
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -28,10 +30,8 @@ _install_collection_finder()
 PIN = "sha256:" + "ab" * 32
 NEW_PIN = "sha256:" + "cd" * 32
 SIGNUP_TOKEN = "5e" * 16
-#: The phases the fake auth service allows next (as teleport_runtime/auth/rotation.py does).
-ALLOWED_NEXT = {"standby": ["init"], "init": ["update_clients", "rollback"],
-                "update_clients": ["update_servers", "rollback"], "update_servers": ["standby", "rollback"],
-                "rollback": ["standby"]}
+#: The phases the fake auth service allows next: the runtime's table.
+ALLOWED_NEXT = {p.value: [n.value for n in nexts] for p, nexts in rotation_phases.ALLOWED_NEXT.items()}
 
 
 class ModuleExit(Exception):
@@ -46,7 +46,10 @@ class FakeTctlError(Exception):
 
 
 class FakeCluster:
-    """A tiny in-memory cluster answering tctl's JSON contract, recording every argv."""
+    """A tiny in-memory cluster answering tctl's JSON contract, recording every argv.
+
+    Its answers have the shape of the real tctl's: test_fake_cluster_contract.py compares them.
+    """
 
     def __init__(self) -> None:
         self.tokens: list[dict] = []
@@ -56,12 +59,11 @@ class FakeCluster:
         self.proxies: list[dict] = []
         self.pins = [PIN]
         self.cas = [
-            {"type": "host", "created": "2025-01-01T00:00:00+00:00",
-             "rotation": {"state": "standby", "phase": "standby", "mode": "", "current_id": None,
-                          "last_rotated": None}},
+            {"type": "host", "created": "2025-01-01T00:00:00+00:00", "rotation": self.standby_rotation()},
             {"type": "user", "created": "2025-01-01T00:00:00+00:00",
-             "rotation": {"state": "in_progress", "phase": "init", "mode": "manual", "current_id": "r1",
-                          "last_rotated": None}},
+             "rotation": dict(self.standby_rotation(), state="in_progress", phase="init", mode="manual", id="r1",
+                              current_id="r1", started="2025-01-02T00:00:00+00:00",
+                              phase_changed="2025-01-02T00:00:00+00:00")},
         ]
         self.calls: list[list[str]] = []
         #: What each call wrote to tctl's stdin (None: nothing).
@@ -86,6 +88,25 @@ class FakeCluster:
         except FakeTctlError as exc:
             return 1, "", f"ERROR: {exc}\n"
         return 0, out if isinstance(out, str) else json.dumps(out), ""
+
+    @staticmethod
+    def standby_rotation() -> dict:
+        """A CA's rotation as tctl shows it before any rotation."""
+        return {"state": "standby", "phase": "standby", "mode": "", "id": "", "current_id": None, "started": None,
+                "grace_period": None, "schedule": {}, "phase_changed": None, "last_rotated": None}
+
+    @staticmethod
+    def node_record(hostname: str, role: str = "Node", **fields) -> dict:
+        """A node (``tctl nodes ls``) or proxy (``tctl get proxies``) as tctl lists it."""
+        record = {
+            "id": f"{hostname}-uuid", "hostname": hostname, "addr": "127.0.0.2:3022", "static_labels": {},
+            "command_labels": {}, "roles": [role],
+            "rotation": {"host": {"phase": "standby", "id": ""}, "user": {"phase": "standby", "id": ""}},
+            "version": "0.1.0", "web_addr": "", "ssh_addr": "", "last_heartbeat": "2030-01-01T00:00:00+00:00",
+            "expires": "2030-01-01T00:10:00+00:00", "labels": {},
+        }
+        record.update(fields)
+        return record
 
     @staticmethod
     def _flag(words, name):
@@ -114,9 +135,13 @@ class FakeCluster:
         if phase not in ALLOWED_NEXT[rotation["phase"]]:
             raise FakeTctlError(f"cannot move from {rotation['phase']} to {phase}")
         if phase == "init":
-            rotation.update(current_id="r2", started="2030-01-01T00:00:00+00:00",
-                            mode="manual" if "--manual" in words else "auto",
-                            grace_period=self._flag(words, "--grace-period"))
+            grace = self._flag(words, "--grace-period")
+            rotation.update(id="r2", current_id="r2", started="2030-01-01T00:00:00+00:00",
+                            mode="manual" if "--manual" in words else "auto", grace_period=grace,
+                            schedule={} if "--manual" in words else {
+                                "update_clients": "2030-01-01T10:00:00+00:00",
+                                "update_servers": "2030-01-01T20:00:00+00:00",
+                                "standby": "2030-01-02T06:00:00+00:00"})
             if ca["type"] == "host":
                 self.pins = [PIN, NEW_PIN]
         if phase == "standby":
@@ -127,10 +152,11 @@ class FakeCluster:
                     self.pins = [NEW_PIN]
             elif ca["type"] == "host":
                 self.pins = [PIN]
-            rotation["mode"] = ""
-        elif "--manual" in words:
-            rotation["mode"] = "manual"
-        rotation.update(phase=phase, state="standby" if phase == "standby" else "in_progress")
+            rotation.update(mode="", schedule={})
+        elif "--manual" in words or phase == "rollback":
+            rotation.update(mode="manual", schedule={})
+        rotation.update(phase=phase, state="standby" if phase == "standby" else "in_progress",
+                        phase_changed="2030-01-01T00:30:00+00:00")
         return dict(rotation)
 
     def get_proxies(self, words):
@@ -161,7 +187,8 @@ class FakeCluster:
 
     def users_add(self, words):
         user = {"name": words[2], "roles": self._flag(words, "--roles").split(","),
-                "logins": self._flag(words, "--logins").split(",")}
+                "logins": self._flag(words, "--logins").split(","), "status": "pending signup",
+                "created": "2030-01-01T00:00:00+00:00"}
         self.users.append(user)
         return {"user": user["name"], "token": SIGNUP_TOKEN, "expires": "2030-01-01T01:00:00+00:00"}
 
@@ -169,25 +196,36 @@ class FakeCluster:
         user = next(u for u in self.users if u["name"] == words[2])
         user["roles"] = self._flag(words, "--set-roles").split(",")
         user["logins"] = self._flag(words, "--set-logins").split(",")
-        return f"User {words[2]} has been updated\n"
+        return f"User {words[2]!r} has been updated\n"
 
     def users_rm(self, words):
         self.users = [u for u in self.users if u["name"] != words[2]]
-        return f"User {words[2]} has been deleted\n"
+        return f"User {words[2]!r} has been deleted\n"
 
     def get_roles(self, words):
-        return self.roles
+        """The roles as created (``self.roles`` keeps what the modules sent), in the form the
+        cluster lists them: every spec part present, a one-value label selector as a scalar."""
+        listed = json.loads(json.dumps(self.roles))
+        for resource in listed:
+            spec = resource.setdefault("spec", {})
+            for part in ("allow", "deny", "options"):
+                spec.setdefault(part, {})
+                labels = spec[part].get("node_labels") if part != "options" else None
+                if isinstance(labels, dict):
+                    spec[part]["node_labels"] = {k: v[0] if isinstance(v, list) and len(v) == 1 else v
+                                                 for k, v in labels.items()}
+        return listed
 
     def create(self, words):
         resource = json.loads(Path(words[-1]).read_text())
         self.roles = [r for r in self.roles if r["metadata"]["name"] != resource["metadata"]["name"]]
         self.roles.append(resource)
-        return "role {} has been created\n".format(resource["metadata"]["name"])
+        return "role {!r} has been created\n".format(resource["metadata"]["name"])
 
     def rm(self, words):
         name = words[1].split("/", 1)[1]
         self.roles = [r for r in self.roles if r["metadata"]["name"] != name]
-        return f"role {name} has been deleted\n"
+        return f"role {name!r} has been deleted\n"
 
     def mutations(self) -> list[list[str]]:
         """Calls that change the cluster (everything but reads)."""

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from teleport_runtime.identity import Identity
 
 import teleport_runtime
 from teleport_runtime.api import client as client_module
@@ -33,6 +32,7 @@ from teleport_runtime.api.wire import Message
 from teleport_runtime.auth.api import AuthAPI
 from teleport_runtime.auth.service import AuthService
 from teleport_runtime.errors import AccessDenied, BadParameter
+from teleport_runtime.identity import Identity
 from tests.proxy.harness import LocalCluster
 
 _JOIN = {"token": "0123456789abcdef", "role": "node", "host_uuid": "6f1c", "nodename": "n1",
