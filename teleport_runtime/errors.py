@@ -59,6 +59,14 @@ class ConnectionProblem(TeleportError):
     http_status = 502
 
 
+class ServiceUnavailable(ConnectionProblem):
+    """A service this one depends on (the PostgreSQL backend) is not answering: the request was
+    not carried out; the same request may succeed once it is back."""
+
+    code = "service_unavailable"
+    http_status = 503
+
+
 class LimitExceeded(TeleportError):
     code = "limit_exceeded"
     http_status = 429
@@ -82,6 +90,7 @@ ERRORS_BY_CODE: dict[str, type[TeleportError]] = {
         AccessDenied,
         EventRefused,
         ConnectionProblem,
+        ServiceUnavailable,
         LimitExceeded,
         ConfigError,
     )
