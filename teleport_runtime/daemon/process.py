@@ -23,8 +23,9 @@ from teleport_runtime.agent.client import AuthClient
 from teleport_runtime.agent.identity import Identity
 from teleport_runtime.agent.join import ensure_identity
 from teleport_runtime.auth.api import AuthAPI
+from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.service import AuthService
-from teleport_runtime.backend import Backend, EventType, open_backend
+from teleport_runtime.backend import Backend, EventType, open_audit_backend, open_backend
 from teleport_runtime.config import Config, HostPort
 from teleport_runtime.daemon.diag import DiagServer
 from teleport_runtime.errors import TeleportError
@@ -54,6 +55,7 @@ class TeleportProcess:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.backend: Backend | None = None
+        self.audit_backend: Backend | None = None
         self.auth: AuthService | None = None
         self.auth_api: AuthAPI | None = None
         self.auth_port: int | None = None
@@ -113,6 +115,11 @@ class TeleportProcess:
         cfg = self.cfg
         self.backend = open_backend(cfg.storage, str(cfg.data_dir))
         self.auth = AuthService(self.backend, cfg.auth, cfg.data_dir)
+        audit_backend = open_audit_backend(cfg.storage)
+        if audit_backend is not None:  # teleport.storage.audit_events_uri: a database of its own
+            self.audit_backend = audit_backend
+            await audit_backend.open()
+            self.auth.audit = AuditLog(audit_backend)
         await self.auth.init()
         self.auth_api = AuthAPI(self.auth)
         names = [cfg.nodename, *cfg.auth.public_addr, *self.host_addresses()]
@@ -206,6 +213,8 @@ class TeleportProcess:
             await self.auth_api.close()
         if self.backend is not None:
             await self.backend.close()
+        if self.audit_backend is not None:
+            await self.audit_backend.close()
         if self.diag is not None:
             await self.diag.close()
 
