@@ -4,6 +4,7 @@ and reconnections, expiry with two backends, bad configuration and a crash of th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from teleport_runtime.backend import (
 )
 from teleport_runtime.backend.postgres import DEFAULT_POOL_MAX, PostgresBackend, split_conn_string
 from teleport_runtime.config import load_config_file
-from teleport_runtime.errors import AlreadyExists, ConfigError, LimitExceeded
+from teleport_runtime.errors import AlreadyExists, ConfigError, LimitExceeded, ServiceUnavailable
 from tests.conftest import TELEPORT, free_port
 
 from .conformance import EVENT_TIMEOUT, BackendConformance, FakeClock, new_watcher, next_event, next_events
@@ -307,3 +308,68 @@ def test_teleport_start_exits_with_one_line(pg_server, tmp_path, case):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"ERROR: {key}: "), lines[0]
     assert fix in lines[0]
+
+
+# -- the server crashes at runtime ---------------------------------------------------------------
+
+
+async def test_server_killed_during_a_burst_of_writes_loses_nothing_acknowledged(pg_server, pg_database):
+    """SIGKILL PostgreSQL while writers put items: writes fail with a 503-class error while it is
+    down, succeed again once it is restarted (same backend object, no restart), and every write
+    that was acknowledged is stored and was announced to a watcher on another backend."""
+    backend, observer = PostgresBackend(pg_database), PostgresBackend(pg_database)
+    acked: dict[str, bytes] = {}
+    refused: list[ServiceUnavailable] = []
+    stop = asyncio.Event()
+
+    async def writer(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            key, value = f"/hb/{n}/{i:05d}", f"{n}-{i}".encode()
+            try:
+                await backend.put(Item(key, value))
+                acked[key] = value
+            except ServiceUnavailable as exc:
+                refused.append(exc)
+                await asyncio.sleep(0.05)
+            i += 1
+
+    watcher = await new_watcher(observer, ["/hb/"])
+    seen: set[str] = set()
+
+    async def observe() -> None:
+        with contextlib.suppress(LimitExceeded):
+            async for event in watcher:
+                seen.add(event.item.key)
+
+    observing = asyncio.create_task(observe())
+    writers = [asyncio.create_task(writer(n)) for n in range(6)]
+    killed = False
+    try:
+        await wait_until(lambda: len(acked) >= 200, "writes before the crash")
+        killed = True
+        await asyncio.to_thread(pg_server.kill)
+        before_restart = len(acked)
+        await wait_until(lambda: len(refused) >= 6, "writes refused while the server is down")
+        with pytest.raises(ServiceUnavailable) as info:
+            await backend.get("/hb/0/00000")
+        assert info.value.http_status == 503
+        assert "not answering" in info.value.message
+        await asyncio.to_thread(pg_server.start)
+        killed = False
+        await wait_until(lambda: len(acked) >= before_restart + 200, "writes after the restart", 120)
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+        if killed:  # the session's other tests need the server
+            pg_server.start()
+    try:
+        stored = {i.key: i.value for i in await backend.get_range("/hb/", prefix_end("/hb/"))}
+        lost = [k for k, v in acked.items() if stored.get(k) != v]
+        assert lost == []
+        await wait_until(lambda: set(acked) <= seen, "the watcher to see every acknowledged write", 60)
+    finally:
+        watcher.close()
+        await observing
+        await backend.close()
+        await observer.close()
