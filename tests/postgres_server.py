@@ -70,12 +70,19 @@ class PostgresServer:
             [*self._as_user, *args], capture_output=True, text=True, check=True, timeout=START_TIMEOUT
         )
 
-    def init(self) -> None:
+    def init(self, start: bool = True) -> None:
         self._run(
             str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-E", "UTF8",
             "--locale=C", "-U", self.superuser,
         )
-        self.start()
+        if start:
+            self.start()
+
+    def give(self, path: Path) -> None:
+        """Hand a file to the server's account (its TLS key must be its own, mode 0600)."""
+        if self._as_user:
+            entry = pwd.getpwnam(SERVER_USER)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
 
     def start(self) -> None:
         options = (

@@ -24,6 +24,7 @@ from teleport_runtime.backend.postgres import DEFAULT_POOL_MAX, PostgresBackend,
 from teleport_runtime.config import load_config_file
 from teleport_runtime.errors import AlreadyExists, ConfigError, LimitExceeded, ServiceUnavailable
 from tests.conftest import TELEPORT, free_port
+from tests.postgres_server import PostgresServer
 
 from .conformance import EVENT_TIMEOUT, BackendConformance, FakeClock, new_watcher, next_event, next_events
 
@@ -373,3 +374,87 @@ async def test_server_killed_during_a_burst_of_writes_loses_nothing_acknowledged
         await observing
         await backend.close()
         await observer.close()
+
+
+# -- TLS client certificates from the conn string ------------------------------------------------
+
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _make_certs(directory) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate for the role teleport;
+    and a second CA the server does not trust."""
+    for ca in ("ca", "other-ca"):
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2", "-subj", f"/CN=test {ca}", cwd=directory)
+    for name, subject, ext in (("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1"),
+                               ("client", "/CN=teleport", "keyUsage=digitalSignature")):
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", "-subj", subject, cwd=directory)
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=directory)
+    for key in directory.glob("*.key"):
+        key.chmod(0o600)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A second server that lets the role teleport in only with a client certificate (hostssl
+    ... cert) signed by its CA."""
+    server = PostgresServer()
+    try:
+        server.init(start=False)
+        certs = server.data / "certs"
+        certs.mkdir()
+        _make_certs(certs)
+        for path in [certs, *certs.iterdir()]:
+            server.give(path)
+        with open(server.data / "postgresql.conf", "a") as conf:
+            conf.write(f"ssl = on\nssl_cert_file = '{certs}/server.crt'\nssl_key_file = '{certs}/server.key'\n"
+                       f"ssl_ca_file = '{certs}/ca.crt'\n")
+        (server.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "hostssl all teleport 127.0.0.1/32 cert\n"
+            f"host all {server.superuser} 127.0.0.1/32 trust\n"
+        )
+        server.start()
+        server.sql("CREATE ROLE teleport LOGIN")
+        server.sql("CREATE DATABASE teleport_backend OWNER teleport")
+        client = tmp_path_factory.mktemp("client-certs")
+        for name in ("ca.crt", "other-ca.crt", "client.crt", "client.key"):
+            (client / name).write_bytes((certs / name).read_bytes())
+        (client / "client.key").chmod(0o600)
+        server.client_certs = client
+        yield server
+    finally:
+        server.destroy()
+
+
+async def test_client_certificate_from_the_conn_string(tls_server):
+    certs = tls_server.client_certs
+    base = f"postgresql://teleport@127.0.0.1:{tls_server.port}/teleport_backend?sslmode=verify-full"
+    good = f"{base}&sslcert={certs}/client.crt&sslkey={certs}/client.key&sslrootcert={certs}/ca.crt&pool_max_conns=2"
+    backend = PostgresBackend(good)
+    try:
+        stored = await backend.put(Item("/tls", b"x"))
+        assert await backend.get("/tls") == stored
+        async with backend._connection() as conn:
+            cur = await conn.execute("SELECT ssl, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert await cur.fetchone() == (True, "/CN=teleport")
+    finally:
+        await backend.close()
+    cases = {
+        "no client certificate": f"{base}&sslrootcert={certs}/ca.crt",
+        "server not trusted": f"{base}&sslcert={certs}/client.crt&sslkey={certs}/client.key"
+                              f"&sslrootcert={certs}/other-ca.crt",
+    }
+    for case, conn in cases.items():
+        backend = PostgresBackend(conn)
+        with pytest.raises(ConfigError) as info:
+            await backend.open()
+        await backend.close()
+        assert info.value.message.startswith("teleport.storage.conn_string: cannot connect"), case
+        assert "ssl settings" in info.value.message, case
