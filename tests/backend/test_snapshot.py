@@ -144,3 +144,20 @@ def test_sqlite_cluster_backed_up_while_running_restores_into_postgresql(cluster
     # Restarted without a token, the node connects with the identity it got before the backup.
     node.restart(cluster.node_argv("node1", pins=(pin,)))
     assert node.host_uuid() in cluster.node_ids()
+
+
+async def test_round_trip_postgresql_to_sqlite(tmp_path, pg_database):
+    clock = FakeClock()
+    source = PostgresBackend(pg_database, clock=clock, sweep_interval=None)
+    try:
+        await _fill(source, clock)
+        snap = snapshot.decode(snapshot.encode(await snapshot.take(source)))
+    finally:
+        await source.close()
+    target = SQLiteBackend(tmp_path / "restored" / "sqlite.db", clock=clock, sweep_interval=None)
+    try:
+        assert await snapshot.restore(target, snap, now=clock()) == len(STATE) + 2
+        restored = await target.get_range("", None)
+        assert [(i.key, i.value, i.expires) for i in restored] == [(i.key, i.value, i.expires) for i in snap.items]
+    finally:
+        await target.close()
