@@ -99,8 +99,9 @@ class PostgresServer:
     def kill(self) -> None:
         """SIGKILL the postmaster and every server process: a crash, recovered at the next start."""
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGSTOP)  # it forks no new backend while its children are listed
         children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        for target in [pid, *map(int, children)]:
+        for target in [*map(int, children), pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGKILL)
         deadline = time.monotonic() + START_TIMEOUT

@@ -424,11 +424,10 @@ class PostgresBackend(Backend):
         self._check_open()
         await self.open()
         async with self._dispatch_lock:
-            current = await self._current_revision()
             if self._watchers:
-                await self._catch_up_locked(current)
+                await self._catch_up_locked(None)
             else:
-                self._delivered = current
+                self._delivered = await self._current_revision()
             watcher = await super().new_watcher(prefixes)
         self._ensure_listener()
         return watcher
@@ -461,21 +460,23 @@ class PostgresBackend(Backend):
                     self._delivered = event.item.revision
 
     async def catch_up(self, upto: int | None = None) -> None:
-        """Deliver every committed event up to revision ``upto`` (None: the latest)."""
+        """Deliver every committed event up to revision ``upto`` (None: all committed so far)."""
         async with self._dispatch_lock:
-            if not self._watchers:
-                return
-            if upto is None:
-                upto = await self._current_revision()
             await self._catch_up_locked(upto)
 
-    async def _catch_up_locked(self, upto: int) -> None:
-        while self._delivered < upto and self._watchers:
+    async def _catch_up_locked(self, upto: int | None) -> None:
+        if not self._watchers:
+            return
+        if upto is None:
+            # Read before the events: every revision up to it is committed (commit order is
+            # revision order), so a revision missing from the event table was pruned.
+            upto = await self._current_revision()
+        while self._watchers and self._delivered < upto:
             async with self._connection() as conn:
                 cur = await conn.execute(_SQL_EVENTS, (self._delivered, upto, CATCH_UP_BATCH))
                 rows = await cur.fetchall()
             if not rows or rows[0][0] != self._delivered + 1:
-                self._drop_watchers(rows[0][0] if rows else upto)
+                self._drop_watchers(rows[0][0] if rows else upto + 1)
                 return
             for row in rows:
                 self._emit(_row_event(row))
@@ -516,13 +517,16 @@ class PostgresBackend(Backend):
                 await conn.execute(f"LISTEN {CHANNEL}")
                 await self.catch_up()
                 while not self._closed:
-                    upto: int | None = None
+                    # Catch-ups run while the generator waits at a yield; notifications that
+                    # arrive meanwhile are buffered and mostly found already delivered.
                     async for note in conn.notifies(timeout=LISTEN_POLL):
-                        with contextlib.suppress(ValueError):
-                            upto = max(upto or 0, int(note.payload))
-                        break
-                    if upto is None or upto > self._delivered:
-                        await self.catch_up(upto)
+                        try:
+                            upto = int(note.payload)
+                        except ValueError:
+                            upto = self._delivered + 1
+                        if upto > self._delivered:
+                            await self.catch_up()
+                    await self.catch_up()
             except (psycopg.Error, ServiceUnavailable) as exc:
                 if not self._closed:
                     log.warning("postgresql backend: watch connection to %s lost (%s); resynchronising",
