@@ -38,6 +38,7 @@ import logging
 import re
 import time
 import urllib.parse
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -79,6 +80,8 @@ SCHEMA_VERSION = 1
 DEFAULT_POOL_MAX = 10
 #: Seconds a call waits for a pool connection (the database is down: fail, do not hang).
 POOL_TIMEOUT = 5.0
+#: A pooled connection idle longer than this (seconds) is checked before use.
+IDLE_CHECK = 1.0
 #: Seconds libpq waits for a new connection unless the conn string says ``connect_timeout``.
 CONNECT_TIMEOUT = 5
 #: How long committed events stay in the event table for watchers that reconnect.
@@ -323,6 +326,9 @@ class PostgresBackend(Backend):
         #: Backend PID of the listening connection (tests terminate it to simulate a drop).
         self.listener_pid: int | None = None
         self._pruned_at = 0.0
+        self._idle_since: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- connection --------------------------------------------------------------------------
 
@@ -352,11 +358,21 @@ class PostgresBackend(Backend):
                 open=False,
                 timeout=POOL_TIMEOUT,
                 kwargs={"autocommit": True},
-                check=AsyncConnectionPool.check_connection,
+                check=self._check_connection,
+                reset=self._returned,
                 name=f"teleport-backend {self.target}",
             )
             await pool.open()
             self._pool = pool
+
+    async def _check_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Before a pooled connection is handed out: one that sat idle (it may have been cut
+        while the database restarted) answers an empty query first; a busy one is used as is."""
+        if time.monotonic() - self._idle_since.get(conn, 0.0) > IDLE_CHECK:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _returned(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._idle_since[conn] = time.monotonic()
 
     async def _init_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with conn.transaction():
