@@ -30,8 +30,9 @@ import pytest
 #: The unprivileged account the server runs as when the tests run as root (initdb refuses root):
 #: Debian's postgresql package creates it.
 SERVER_USER = "postgres"
-#: Guards against a server that never comes up; never a performance assertion.
-START_TIMEOUT = 60
+#: Guards against a server that never comes up; never a performance assertion. Generous: after
+#: a kill the server replays its WAL first, slow on a loaded test machine.
+START_TIMEOUT = 300
 
 
 def _bin_dir() -> Path:
@@ -67,7 +68,7 @@ class PostgresServer:
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*self._as_user, *args], capture_output=True, text=True, check=True, timeout=START_TIMEOUT
+            [*self._as_user, *args], capture_output=True, text=True, check=True, timeout=START_TIMEOUT + 30
         )
 
     def init(self, start: bool = True) -> None:

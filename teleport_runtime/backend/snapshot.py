@@ -33,13 +33,15 @@ from typing import Any
 
 from teleport_runtime.backend.base import Backend, Item, utc_now
 from teleport_runtime.durable import write_private
-from teleport_runtime.errors import AlreadyExists, BadParameter
+from teleport_runtime.errors import AlreadyExists, BadParameter, NotFound
 
 FORMAT = "teleport-backup"
 VERSION = 1
 #: Rebuilt by the running cluster within a heartbeat or a keep-alive: never in a backup.
 EPHEMERAL_PREFIXES = ("/nodes/", "/proxies/", "/sessions/active/")
 AUDIT_PREFIX = "/events/"
+#: Where the CAs live (auth/service.py): a backup without them is no cluster's backup.
+AUTHORITIES_PREFIX = "/authorities/"
 #: A backup file larger than this is refused before it is parsed.
 MAX_BACKUP_BYTES = 1 << 30
 
@@ -69,6 +71,11 @@ async def take(backend: Backend, *, with_audit: bool = False) -> Snapshot:
     """A consistent snapshot of ``backend``'s durable items (see the module doc)."""
     items = await backend.get_range("", None)
     kept = tuple(Item(i.key, i.value, i.expires) for i in items if not _excluded(i.key, with_audit))
+    if not any(item.key.startswith(AUTHORITIES_PREFIX) for item in kept):
+        raise NotFound(
+            "the backend holds no certificate authority, so no cluster to back up: give tctl the "
+            "auth server's config (-c) or data dir (--data-dir)"
+        )
     return Snapshot(backend.now(), type(backend).__name__, kept)
 
 

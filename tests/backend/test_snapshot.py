@@ -13,7 +13,7 @@ import yaml
 from teleport_runtime.backend import Item, snapshot
 from teleport_runtime.backend.postgres import PostgresBackend
 from teleport_runtime.backend.sqlite import SQLiteBackend
-from teleport_runtime.errors import AlreadyExists, BadParameter
+from teleport_runtime.errors import AlreadyExists, BadParameter, NotFound
 from tests.conftest import wait_for
 
 from .conformance import FakeClock
@@ -161,3 +161,13 @@ async def test_round_trip_postgresql_to_sqlite(tmp_path, pg_database):
         assert [(i.key, i.value, i.expires) for i in restored] == [(i.key, i.value, i.expires) for i in snap.items]
     finally:
         await target.close()
+
+
+async def test_a_backend_without_a_cluster_is_not_backed_up(tmp_path):
+    backend = SQLiteBackend(tmp_path / "sqlite.db", sweep_interval=None)
+    try:
+        await backend.put(Item("/users/alice", b"{}"))
+        with pytest.raises(NotFound, match=r"no certificate authority.*auth server's config"):
+            await snapshot.take(backend)
+    finally:
+        await backend.close()
