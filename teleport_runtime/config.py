@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from teleport_runtime.backend import check_storage_config
 from teleport_runtime.ca.pin import normalize_pin
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError
@@ -425,7 +424,11 @@ def config_from_dict(
         storage = tp.get("storage") or {"type": "sqlite"}
         if not isinstance(storage, dict):
             raise r.fail("teleport.storage", "expected a mapping such as {type: sqlite}")
-        try:  # sqlite (default) or postgresql: the backend package owns the rules
+        # sqlite (default) or postgresql: the backend package owns the rules (imported here: tsh
+        # reads this module and needs none of it)
+        from teleport_runtime.backend import check_storage_config
+
+        try:
             cfg.storage = check_storage_config(storage)
         except ConfigError as exc:
             raise ConfigError(f"{r.source}: {exc.message}") from None

@@ -60,8 +60,9 @@ class ConnectionProblem(TeleportError):
 
 
 class ServiceUnavailable(ConnectionProblem):
-    """A service this one depends on (the PostgreSQL backend) is not answering: the request was
-    not carried out; the same request may succeed once it is back."""
+    """A service this one depends on (the PostgreSQL backend) is not answering: the request
+    failed (a write cut off during its commit may still have been stored, as with any database);
+    the same request may succeed once it is back."""
 
     code = "service_unavailable"
     http_status = 503
