@@ -365,11 +365,14 @@ def config_from_dict(
         storage = tp.get("storage") or {"type": "sqlite"}
         if not isinstance(storage, dict):
             raise r.fail("teleport.storage", "expected a mapping such as {type: sqlite}")
-        if storage.get("type", "sqlite") != "sqlite":
-            raise r.fail(
-                "teleport.storage.type", f"{storage.get('type')!r}: expected sqlite"
-            )
-        cfg.storage = dict(storage)
+        # sqlite (default) or postgresql: the backend package owns the rules (imported here: tsh
+        # reads this module and needs none of it)
+        from teleport_runtime.backend import check_storage_config
+
+        try:
+            cfg.storage = check_storage_config(storage)
+        except ConfigError as exc:
+            raise ConfigError(f"{r.source}: {exc.message}") from None
 
         sections = [k for k in ("auth_service", "ssh_service", "proxy_service") if k in data]
         all_on = not sections  # a file with no service sections runs all three
@@ -586,6 +589,9 @@ teleport:
     severity: INFO
   storage:
     type: sqlite                  # <data_dir>/backend/sqlite.db
+    # type: postgresql            # several auth servers on one database:
+    # conn_string: postgresql://teleport@db.example.com:5432/teleport_backend?sslmode=verify-full&pool_max_conns=20
+    # audit_events_uri: ["postgresql://teleport@db.example.com:5432/teleport_audit?sslmode=verify-full"]
 
 auth_service:
   enabled: true

@@ -59,6 +59,15 @@ class ConnectionProblem(TeleportError):
     http_status = 502
 
 
+class ServiceUnavailable(ConnectionProblem):
+    """A service this one depends on (the PostgreSQL backend) is not answering: the request
+    failed (a write cut off during its commit may still have been stored, as with any database);
+    the same request may succeed once it is back."""
+
+    code = "service_unavailable"
+    http_status = 503
+
+
 class LimitExceeded(TeleportError):
     code = "limit_exceeded"
     http_status = 429
@@ -82,6 +91,7 @@ ERRORS_BY_CODE: dict[str, type[TeleportError]] = {
         AccessDenied,
         EventRefused,
         ConnectionProblem,
+        ServiceUnavailable,
         LimitExceeded,
         ConfigError,
     )

@@ -20,8 +20,16 @@ from types import TracebackType
 from typing import Any
 
 from teleport_runtime.auth.api import AuthAPI
+from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.service import AuthService
-from teleport_runtime.backend import DEFAULT_SWEEP_INTERVAL, Backend, EventType, Watcher, open_backend
+from teleport_runtime.backend import (
+    DEFAULT_SWEEP_INTERVAL,
+    Backend,
+    EventType,
+    Watcher,
+    open_audit_backend,
+    open_backend,
+)
 from teleport_runtime.config import AuthConfig, HostPort
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.netaddr import is_wildcard
@@ -56,6 +64,7 @@ class AuthServer:
         listen_host = config.listen_addr.host
         self.names = list(dict.fromkeys([*names, *([] if is_wildcard(listen_host) else [listen_host])]))
         self._backend: Backend | None = None
+        self._audit_backend: Backend | None = None
         self._service: AuthService | None = None
         self._api: AuthAPI | None = None
         self.port = 0
@@ -102,6 +111,10 @@ class AuthServer:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._backend = open_backend(self._storage, self.data_dir, sweep_interval=self._sweep_interval)
         self._service = AuthService(self._backend, self.config, self.data_dir)
+        self._audit_backend = open_audit_backend(self._storage)
+        if self._audit_backend is not None:  # teleport.storage.audit_events_uri: a database of its own
+            await self._audit_backend.open()
+            self._service.audit = AuditLog(self._audit_backend)
         await self._service.init()
         self._api = AuthAPI(self._service)
         listen = self.config.listen_addr
@@ -130,6 +143,9 @@ class AuthServer:
         if self._backend is not None:
             await self._backend.close()
             self._backend = None
+        if self._audit_backend is not None:
+            await self._audit_backend.close()
+            self._audit_backend = None
         self._service = None
 
     async def __aenter__(self) -> AuthServer:

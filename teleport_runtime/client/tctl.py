@@ -28,6 +28,7 @@ from teleport_runtime.api.types import (
     UserUpdate,
 )
 from teleport_runtime.api.wire import Message
+from teleport_runtime.backend import Backend, open_backend, snapshot
 from teleport_runtime.ca import generate_ssh_keypair
 from teleport_runtime.client.output import (
     echo_json,
@@ -554,6 +555,77 @@ async def audit_ls(client: AuthClient, since: str, types: str, fmt: str) -> None
                    e.get("login", ""), e.get("node") or e.get("nodename") or e.get("server_id", ""),
                    e.get("session_id", ""), e.get("remote_addr", "")),
     )
+
+
+# ---------------------------------------------------------------------------- backup
+
+
+def _run_on_backend(ctx: Context, fn: Callable[[Backend], Awaitable[T]]) -> T:
+    """Run ``fn`` on the backend the config's ``teleport.storage`` names (not through the auth
+    API: a restore happens before any auth server runs on the target); errors become one line."""
+
+    async def main() -> T:
+        cfg = configuration.load(ctx.config_path)
+        backend = open_backend(cfg.storage, Path(ctx.data_dir) if ctx.data_dir else cfg.data_dir,
+                               sweep_interval=None)
+        try:
+            return await fn(backend)
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(main())
+    except TeleportError as exc:
+        click.echo(f"ERROR: {exc.message}", err=True)
+        sys.exit(1)
+
+
+@cli.group()
+def backup() -> None:
+    """Back up cluster state, or restore it into an empty backend (run on the auth host, with
+    its config: the storage it names is read or written directly)."""
+
+
+@backup.command("create")
+@click.argument("filename", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--with-audit", is_flag=True, help="Include the audit events kept in the backend.")
+@click.pass_obj
+def backup_create(ctx: Context, filename: Path, with_audit: bool) -> None:
+    """Write a consistent snapshot of the cluster state (CAs with their private keys, users,
+    roles, tokens, host bindings, locks) to FILENAME, mode 0600. Safe while the cluster runs."""
+
+    async def take(backend: Backend) -> snapshot.Snapshot:
+        return await snapshot.take(backend, with_audit=with_audit)
+
+    snap = _run_on_backend(ctx, take)
+    try:
+        snapshot.write(filename, snap)
+    except OSError as exc:
+        click.echo(f"ERROR: cannot write {filename}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    counts = ", ".join(f"{prefix} {n}" for prefix, n in snap.counts().items())
+    click.echo(f"wrote {filename}: {len(snap.items)} items ({counts})")
+    click.echo("It holds the CA private keys: keep it as safe as the database (mode 0600, encrypted at rest).")
+
+
+@backup.command("restore")
+@click.argument("filename", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def backup_restore(ctx: Context, filename: Path) -> None:
+    """Restore FILENAME into the config's storage, which must be empty: start the auth server
+    afterwards; the CA pin and every node's identity stay valid."""
+    try:
+        snap = snapshot.read(filename)
+    except TeleportError as exc:
+        click.echo(f"ERROR: {exc.message}", err=True)
+        sys.exit(1)
+
+    async def put(backend: Backend) -> int:
+        return await snapshot.restore(backend, snap)
+
+    count = _run_on_backend(ctx, put)
+    click.echo(f"restored {count} items from {filename} (taken {snap.created.isoformat()}); "
+               "start the auth service now")
 
 
 def main() -> None:
