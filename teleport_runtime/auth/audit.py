@@ -96,6 +96,8 @@ AGENT_EVENTS: dict[str, frozenset[str]] = {
         "exec", "subsystem", "port",
         "auth.rejected", "port.rejected", "agent.rejected", "subsystem.rejected",
         "audit.dropped",
+        "host_user.create", "host_user.update", "host_user.delete", "host_user.rejected",
+        "session.command", "session.disk", "session.network", "session.enhanced_lost",
     }),
     # access.denied: a web request the proxy refused before it reached the auth service (a path
     # parameter that is not a valid token, name or session ID).

@@ -1,0 +1,569 @@
+"""BPF enhanced session recording: the commands, files and connections of each session.
+
+The kernel side is ``bpf_enhanced.bpf.c``, a CO-RE program compiled by clang against the running
+kernel's BTF (``bpftool btf dump file /sys/kernel/btf/vmlinux format c`` gives ``vmlinux.h``);
+:func:`build_object` does that at install time (``python -m teleport_runtime.node.bpf build``,
+which scripts/setup runs) or, when the object for this kernel is missing, when the node starts.
+It is loaded with libbpf (``libbpf.so.1``) through ctypes: no compiler at run time when the
+object was built at install time, no kernel headers, and one object for every session.
+
+Attribution: a session's first process registers itself with the program just before it execs
+(:func:`mark_session`, a failing ``lseek`` the program recognises, accepted only from direct
+children of the node and once per session); everything it forks inherits the session. That is
+the session's process tree from its leader, so it works on cgroup v1 hosts (this one) and on
+cgroup v2 hosts alike; nothing else on the host is recorded.
+
+Events (audit, with the session's ``session_id``, ``user``, ``login``):
+
+- ``session.command``: ``path``, ``argv``, ``pid``, ``ppid``, ``return_code`` (of execve),
+  ``program``, ``uid``;
+- ``session.disk``: ``path`` (as the process gave it), ``flags`` (open flags), ``return_code``
+  (the descriptor or -errno), ``pid``, ``program``;
+- ``session.network``: ``src_addr``, ``src_port``, ``dst_addr``, ``dst_port``, ``version``
+  (4 or 6), ``return_code``, ``pid``, ``program`` (TCP connects);
+- ``session.enhanced_lost``: ``command``, ``disk``, ``network``, ``queue`` counts of the events
+  the session lost (ring buffer full, the node's audit queue full), when any were.
+
+The ring buffers are sized from ``ssh_service.enhanced_recording`` (in pages of 4 KiB, as the
+reference). A full buffer never blocks a process: the event is counted as lost.
+
+Where the program cannot load (no BTF, no CAP_BPF/CAP_PERFMON, no tracefs, no libbpf, no
+compiler and no prebuilt object), :meth:`EnhancedRecorder.start` logs the reason once and the
+node runs without it: sessions work and are recorded as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from teleport_runtime.errors import BadParameter
+
+SOURCE = Path(__file__).with_name("bpf_enhanced.bpf.c")
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+TRACEFS = Path("/sys/kernel/tracing")
+PAGE_SIZE = 4096
+#: The marker the session's first process sends (``lseek(-1, cookie, MARK_WHENCE)``).
+MARK_WHENCE = 0x54504C52
+#: Event classes and their bit in the program.
+CLASSES = {"command": 1, "disk": 2, "network": 4}
+#: How long one ring buffer poll waits (ms): also how quickly :meth:`stop` is noticed.
+POLL_MS = 100
+#: Bound on compiling the program.
+BUILD_TIMEOUT = 300.0
+
+_LOG = logging.getLogger(__name__)
+
+#: Queues an audit event; False when the queue refused it (counted as lost).
+Emit = Callable[[dict[str, Any]], "bool | None"]
+
+
+class EnhancedRecordingUnavailable(Exception):
+    """Why enhanced recording cannot run on this host (the message says, and what to do)."""
+
+
+@dataclass(frozen=True)
+class EnhancedRecordingConfig:
+    """``ssh_service.enhanced_recording``: buffer sizes are in pages (4 KiB)."""
+
+    enabled: bool = False
+    command_buffer_size: int = 8
+    disk_buffer_size: int = 128
+    network_buffer_size: int = 8
+
+
+#: Bound on a ring buffer (pages): 256 MiB.
+MAX_BUFFER_PAGES = 65536
+
+
+def parse_enhanced_recording(value: Any, where: str = "ssh_service.enhanced_recording") -> EnhancedRecordingConfig:
+    """Validate ``ssh_service.enhanced_recording`` (None: off, the defaults)."""
+    if value is None:
+        return EnhancedRecordingConfig()
+    if not isinstance(value, dict):
+        raise BadParameter(f"{where}: expected a mapping such as {{enabled: true, command_buffer_size: 8}}")
+    known = ("enabled", "command_buffer_size", "disk_buffer_size", "network_buffer_size")
+    for key in value:
+        if key not in known:
+            raise BadParameter(f"{where}: unknown field {key!r}: expected one of {', '.join(known)}")
+    enabled = value.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise BadParameter(f"{where}.enabled: expected true or false, got {enabled!r}")
+    defaults = EnhancedRecordingConfig()
+    sizes: dict[str, int] = {}
+    for key in known[1:]:
+        pages = value.get(key, getattr(defaults, key))
+        if (isinstance(pages, bool) or not isinstance(pages, int) or pages < 1 or pages > MAX_BUFFER_PAGES
+                or pages & (pages - 1)):
+            raise BadParameter(
+                f"{where}.{key}: expected a number of 4 KiB pages that is a power of two from 1 to "
+                f"{MAX_BUFFER_PAGES} (such as {getattr(defaults, key)}), got {pages!r}"
+            )
+        sizes[key] = pages
+    return EnhancedRecordingConfig(enabled=enabled, **sizes)
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def object_name() -> str:
+    """The object's file name for this source and this kernel's BTF (a rebuild on a change)."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    try:
+        digest.update(BTF_PATH.read_bytes())
+    except OSError:
+        digest.update(os.uname().release.encode())
+    return f"enhanced-{digest.hexdigest()[:16]}.bpf.o"
+
+
+def build_object(directory: Path) -> Path:
+    """Compile the program for the running kernel into ``directory`` (kept when it exists)."""
+    if not BTF_PATH.exists():
+        raise EnhancedRecordingUnavailable(
+            f"the kernel exposes no BTF ({BTF_PATH} is missing): a kernel built with "
+            "CONFIG_DEBUG_INFO_BTF=y is needed"
+        )
+    target = directory / object_name()
+    if target.exists():
+        return target
+    clang, bpftool = shutil.which("clang"), shutil.which("bpftool") or shutil.which("/usr/sbin/bpftool")
+    if clang is None or bpftool is None:
+        raise EnhancedRecordingUnavailable(
+            f"the BPF program for this kernel is not built and {'clang' if clang is None else 'bpftool'} "
+            "is not installed: install clang, llvm, libbpf-dev and bpftool (scripts/setup does), or "
+            f"build it elsewhere with `python -m teleport_runtime.node.bpf build {directory}`"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    work = directory / f".build-{os.getpid()}"
+    work.mkdir(exist_ok=True)
+    try:
+        header = subprocess.run(
+            [bpftool, "btf", "dump", "file", str(BTF_PATH), "format", "c"],
+            capture_output=True, timeout=BUILD_TIMEOUT, check=False,
+        )
+        if header.returncode != 0:
+            raise EnhancedRecordingUnavailable(f"bpftool cannot read the kernel's BTF: {header.stderr.decode()[-500:]}")
+        (work / "vmlinux.h").write_bytes(header.stdout)
+        arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+        result = subprocess.run(
+            [clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3", f"-D__TARGET_ARCH_{arch}", f"-I{work}",
+             "-c", str(SOURCE), "-o", str(work / "out.o")],
+            capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False,
+        )
+        if result.returncode != 0:
+            raise EnhancedRecordingUnavailable(f"clang cannot build the BPF program: {result.stderr[-1000:]}")
+        os.replace(work / "out.o", target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------------------- libbpf
+
+
+class _Command(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("ppid", ctypes.c_uint32),
+        ("retval", ctypes.c_int32), ("argc", ctypes.c_uint32), ("uid", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16), ("path", ctypes.c_char * 256),
+        ("argv", (ctypes.c_char * 64) * 16),
+    ]
+
+
+class _Disk(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("retval", ctypes.c_int32),
+        ("flags", ctypes.c_int32), ("pad", ctypes.c_uint32), ("comm", ctypes.c_char * 16),
+        ("path", ctypes.c_char * 256),
+    ]
+
+
+class _Network(ctypes.Structure):
+    _fields_ = [
+        ("cookie", ctypes.c_uint64), ("pid", ctypes.c_uint32), ("retval", ctypes.c_int32),
+        ("version", ctypes.c_uint16), ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16), ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16),
+        ("comm", ctypes.c_char * 16), ("sk", ctypes.c_uint64),
+    ]
+
+
+class _Session(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint32), ("claimed", ctypes.c_uint32)]
+
+
+class _Lost(ctypes.Structure):
+    _fields_ = [("counts", ctypes.c_uint64 * 3)]
+
+
+_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+
+
+def _libbpf() -> ctypes.CDLL:
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise EnhancedRecordingUnavailable(f"libbpf is not installed ({exc}): install libbpf1") from None
+    vp, ip, cp = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    for fn, res, args in (
+        ("libbpf_set_print", vp, [vp]),
+        ("bpf_object__open_file", vp, [cp, vp]),
+        ("bpf_object__load", ip, [vp]),
+        ("bpf_object__close", None, [vp]),
+        ("bpf_object__find_map_by_name", vp, [vp, cp]),
+        ("bpf_object__next_program", vp, [vp, vp]),
+        ("bpf_program__name", cp, [vp]),
+        ("bpf_program__attach", vp, [vp]),
+        ("bpf_link__destroy", ip, [vp]),
+        ("bpf_map__fd", ip, [vp]),
+        ("bpf_map__set_max_entries", ip, [vp, ctypes.c_uint32]),
+        ("bpf_map_update_elem", ip, [ip, vp, vp, ctypes.c_uint64]),
+        ("bpf_map_lookup_elem", ip, [ip, vp, vp]),
+        ("bpf_map_delete_elem", ip, [ip, vp]),
+        ("ring_buffer__new", vp, [ip, _SAMPLE_FN, vp, vp]),
+        ("ring_buffer__add", ip, [vp, ip, _SAMPLE_FN, vp]),
+        ("ring_buffer__poll", ip, [vp, ip]),
+        ("ring_buffer__free", None, [vp]),
+    ):
+        func = getattr(lib, fn)
+        func.restype = res
+        func.argtypes = args
+    return lib
+
+
+def _errno_text(code: int) -> str:
+    return f"{errno.errorcode.get(code, code)}: {os.strerror(code)}"
+
+
+def _ensure_tracefs() -> None:
+    """The syscall tracepoints attach through tracefs: mount it when the host has not."""
+    if (TRACEFS / "events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
+        return
+    result = subprocess.run(["mount", "-t", "tracefs", "nodev", str(TRACEFS)],
+                            capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0 or not (TRACEFS / "events").is_dir():
+        raise EnhancedRecordingUnavailable(
+            f"tracefs is not mounted and cannot be ({result.stderr.strip() or 'no events directory'}): "
+            f"mount it with `mount -t tracefs nodev {TRACEFS}` as root"
+        )
+
+
+def mark_session(cookie: int) -> None:  # pragma: no cover - runs in the forked child
+    """Register the calling process as session ``cookie``'s leader (in the child, before exec)."""
+    try:
+        os.lseek(-1, cookie, MARK_WHENCE)
+    except OSError:
+        pass  # always EBADF: the call exists only for the program to see
+
+
+@dataclass
+class _Live:
+    session_id: str
+    emit: Emit
+    queue_lost: int = 0
+    seen: dict[str, int] = field(default_factory=lambda: {"command": 0, "disk": 0, "network": 0})
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _addr(raw: Any, version: int) -> str:
+    data = bytes(raw)
+    return str(ipaddress.IPv4Address(data[:4]) if version == 4 else ipaddress.IPv6Address(data))
+
+
+class EnhancedRecorder:
+    """Loads the program, registers sessions, turns the ring buffers into audit events."""
+
+    def __init__(self, config: EnhancedRecordingConfig, object_dir: Path) -> None:
+        self.config = config
+        self.object_dir = object_dir
+        self.active = False
+        self.reason = ""
+        self._lib: ctypes.CDLL | None = None
+        self._obj: int | None = None
+        self._links: list[int] = []
+        self._rb: int | None = None
+        self._fds: dict[str, int] = {}
+        self._callbacks: list[Any] = []
+        self._sessions: dict[int, _Live] = {}
+        self._next_cookie = 1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._rounds: list[asyncio.Future[None]] = []
+        self._rounds_lock = threading.Lock()
+        self._closing: set[asyncio.Task[dict[str, int]]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> bool:
+        """Load and attach the program; False (the reason logged once) when it cannot run."""
+        if not self.config.enabled:
+            return False
+        self._loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self._load)
+        except EnhancedRecordingUnavailable as exc:
+            self.reason = str(exc)
+            self._unload()
+            _LOG.warning("enhanced session recording is off: %s; sessions run and are recorded without it",
+                         self.reason)
+            return False
+        self.active = True
+        self._thread = threading.Thread(target=self._poll, name="bpf-events", daemon=True)
+        self._thread.start()
+        _LOG.info("enhanced session recording is on (BPF: commands, files, connections)")
+        return True
+
+    def _load(self) -> None:
+        if os.geteuid() != 0:
+            raise EnhancedRecordingUnavailable("the node does not run as root (CAP_BPF and CAP_PERFMON are needed)")
+        path = build_object(self.object_dir)
+        lib = self._lib = _libbpf()
+        if not os.environ.get("TELEPORT_DEBUG_BPF"):
+            lib.libbpf_set_print(None)  # failures are reported here, with errno
+        _ensure_tracefs()
+        obj = lib.bpf_object__open_file(str(path).encode(), None)
+        if not obj:
+            raise EnhancedRecordingUnavailable(f"cannot open {path}: {_errno_text(ctypes.get_errno())}")
+        self._obj = obj
+        sizes = {
+            "command_events": self.config.command_buffer_size,
+            "disk_events": self.config.disk_buffer_size,
+            "network_events": self.config.network_buffer_size,
+        }
+        for name, pages in sizes.items():
+            if lib.bpf_map__set_max_entries(self._map(name), pages * PAGE_SIZE) != 0:
+                raise EnhancedRecordingUnavailable(f"cannot size the {name} ring buffer to {pages} pages")
+        if lib.bpf_object__load(obj) != 0:
+            code = ctypes.get_errno()
+            hint = (" (the node needs CAP_BPF and CAP_PERFMON: run it as root)"
+                    if code in (errno.EPERM, errno.EACCES) else "")
+            raise EnhancedRecordingUnavailable(f"the kernel refused the BPF program: {_errno_text(code)}{hint}")
+        for name in ("settings", "sessions", "lost", *sizes):
+            self._fds[name] = lib.bpf_map__fd(self._map(name))
+        key, value = ctypes.c_uint32(0), ctypes.c_uint32(os.getpid())
+        self._update("settings", key, value)
+        prog = lib.bpf_object__next_program(obj, None)
+        while prog:
+            link = lib.bpf_program__attach(prog)
+            if not link:
+                name = (lib.bpf_program__name(prog) or b"?").decode()
+                raise EnhancedRecordingUnavailable(
+                    f"cannot attach {name}: {_errno_text(ctypes.get_errno())}")
+            self._links.append(link)
+            prog = lib.bpf_object__next_program(obj, prog)
+        kinds = (("command_events", _Command, "command"), ("disk_events", _Disk, "disk"),
+                 ("network_events", _Network, "network"))
+        for index, (name, struct, kind) in enumerate(kinds):
+            callback = _SAMPLE_FN(self._sample(struct, kind))
+            self._callbacks.append(callback)  # ctypes must keep it alive
+            if index == 0:
+                self._rb = lib.ring_buffer__new(self._fds[name], callback, None, None)
+                if not self._rb:
+                    raise EnhancedRecordingUnavailable(
+                        f"cannot read the ring buffers: {_errno_text(ctypes.get_errno())}")
+            elif lib.ring_buffer__add(self._rb, self._fds[name], callback, None) != 0:
+                raise EnhancedRecordingUnavailable(f"cannot read the {name} ring buffer")
+
+    def _map(self, name: str) -> int:
+        assert self._lib is not None
+        found = self._lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not found:
+            raise EnhancedRecordingUnavailable(f"the BPF object has no map {name!r} (rebuild it)")
+        return int(found)
+
+    def _update(self, name: str, key: Any, value: Any) -> None:
+        assert self._lib is not None
+        if self._lib.bpf_map_update_elem(self._fds[name], ctypes.byref(key), ctypes.byref(value), 0) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot update the BPF map {name}")
+
+    async def stop(self) -> None:
+        """Detach and unload (sessions still open lose their remaining events)."""
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=30)
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self._unload()
+        self.active = False
+
+    def _unload(self) -> None:
+        lib = self._lib
+        if lib is None:
+            return
+        if self._rb:
+            lib.ring_buffer__free(self._rb)
+            self._rb = None
+        for link in self._links:
+            lib.bpf_link__destroy(link)
+        self._links.clear()
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    # ------------------------------------------------------------------ events
+
+    def _poll(self) -> None:
+        assert self._lib is not None and self._loop is not None
+        while not self._stopping.is_set():
+            result = self._lib.ring_buffer__poll(self._rb, POLL_MS)
+            if result < 0 and -result != errno.EINTR:
+                _LOG.error("reading the BPF ring buffers failed (%s); enhanced recording stops",
+                           _errno_text(-result))
+                self.active = False
+                return
+            with self._rounds_lock:
+                rounds, self._rounds = self._rounds, []
+            for future in rounds:
+                self._loop.call_soon_threadsafe(_set_done, future)
+
+    def _sample(self, struct: type[ctypes.Structure], kind: str) -> Callable[[int | None, int | None, int], int]:
+        def callback(_ctx: int | None, data: int | None, size: int) -> int:
+            if data is None or size < ctypes.sizeof(struct):
+                return 0
+            raw = struct.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(struct)))
+            try:
+                event = self._event(kind, raw)
+            except Exception:  # a bad record must not end the reader
+                _LOG.exception("cannot decode a %s event", kind)
+                return 0
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._deliver, int(raw.cookie), kind, event)
+            return 0
+
+        return callback
+
+    @staticmethod
+    def _event(kind: str, raw: Any) -> dict[str, Any]:
+        if kind == "command":
+            path = _text(raw.path)
+            return {
+                "event": "session.command", "path": path,
+                "argv": [_text(bytes(raw.argv[i])) for i in range(min(raw.argc, 16))],
+                "pid": raw.pid, "ppid": raw.ppid, "return_code": raw.retval,
+                "program": _text(raw.comm), "uid": raw.uid,
+            }
+        if kind == "disk":
+            return {
+                "event": "session.disk", "path": _text(raw.path), "flags": raw.flags,
+                "return_code": raw.retval, "pid": raw.pid, "program": _text(raw.comm),
+            }
+        return {
+            "event": "session.network", "version": raw.version,
+            "src_addr": _addr(raw.saddr, raw.version), "src_port": raw.sport,
+            "dst_addr": _addr(raw.daddr, raw.version), "dst_port": raw.dport,
+            "return_code": raw.retval, "pid": raw.pid, "program": _text(raw.comm),
+        }
+
+    def _deliver(self, cookie: int, kind: str, event: dict[str, Any]) -> None:
+        live = self._sessions.get(cookie)
+        if live is None:
+            return  # a process that outlived its session's end
+        live.seen[kind] += 1
+        if live.emit({**event, "session_id": live.session_id}) is False:
+            live.queue_lost += 1
+
+    async def _drained(self) -> None:
+        """After one more full poll of the ring buffers (events already in them delivered)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._rounds_lock:
+            self._rounds.append(future)
+        # the round in progress may have started before this call: wait for the next one too
+        await asyncio.wait_for(future, timeout=10)
+        second: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._rounds_lock:
+            self._rounds.append(second)
+        await asyncio.wait_for(second, timeout=10)
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(self, session_id: str, classes: frozenset[str], emit: Emit) -> int | None:
+        """Register a session about to start; its cookie for :func:`mark_session`, or None
+        when nothing is recorded for it."""
+        flags = sum(CLASSES[c] for c in classes if c in CLASSES)
+        if not self.active or not flags:
+            return None
+        cookie = self._next_cookie
+        self._next_cookie += 1
+        try:
+            self._update("lost", ctypes.c_uint64(cookie), _Lost())
+            self._update("sessions", ctypes.c_uint64(cookie), _Session(flags, 0))
+        except OSError as exc:
+            _LOG.error("session %s: cannot register it for enhanced recording: %s", session_id, exc)
+            emit({"event": "session.enhanced_lost", "session_id": session_id, "command": 0, "disk": 0,
+                  "network": 0, "queue": 0, "reason": f"not recorded: {exc.strerror}"})
+            return None
+        self._sessions[cookie] = _Live(session_id, emit)
+        return cookie
+
+    def close_session_soon(self, cookie: int) -> None:
+        """:meth:`close_session` in the background (:meth:`stop` waits for it)."""
+        task = asyncio.get_running_loop().create_task(self.close_session(cookie))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_session(self, cookie: int) -> dict[str, int]:
+        """The session ended: deliver what is buffered, report lost events; the counts."""
+        live = self._sessions.get(cookie)
+        if live is None:
+            return {}
+        try:
+            await self._drained()
+        except TimeoutError:
+            _LOG.warning("session %s: the BPF reader did not finish a round", live.session_id)
+        assert self._lib is not None
+        key, lost = ctypes.c_uint64(cookie), _Lost()
+        if self.active:
+            self._lib.bpf_map_lookup_elem(self._fds["lost"], ctypes.byref(key), ctypes.byref(lost))
+            self._lib.bpf_map_delete_elem(self._fds["lost"], ctypes.byref(key))
+            self._lib.bpf_map_delete_elem(self._fds["sessions"], ctypes.byref(key))
+        self._sessions.pop(cookie, None)
+        counts = {"command": int(lost.counts[0]), "disk": int(lost.counts[1]),
+                  "network": int(lost.counts[2]), "queue": live.queue_lost}
+        if any(counts.values()):
+            _LOG.warning("session %s: enhanced recording lost events: %s", live.session_id, counts)
+            live.emit({"event": "session.enhanced_lost", "session_id": live.session_id, **counts})
+        return {**counts, **{f"seen_{k}": v for k, v in live.seen.items()}}
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m teleport_runtime.node.bpf build DIR``: compile the program for this kernel."""
+    if len(argv) != 2 or argv[0] != "build":
+        print("usage: python -m teleport_runtime.node.bpf build DIRECTORY", file=sys.stderr)
+        return 2
+    try:
+        path = build_object(Path(argv[1]))
+    except EnhancedRecordingUnavailable as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
