@@ -1,0 +1,312 @@
+"""Host users from roles and BPF enhanced recording, end to end with the real daemons.
+
+An auth service, a proxy and a node (`teleport start`) on loopback; users made with
+`tctl users add` sign up and log in with `tsh`. The node runs in a private mount namespace
+(`unshare --mount`) with a copy of /etc bind-mounted over /etc and tmpfs on /home, /var/mail
+and /run/sudo, so the accounts, groups and sudoers files it creates never touch this machine's
+own (the test checks that the real /etc/passwd is unchanged). Commands inside the node's
+namespace run through `nsenter --mount`.
+
+The enhanced recording tests need the real kernel (root, BTF, BPF): they are skipped with the
+node's own reason where it cannot load the program. No timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Cluster, Node, next_loopback_ip, require_binary, sign_up_and_log_in, wait_for
+
+TSH = str(Path(sys.executable).parent / "tsh")
+PASSWORD = "correct horse battery staple"
+CLUSTER = "hostusers.test"
+
+#: Runs the node with private copies of what host users change (see the module docstring).
+NAMESPACE_SETUP = r"""
+set -eu
+root=$1; shift
+mount --make-rprivate /
+cp -a /etc "$root/etc"
+mount --bind "$root/etc" /etc
+mount -t tmpfs tmpfs /home
+mount -t tmpfs tmpfs /var/mail
+mkdir -p /run/sudo && mount -t tmpfs tmpfs /run/sudo
+exec "$@"
+"""
+
+ONCALL_ROLE = {
+    "kind": "role",
+    "version": "v1",
+    "metadata": {"name": "oncall", "description": "sudo on prod nodes, accounts made at login"},
+    "spec": {
+        "allow": {
+            "logins": ["{{internal.logins}}"],
+            "node_labels": {"env": "prod"},
+            "host_groups": ["oncall"],
+            "host_sudoers": ["ALL=(ALL) NOPASSWD: ALL"],
+        },
+        "options": {"create_host_user_mode": "keep", "enhanced_recording": ["command", "network", "disk"]},
+    },
+}
+DROP_ROLE = {
+    "kind": "role",
+    "version": "v1",
+    "metadata": {"name": "visitor"},
+    "spec": {
+        "allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": "prod"}},
+        "options": {"create_host_user_mode": "insecure-drop", "enhanced_recording": ["command"]},
+    },
+}
+BAD_SUDOERS_ROLE = {
+    "kind": "role",
+    "version": "v1",
+    "metadata": {"name": "badsudo"},
+    "spec": {
+        "allow": {
+            "logins": ["{{internal.logins}}"],
+            "node_labels": {"env": "prod"},
+            "host_sudoers": ["ALL=(ALL NOPASSWD: ALL"],  # one line, but not sudoers syntax
+        },
+        "options": {"create_host_user_mode": "keep"},
+    },
+}
+
+
+@dataclass
+class Env:
+    root: Path
+    cluster: Cluster
+    web: str
+    node: Node
+    homes: dict[str, Path] = field(default_factory=dict)
+
+    def tsh(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT")}
+        env["TELEPORT_HOME"] = str(self.homes[user])
+        return subprocess.run([TSH, *args], env=env, cwd=self.root, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    def add_user(self, name: str, roles: str, logins: str) -> None:
+        home = self.homes[name] = self.root / f"tsh-{name}"
+        sign_up_and_log_in(self.cluster, self.web, name, roles=roles, logins=logins, home=home,
+                           password_file=self.root / "password", otp_file=self.root / f"otp-{name}")
+
+    def in_node(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``argv`` in the node's mount namespace (its /etc, /home)."""
+        assert self.node.daemon is not None
+        return subprocess.run(["nsenter", "-t", str(self.node.daemon.pid), "--mount", "--", *argv],
+                              capture_output=True, text=True, timeout=60)
+
+    def audit(self, *args: str) -> list[dict[str, Any]]:
+        return self.cluster.tctl_json("audit", "ls", "--since=1h", *args)
+
+    def bpf_off_reason(self) -> str | None:
+        for line in self.node.log().splitlines():
+            if "enhanced session recording is off" in line:
+                return line.split("enhanced session recording is off:", 1)[1].strip()
+        return None
+
+
+def _login() -> str:
+    return "tp" + secrets.token_hex(4)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    if os.geteuid() != 0:
+        pytest.skip("host users need root (useradd) and a private mount namespace")
+    for binary in ("unshare", "nsenter", "useradd", "visudo", "sudo"):
+        require_binary(binary)
+    root = tmp_path_factory.mktemp("hostusers")
+    (root / "password").write_text(PASSWORD + "\n")
+    cluster = Cluster(root, CLUSTER, {"presence_ttl": "10s"})
+    try:
+        cluster.start()
+        token = cluster.add_token(roles="node,proxy", ttl="10m")["token"]
+        pin = cluster.pin()
+        _, web = cluster.start_proxy(token)
+        ip = next_loopback_ip()
+        node = Node(cluster, "prod1", ip, {"ssh_service": {
+            "labels": {"env": "prod"},
+            "enhanced_recording": {"enabled": True, "command_buffer_size": 64, "disk_buffer_size": 256,
+                                   "network_buffer_size": 8},
+        }})
+        ns_root = root / "prod1-ns"
+        ns_root.mkdir()
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", NAMESPACE_SETUP, "sh",
+                str(ns_root), *cluster.node_argv("prod1", token=token, pins=(pin,))]
+        node.start(argv)
+        for doc in (ONCALL_ROLE, DROP_ROLE, BAD_SUDOERS_ROLE):
+            path = root / f"{doc['metadata']['name']}.yaml"
+            path.write_text(yaml.safe_dump(doc))
+            cluster.tctl("create", str(path))
+        e = Env(root, cluster, web, node)
+
+        def listed() -> bool:
+            return any(n["hostname"] == "prod1" for n in cluster.nodes())
+
+        wait_for(listed, what="the node to join")
+        yield e
+    finally:
+        cluster.kill_all()
+
+
+def _real_passwd() -> str:
+    return Path("/etc/passwd").read_text()
+
+
+def test_keep_creates_the_account_with_sudo_and_records_its_commands(env: Env) -> None:
+    login = _login()
+    env.add_user("alice", "oncall,auditor", login)
+    assert env.in_node("getent", "passwd", login).returncode == 2  # not there before
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    accepted = threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True)
+    accepted.start()
+    marker = "outsider-" + secrets.token_hex(4)
+    command = (f"sudo -n true && echo SUDO-OK; id -nG; cat /etc/hostname; ls /; "
+               f"exec 3<>/dev/tcp/127.0.0.1/{port}; echo SID=$SSH_SESSION_ID")
+    result = env.tsh("alice", "ssh", f"{login}@prod1", command)
+    # a process of the host, not of the session, at the same time
+    subprocess.run(["ls", f"/tmp/{marker}"], capture_output=True, check=False)
+    listener.close()
+    assert result.returncode == 0, result.stderr
+    assert "SUDO-OK" in result.stdout
+    assert "oncall" in result.stdout.split() and "teleport-system" in result.stdout.split()
+    sid = result.stdout.split("SID=")[1].split()[0]
+
+    # the account exists in the node's namespace only, with its checked sudoers file
+    assert env.in_node("getent", "passwd", login).returncode == 0
+    sudoers = env.in_node("cat", f"/etc/sudoers.d/teleport-{login}")
+    assert sudoers.stdout == f"{login} ALL=(ALL) NOPASSWD: ALL\n"
+    # (other tests may add their own accounts to the real file meanwhile: look for this one)
+    assert f"\n{login}:" not in "\n" + _real_passwd()
+    assert not Path(f"/etc/sudoers.d/teleport-{login}").exists()
+
+    created = wait_for(lambda: [e for e in env.audit("--type=host_user.create") if e.get("login") == login],
+                       what="host_user.create in the audit log")
+    assert created[0]["user"] == "alice" and created[0]["groups"] == ["oncall"]
+    assert created[0]["sudoers"] == ["ALL=(ALL) NOPASSWD: ALL"] and created[0]["mode"] == "keep"
+
+    # a second login of the same account changes nothing (and creates nothing)
+    assert env.tsh("alice", "ssh", f"{login}@prod1", "true").returncode == 0
+    assert len([e for e in env.audit("--type=host_user.") if e.get("login") == login]) == 1
+
+    reason = env.bpf_off_reason()
+    if reason is not None:
+        pytest.skip(f"enhanced recording cannot run here: {reason}")
+
+    def commands() -> list[dict[str, Any]]:
+        found = [e for e in env.audit("--type=session.command") if e.get("session_id") == sid]
+        return found if {"sudo", "cat", "ls"} <= {Path(e["path"]).name for e in found} else []
+
+    found = wait_for(commands, what="the session's commands in tctl audit ls --type=session.command")
+    by_name = {Path(e["path"]).name: e for e in found}
+    assert by_name["cat"]["argv"] == ["cat", "/etc/hostname"] and by_name["cat"]["return_code"] == 0
+    assert by_name["ls"]["argv"] == ["ls", "/"]
+    assert all(e["user"] == "alice" and e["login"] == login for e in found)
+    assert all(e["pid"] > 0 and e["ppid"] > 0 for e in found)
+    everything = env.audit("--type=session.")
+    assert not [e for e in everything if marker in json.dumps(e)]  # nothing from other processes
+    network = [e for e in everything if e["event"] == "session.network" and e.get("session_id") == sid]
+    assert [(e["dst_addr"], e["dst_port"], e["version"]) for e in network] == [("127.0.0.1", port, 4)]
+    disk = [e for e in everything if e["event"] == "session.disk" and e.get("session_id") == sid]
+    assert "/etc/hostname" in {e["path"] for e in disk}
+
+    # the text listing filters on the type too
+    text = env.cluster.tctl("audit", "ls", "--since=1h", "--type=session.command").stdout
+    assert sid in text and "session.disk" not in text
+
+
+def test_an_existing_account_the_node_did_not_create_is_refused_untouched(env: Env) -> None:
+    env.add_user("mallory", "oncall", "daemon")
+    before = env.in_node("getent", "group").stdout, env.in_node("getent", "passwd", "daemon").stdout
+    result = env.tsh("mallory", "ssh", "daemon@prod1", "true")
+    assert result.returncode != 0  # tsh says access denied; the reason is in the audit log
+    assert (env.in_node("getent", "group").stdout, env.in_node("getent", "passwd", "daemon").stdout) == before
+    assert not env.in_node("test", "-e", "/etc/sudoers.d/teleport-daemon").returncode == 0
+    refused = wait_for(lambda: [e for e in env.audit("--type=host_user.rejected") if e.get("login") == "daemon"],
+                       what="host_user.rejected in the audit log")
+    assert "existing account the node did not create" in refused[0]["reason"]
+    assert "teleport-system" in refused[0]["reason"] and refused[0]["user"] == "mallory"
+
+
+def test_sudoers_that_visudo_rejects_refuses_the_login_and_writes_nothing(env: Env) -> None:
+    login = _login()
+    env.add_user("bob", "badsudo", login)
+    result = env.tsh("bob", "ssh", f"{login}@prod1", "true")
+    assert result.returncode != 0
+    assert env.in_node("getent", "passwd", login).returncode == 2  # no account left behind
+    listing = env.in_node("ls", "-a", "/etc/sudoers.d").stdout.split()
+    assert not [name for name in listing if login in name]  # neither the file nor its temporary
+    refused = wait_for(lambda: [e for e in env.audit("--type=host_user.rejected") if e.get("login") == login],
+                       what="host_user.rejected in the audit log")
+    assert "rejected by visudo" in refused[0]["reason"]
+
+
+def test_insecure_drop_removes_the_account_when_its_last_session_ends(env: Env) -> None:
+    login = _login()
+    env.add_user("carol", "visitor", login)
+    result = env.tsh("carol", "ssh", f"{login}@prod1", "id -un")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == login
+    wait_for(lambda: env.in_node("getent", "passwd", login).returncode == 2, what="the account to be removed")
+    events = wait_for(
+        lambda: (found if len(found := [e["event"] for e in env.audit("--type=host_user.")
+                                        if e.get("login") == login]) == 2 else None),
+        what="host_user.create and host_user.delete")
+    assert events == ["host_user.create", "host_user.delete"]
+    assert f"\n{login}:" not in "\n" + _real_passwd()
+
+
+def test_concurrent_first_logins_create_the_account_once(env: Env) -> None:
+    login = _login()
+    env.add_user("dave", "oncall", login)
+    results: list[subprocess.CompletedProcess[str]] = []
+    threads = [threading.Thread(target=lambda: results.append(env.tsh("dave", "ssh", f"{login}@prod1", "id -un")))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.stdout.strip() for r in results] == [login] * 4, [r.stderr for r in results]
+    created = [e for e in env.audit("--type=host_user.create") if e.get("login") == login]
+    assert len(created) == 1
+    assert env.in_node("grep", "-c", f"^{login}:", "/etc/passwd").stdout.strip() == "1"
+
+
+def test_a_burst_beyond_the_buffers_is_counted_as_lost(env: Env) -> None:
+    reason = env.bpf_off_reason()
+    if reason is not None:
+        pytest.skip(f"enhanced recording cannot run here: {reason}")
+    login = _login()
+    env.add_user("erin", "visitor", login)  # command events only
+    # 3000 short processes: far more command events than 64 pages hold before the node reads them
+    burst = "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done; echo SID=$SSH_SESSION_ID"
+    result = env.tsh("erin", "ssh", f"{login}@prod1", burst)
+    assert result.returncode == 0, result.stderr  # the session neither stalled nor failed
+    sid = result.stdout.split("SID=")[1].split()[0]
+    lost = wait_for(lambda: [e for e in env.audit("--type=session.enhanced_lost") if e.get("session_id") == sid],
+                    what="session.enhanced_lost for the burst")
+    recorded = [e for e in env.audit("--type=session.command") if e.get("session_id") == sid]
+    assert lost[0]["command"] + lost[0]["queue"] > 0
+    # every process is accounted for: recorded or counted as lost
+    trues = [e for e in recorded if e["path"] == "/bin/true"]
+    assert len(trues) + lost[0]["command"] + lost[0]["queue"] >= 3000
+    assert env.node.daemon is not None and env.node.daemon.alive()
