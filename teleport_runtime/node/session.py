@@ -355,7 +355,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             enhanced = self._ctx.enhanced
             if enhanced is not None:
                 self._enhanced_cookie = enhanced.open_session(
-                    self.session_id, self._ctx.enhanced_events, self._ctx.emit
+                    self.session_id, self._ctx.enhanced_events, self._enhanced_event
                 )
             switch: dict[str, Any] = {}
             if as_root:
@@ -440,6 +440,13 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 else:
                     chan.exit(status)
         self._close_enhanced()
+
+    def _enhanced_event(self, event: dict[str, Any]) -> bool | None:
+        """A BPF event of this session: to the audit log, and beside the recording while it
+        runs (recorders without ``enhanced`` just do not get them)."""
+        if self._recorder is not None and hasattr(self._recorder, "enhanced"):
+            self._record("enhanced", event)
+        return self._ctx.emit(event)
 
     def _close_enhanced(self) -> None:
         """Deliver the session's last BPF events and report lost ones, after the client has

@@ -324,3 +324,27 @@ def test_a_burst_beyond_the_buffers_is_counted_as_lost(env: Env) -> None:
     next_sid = after.stdout.split("SID=")[1].split()[0]
     wait_for(lambda: [e for e in env.audit("--type=session.command") if e.get("session_id") == next_sid],
              timeout=120, what="the next session's commands")
+
+
+def test_tsh_play_shows_the_enhanced_events_beside_the_recording(env: Env) -> None:
+    reason = env.bpf_off_reason()
+    if reason is not None:
+        pytest.skip(f"enhanced recording cannot run here: {reason}")
+    login = _login()
+    env.add_user("frank", "oncall,auditor", login)
+    result = env.tsh("frank", "ssh", "-t", f"{login}@prod1", "cat /etc/hostname; echo SID=$SSH_SESSION_ID")
+    assert result.returncode == 0, result.stderr
+    sid = result.stdout.split("SID=")[1].split()[0]
+
+    def recorded() -> dict[str, Any] | None:
+        played = env.tsh("frank", "play", sid, "--format=json")
+        return json.loads(played.stdout) if played.returncode == 0 else None
+
+    recording = wait_for(recorded, timeout=60, what="the recording to reach the auth service")
+    enhanced = [e["event"] for e in recording["events"] if e["type"] == "enhanced"]
+    cats = [e for e in enhanced if e["event"] == "session.command" and e["argv"] == ["cat", "/etc/hostname"]]
+    assert cats and cats[0]["session_id"] == sid
+    played = env.tsh("frank", "play", sid, "--speed=50x", "--skip-idle-time")
+    assert played.returncode == 0, played.stderr
+    assert "[command]" in played.stderr and "cat /etc/hostname" in played.stderr
+    assert "[command]" not in played.stdout  # the terminal replay stays as it was
