@@ -159,3 +159,18 @@ async def test_a_node_where_bpf_cannot_load_says_why_once_and_sessions_work(
 def test_disabled_enhanced_recording_loads_nothing() -> None:
     recorder = EnhancedRecorder(EnhancedRecordingConfig(enabled=False), Path("/nonexistent"))
     assert recorder.open_session("s", frozenset({"command"}), lambda e: True) is None
+
+
+def test_the_documented_on_call_role_is_valid() -> None:
+    import yaml
+
+    from plugins.modules import role as role_module
+
+    tasks = [t["teleport_access.cluster.role"] for t in yaml.safe_load(role_module.EXAMPLES)]
+    [args] = [t for t in tasks if t["name"] == "oncall-prod"]
+    spec = args["spec"]
+    spec["allow"]["logins"] = ["{{internal.logins}}"]  # the example escapes it from Jinja
+    role = parse_role({"kind": "role", "version": "v1", "metadata": {"name": args["name"]}, "spec": spec})
+    policy = RoleSet([role]).host_user_policy({"env": "prod"})
+    assert policy == HostUserPolicy("keep", ("oncall",), ("ALL=(ALL) NOPASSWD: ALL",))
+    assert RoleSet([role]).host_user_policy({"env": "staging"}) is None
