@@ -70,6 +70,11 @@ def _burst(ours: OurCluster, count: int) -> dict[str, Any]:
             "events_per_s": recorded / seconds}
 
 
+def _lost(burst: dict[str, Any]) -> int:
+    lost = burst["lost"] or {}
+    return sum(int(lost.get(k, 0)) for k in ("command", "disk", "network", "queue"))
+
+
 def run(ours: OurCluster, runs: int, size: int) -> tuple[list[Figure], dict[str, Any]]:
     from bench.env import NODE as PLAIN
 
@@ -111,9 +116,8 @@ def run(ours: OurCluster, runs: int, size: int) -> tuple[list[Figure], dict[str,
         Figure(SECTION, f"{size // MiB} MiB stdin -> cat, recording on", mibs["enhanced"], "MiB/s", mibs["plain"],
                f"the same, recording off ({mibs['plain']:.0f} MiB/s)", "higher", 0.9),
         Figure(SECTION, "commands recorded per second without loss (default buffers)",
-               best["events_per_s"] if best else 0.0, "events/s", better="higher", target=1000,
-               target_is_ratio=False,
-               note=f"largest clean burst {best['processes'] if best else 0} processes; "
-                    f"bursts: {[(b['processes'], b['recorded'], b['lost']) for b in bursts]}"),
+               best["events_per_s"] if best else 0.0, "events/s", better="higher",
+               note=f"largest clean burst {best['processes'] if best else 0} processes; bursts (processes, "
+                    f"recorded, lost): {[(b['processes'], b['recorded'], _lost(b)) for b in bursts]}"),
     ]
     return figures, {"latency_s": latency, "processes_s": processes, "mib_per_s": rates, "bursts": bursts}

@@ -5,7 +5,8 @@ kernel's BTF (``bpftool btf dump file /sys/kernel/btf/vmlinux format c`` gives `
 :func:`build_object` does that at install time (``python -m teleport_runtime.node.bpf build``,
 which scripts/setup runs) or, when the object for this kernel is missing, when the node starts.
 It is loaded with libbpf (``libbpf.so.1``) through ctypes: no compiler at run time when the
-object was built at install time, no kernel headers, and one object for every session.
+object was built at install time, no kernel headers, and one object for every session. The ring
+buffers are read from their memory mapping directly (:class:`_Ring`).
 
 Attribution: a session's first process registers itself with the program just before it execs
 (:func:`mark_session`, a failing ``lseek`` the program recognises, accepted only from direct
@@ -41,8 +42,11 @@ import errno
 import hashlib
 import ipaddress
 import logging
+import mmap
 import os
+import select
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -209,8 +213,6 @@ class _Lost(ctypes.Structure):
     _fields_ = [("counts", ctypes.c_uint64 * 3)]
 
 
-_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-
 
 def _libbpf() -> ctypes.CDLL:
     name = ctypes.util.find_library("bpf") or "libbpf.so.1"
@@ -234,15 +236,56 @@ def _libbpf() -> ctypes.CDLL:
         ("bpf_map_update_elem", ip, [ip, vp, vp, ctypes.c_uint64]),
         ("bpf_map_lookup_elem", ip, [ip, vp, vp]),
         ("bpf_map_delete_elem", ip, [ip, vp]),
-        ("ring_buffer__new", vp, [ip, _SAMPLE_FN, vp, vp]),
-        ("ring_buffer__add", ip, [vp, ip, _SAMPLE_FN, vp]),
-        ("ring_buffer__poll", ip, [vp, ip]),
-        ("ring_buffer__free", None, [vp]),
     ):
         func = getattr(lib, fn)
         func.restype = res
         func.argtypes = args
     return lib
+
+
+class _Ring:
+    """A BPF ring buffer read straight from its mapping (consumer page read-write, producer page
+    and the data pages, mapped twice by the kernel, read-only): a whole batch of records per
+    wake-up under one hold of the interpreter lock, where a libbpf callback would take it once
+    per record and, with the node's event loop busy, wait for it every time."""
+
+    BUSY = 1 << 31
+    DISCARD = 1 << 30
+    HEADER = 8
+
+    def __init__(self, fd: int, size: int, kind: str, struct: type[ctypes.Structure]) -> None:
+        self.fd, self.size, self.kind, self.struct = fd, size, kind, struct
+        self.full = ctypes.sizeof(struct)
+        # a command record stops after its last argument
+        self.fixed = _Command.argv.offset if struct is _Command else self.full
+        self.consumer = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self.producer = mmap.mmap(fd, PAGE_SIZE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE_SIZE)
+
+    def drain(self) -> list[Any]:
+        """Every complete record in the buffer, consumed."""
+        out: list[Any] = []
+        (cons,) = struct.unpack_from("<Q", self.consumer, 0)
+        mask = self.size - 1
+        while True:  # until the producer has written nothing more
+            (prod,) = struct.unpack_from("<Q", self.producer, 0)
+            if cons >= prod:
+                return out
+            while cons < prod:
+                offset = PAGE_SIZE + (cons & mask)
+                (length,) = struct.unpack_from("<I", self.producer, offset)
+                if length & self.BUSY:
+                    return out  # still being written: the next wake-up takes it
+                size = length & ~(self.BUSY | self.DISCARD)
+                if not length & self.DISCARD and size >= self.fixed:
+                    start = offset + self.HEADER
+                    data = self.producer[start:start + min(size, self.full)]
+                    out.append(self.struct.from_buffer_copy(data.ljust(self.full, b"\0")))
+                cons += (size + self.HEADER + 7) & ~7
+                struct.pack_into("<Q", self.consumer, 0, cons)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.producer.close()
 
 
 def _errno_text(code: int) -> str:
@@ -298,9 +341,8 @@ class EnhancedRecorder:
         self._lib: ctypes.CDLL | None = None
         self._obj: int | None = None
         self._links: list[int] = []
-        self._rb: int | None = None
+        self._rings: list[_Ring] = []
         self._fds: dict[str, int] = {}
-        self._callbacks: list[Any] = []
         self._sessions: dict[int, _Live] = {}
         self._next_cookie = 1
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -371,16 +413,11 @@ class EnhancedRecorder:
             prog = lib.bpf_object__next_program(obj, prog)
         kinds = (("command_events", _Command, "command"), ("disk_events", _Disk, "disk"),
                  ("network_events", _Network, "network"))
-        for index, (name, struct, kind) in enumerate(kinds):
-            callback = _SAMPLE_FN(self._sample(struct, kind))
-            self._callbacks.append(callback)  # ctypes must keep it alive
-            if index == 0:
-                self._rb = lib.ring_buffer__new(self._fds[name], callback, None, None)
-                if not self._rb:
-                    raise EnhancedRecordingUnavailable(
-                        f"cannot read the ring buffers: {_errno_text(ctypes.get_errno())}")
-            elif lib.ring_buffer__add(self._rb, self._fds[name], callback, None) != 0:
-                raise EnhancedRecordingUnavailable(f"cannot read the {name} ring buffer")
+        for name, record, kind in kinds:
+            try:
+                self._rings.append(_Ring(self._fds[name], sizes[name] * PAGE_SIZE, kind, record))
+            except OSError as exc:
+                raise EnhancedRecordingUnavailable(f"cannot map the {name} ring buffer: {exc}") from None
 
     def _map(self, name: str) -> int:
         assert self._lib is not None
@@ -409,9 +446,9 @@ class EnhancedRecorder:
         lib = self._lib
         if lib is None:
             return
-        if self._rb:
-            lib.ring_buffer__free(self._rb)
-            self._rb = None
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
         for link in self._links:
             lib.bpf_link__destroy(link)
         self._links.clear()
@@ -422,34 +459,29 @@ class EnhancedRecorder:
     # ------------------------------------------------------------------ events
 
     def _poll(self) -> None:
-        assert self._lib is not None and self._loop is not None
-        while not self._stopping.is_set():
-            result = self._lib.ring_buffer__poll(self._rb, POLL_MS)
-            if result < 0 and -result != errno.EINTR:
-                _LOG.error("reading the BPF ring buffers failed (%s); enhanced recording stops",
-                           _errno_text(-result))
-                self.active = False
-                return
-            with self._rounds_lock:
-                rounds, self._rounds = self._rounds, []
-            for future in rounds:
-                self._loop.call_soon_threadsafe(_set_done, future)
-
-    def _sample(self, struct: type[ctypes.Structure], kind: str) -> Callable[[int | None, int | None, int], int]:
-        def callback(_ctx: int | None, data: int | None, size: int) -> int:
-            if data is None or size < ctypes.sizeof(struct):
-                return 0
-            raw = struct.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(struct)))
-            try:
-                event = self._event(kind, raw)
-            except Exception:  # a bad record must not end the reader
-                _LOG.exception("cannot decode a %s event", kind)
-                return 0
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._deliver, int(raw.cookie), kind, event)
-            return 0
-
-        return callback
+        assert self._loop is not None
+        poller = select.epoll()
+        try:
+            for ring in self._rings:
+                poller.register(ring.fd, select.EPOLLIN)
+            while not self._stopping.is_set():
+                try:
+                    poller.poll(POLL_MS / 1000)
+                    batch = [(int(raw.cookie), ring.kind, self._event(ring.kind, raw))
+                             for ring in self._rings for raw in ring.drain()]
+                except Exception:
+                    _LOG.exception("reading the BPF ring buffers failed; enhanced recording stops")
+                    self.active = False
+                    return
+                if batch:
+                    # one hand-over per wake-up: waking the loop costs more than an event
+                    self._loop.call_soon_threadsafe(self._deliver_batch, batch)
+                with self._rounds_lock:
+                    rounds, self._rounds = self._rounds, []
+                for future in rounds:
+                    self._loop.call_soon_threadsafe(_set_done, future)
+        finally:
+            poller.close()
 
     @staticmethod
     def _event(kind: str, raw: Any) -> dict[str, Any]:
@@ -473,13 +505,14 @@ class EnhancedRecorder:
             "return_code": raw.retval, "pid": raw.pid, "program": _text(raw.comm),
         }
 
-    def _deliver(self, cookie: int, kind: str, event: dict[str, Any]) -> None:
-        live = self._sessions.get(cookie)
-        if live is None:
-            return  # a process that outlived its session's end
-        live.seen[kind] += 1
-        if live.emit({**event, "session_id": live.session_id}) is False:
-            live.queue_lost += 1
+    def _deliver_batch(self, batch: list[tuple[int, str, dict[str, Any]]]) -> None:
+        for cookie, kind, event in batch:
+            live = self._sessions.get(cookie)
+            if live is None:
+                continue  # a process that outlived its session's end
+            live.seen[kind] += 1
+            if live.emit({**event, "session_id": live.session_id}) is False:
+                live.queue_lost += 1
 
     async def _drained(self) -> None:
         """After one more full poll of the ring buffers (events already in them delivered)."""

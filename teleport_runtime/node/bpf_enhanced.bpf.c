@@ -289,7 +289,11 @@ int exit_execve(struct trace_event_raw_sys_exit *ctx)
 	ev->ppid = current_ppid();
 	ev->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	if (bpf_ringbuf_output(&command_events, ev, sizeof(*ev), 0) != 0)
+	// only the arguments there are: a short command takes a quarter of the full record
+	__u64 size = __builtin_offsetof(struct tp_command_event, argv) + (__u64)ev->argc * ARG_LEN;
+	if (size > sizeof(*ev))
+		size = sizeof(*ev);
+	if (bpf_ringbuf_output(&command_events, ev, size, 0) != 0)
 		count_lost(ev->cookie, L_COMMAND);
 	bpf_map_delete_elem(&execs, &tid);
 	return 0;
