@@ -21,7 +21,7 @@ from teleport_runtime.ca.pin import normalize_pin
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError
 from teleport_runtime.names import check_host_name, is_host_name
-from teleport_runtime.node.bpf import EnhancedRecordingConfig, parse_enhanced_recording
+from teleport_runtime.node.bpf_config import EnhancedRecordingConfig, parse_enhanced_recording
 
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 DEFAULT_DATA_DIR = "/var/lib/teleport"
