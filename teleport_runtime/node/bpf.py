@@ -44,12 +44,10 @@ import ipaddress
 import logging
 import mmap
 import os
-import select
 import shutil
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +66,6 @@ PAGE_SIZE = 4096
 MARK_WHENCE = 0x54504C52
 #: Event classes and their bit in the program.
 CLASSES = {"command": 1, "disk": 2, "network": 4}
-#: How long one ring buffer poll waits (ms): also how quickly :meth:`stop` is noticed.
-POLL_MS = 100
 #: Bound on compiling the program.
 BUILD_TIMEOUT = 300.0
 
@@ -308,10 +304,7 @@ class EnhancedRecorder:
         self._sessions: dict[int, _Live] = {}
         self._next_cookie = 1
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._rounds: list[asyncio.Future[None]] = []
-        self._rounds_lock = threading.Lock()
+        self._reading = False
         self._closing: set[asyncio.Task[dict[str, int]]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -330,8 +323,11 @@ class EnhancedRecorder:
                          self.reason)
             return False
         self.active = True
-        self._thread = threading.Thread(target=self._poll, name="bpf-events", daemon=True)
-        self._thread.start()
+        # Read in the event loop, when a buffer has data: no thread waiting for the interpreter
+        # lock while the loop is busy (the buffers filled up in bursts that way).
+        for ring in self._rings:
+            self._loop.add_reader(ring.fd, self._drain, ring)
+        self._reading = True
         _LOG.info("enhanced session recording is on (BPF: commands, files, connections)")
         return True
 
@@ -397,10 +393,10 @@ class EnhancedRecorder:
         """Detach and unload (sessions still open lose their remaining events)."""
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=30)
-        self._stopping.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        if self._reading and self._loop is not None:
+            for ring in self._rings:
+                self._loop.remove_reader(ring.fd)
+            self._reading = False
         self._unload()
         self.active = False
 
@@ -420,30 +416,28 @@ class EnhancedRecorder:
 
     # ------------------------------------------------------------------ events
 
-    def _poll(self) -> None:
-        assert self._loop is not None
-        poller = select.epoll()
+    def _drain(self, ring: _Ring) -> None:
+        """Deliver what ``ring`` holds (the loop calls it when the buffer has data)."""
         try:
-            for ring in self._rings:
-                poller.register(ring.fd, select.EPOLLIN)
-            while not self._stopping.is_set():
-                try:
-                    poller.poll(POLL_MS / 1000)
-                    batch = [(int(raw.cookie), ring.kind, self._event(ring.kind, raw))
-                             for ring in self._rings for raw in ring.drain()]
-                except Exception:
-                    _LOG.exception("reading the BPF ring buffers failed; enhanced recording stops")
-                    self.active = False
-                    return
-                if batch:
-                    # one hand-over per wake-up: waking the loop costs more than an event
-                    self._loop.call_soon_threadsafe(self._deliver_batch, batch)
-                with self._rounds_lock:
-                    rounds, self._rounds = self._rounds, []
-                for future in rounds:
-                    self._loop.call_soon_threadsafe(_set_done, future)
-        finally:
-            poller.close()
+            records = ring.drain()
+        except Exception:  # a broken mapping must not take the loop with it
+            _LOG.exception("reading the %s ring buffer failed; enhanced recording stops", ring.kind)
+            if self._loop is not None:
+                self._loop.remove_reader(ring.fd)
+            self.active = False
+            return
+        for raw in records:
+            live = self._sessions.get(int(raw.cookie))
+            if live is None:
+                continue  # a process that outlived its session's end
+            try:
+                event = self._event(ring.kind, raw)
+            except Exception:  # a bad record must not stop the others
+                _LOG.exception("cannot decode a %s event", ring.kind)
+                continue
+            live.seen[ring.kind] += 1
+            if live.emit({**event, "session_id": live.session_id}) is False:
+                live.queue_lost += 1
 
     @staticmethod
     def _event(kind: str, raw: Any) -> dict[str, Any]:
@@ -466,29 +460,6 @@ class EnhancedRecorder:
             "dst_addr": _addr(raw.daddr, raw.version), "dst_port": raw.dport,
             "return_code": raw.retval, "pid": raw.pid, "program": _text(raw.comm),
         }
-
-    def _deliver_batch(self, batch: list[tuple[int, str, dict[str, Any]]]) -> None:
-        for cookie, kind, event in batch:
-            live = self._sessions.get(cookie)
-            if live is None:
-                continue  # a process that outlived its session's end
-            live.seen[kind] += 1
-            if live.emit({**event, "session_id": live.session_id}) is False:
-                live.queue_lost += 1
-
-    async def _drained(self) -> None:
-        """After one more full poll of the ring buffers (events already in them delivered)."""
-        if self._thread is None or not self._thread.is_alive():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        with self._rounds_lock:
-            self._rounds.append(future)
-        # the round in progress may have started before this call: wait for the next one too
-        await asyncio.wait_for(future, timeout=10)
-        second: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        with self._rounds_lock:
-            self._rounds.append(second)
-        await asyncio.wait_for(second, timeout=10)
 
     # ------------------------------------------------------------------ sessions
 
@@ -522,10 +493,9 @@ class EnhancedRecorder:
         live = self._sessions.get(cookie)
         if live is None:
             return {}
-        try:
-            await self._drained()
-        except TimeoutError:
-            _LOG.warning("session %s: the BPF reader did not finish a round", live.session_id)
+        if self._reading:
+            for ring in self._rings:  # what the session's processes wrote up to now
+                self._drain(ring)
         assert self._lib is not None
         key, lost = ctypes.c_uint64(cookie), _Lost()
         if self.active:
@@ -539,11 +509,6 @@ class EnhancedRecorder:
             _LOG.warning("session %s: enhanced recording lost events: %s", live.session_id, counts)
             live.emit({"event": "session.enhanced_lost", "session_id": live.session_id, **counts})
         return {**counts, **{f"seen_{k}": v for k, v in live.seen.items()}}
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def main(argv: list[str]) -> int:
