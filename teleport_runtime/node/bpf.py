@@ -5,8 +5,8 @@ kernel's BTF (``bpftool btf dump file /sys/kernel/btf/vmlinux format c`` gives `
 :func:`build_object` does that at install time (``python -m teleport_runtime.node.bpf build``,
 which scripts/setup runs) or, when the object for this kernel is missing, when the node starts.
 It is loaded with libbpf (``libbpf.so.1``) through ctypes: no compiler at run time when the
-object was built at install time, no kernel headers, and one object for every session. The ring
-buffers are read from their memory mapping directly (:class:`_Ring`).
+object was built at install time, no kernel headers, and one object for every session. The event
+loop reads the ring buffers from their memory mapping (:class:`_Ring`) whenever they have data.
 
 Attribution: a session's first process registers itself with the program just before it execs
 (:func:`mark_session`, a failing ``lseek`` the program recognises, accepted only from direct

@@ -187,8 +187,8 @@ class HostUsers:
         """
         try:
             self._ensure(login, policy, emit)
-        except (HostUserRefused, BadParameter, OSError, subprocess.SubprocessError) as exc:
-            reason = exc.message if isinstance(exc, BadParameter | HostUserRefused) else str(exc)
+        except Exception as exc:  # whatever went wrong, the login does not go ahead
+            reason = exc.message if isinstance(exc, BadParameter | HostUserRefused) else f"{type(exc).__name__}: {exc}"
             _LOG.warning("host user %r refused: %s", login, reason)
             emit({"event": "host_user.rejected", "login": login, "reason": reason})
             raise HostUserRefused(reason) from None

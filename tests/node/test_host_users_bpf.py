@@ -348,3 +348,29 @@ def test_tsh_play_shows_the_enhanced_events_beside_the_recording(env: Env) -> No
     assert played.returncode == 0, played.stderr
     assert "[command]" in played.stderr and "cat /etc/hostname" in played.stderr
     assert "[command]" not in played.stdout  # the terminal replay stays as it was
+
+
+def test_an_account_the_node_made_follows_its_roles(env: Env) -> None:
+    login = _login()
+    role = {**ONCALL_ROLE, "metadata": {"name": "oncall-follow"}}
+    role["spec"] = {**ONCALL_ROLE["spec"], "allow": {**ONCALL_ROLE["spec"]["allow"], "host_groups": ["oncall"]}}
+    path = env.root / "oncall-follow.yaml"
+    path.write_text(yaml.safe_dump(role))
+    env.cluster.tctl("create", "--force", str(path))
+    env.add_user("grace", "oncall-follow", login)
+    assert env.tsh("grace", "ssh", f"{login}@prod1", "true").returncode == 0
+    # the role changes: another group, no sudo
+    role["spec"]["allow"] = {**role["spec"]["allow"], "host_groups": ["oncall", "ops"], "host_sudoers": []}
+    path.write_text(yaml.safe_dump(role))
+    env.cluster.tctl("create", "--force", str(path))
+
+    def groups() -> list[str] | None:
+        result = env.tsh("grace", "ssh", f"{login}@prod1", "id -nG")
+        return result.stdout.split() if result.returncode == 0 and "ops" in result.stdout.split() else None
+
+    # the node's role cache follows the cluster's roles within its refresh period
+    found = wait_for(groups, timeout=60, what="the account to get the new group")
+    assert {"oncall", "ops", "teleport-system"} <= set(found)
+    assert env.in_node("test", "-e", f"/etc/sudoers.d/teleport-{login}").returncode == 1  # sudo taken away
+    updates = [e for e in env.audit("--type=host_user.update") if e.get("login") == login]
+    assert updates and set(updates[-1]["changed"]) == {"groups", "sudoers"}
