@@ -612,8 +612,8 @@ class NodeSSHServer:
     queue (exceptions are logged, not raised). ``recorder_factory(info)`` makes a
     :class:`SessionRecorder` for each PTY session. ``host_users`` creates the host users roles
     ask for; ``enhanced`` records the sessions' commands, files and connections with BPF.
-    ``startup_limits`` bound the connections that
-    have not authenticated yet (defaults: :class:`~teleport_runtime.sshserver.StartupLimits`).
+    ``startup_limits`` bound the connections that have not authenticated yet (defaults:
+    :class:`~teleport_runtime.sshserver.StartupLimits`).
     """
 
     def __init__(
