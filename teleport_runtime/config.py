@@ -27,6 +27,7 @@ from teleport_runtime.netaddr import EVERY_IPV4
 from teleport_runtime.netaddr import HostPort as HostPort
 from teleport_runtime.netaddr import is_ipv6 as is_ipv6
 from teleport_runtime.netaddr import parse_host_port as parse_host_port
+from teleport_runtime.node.bpf_config import EnhancedRecordingConfig, parse_enhanced_recording
 
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 DEFAULT_DATA_DIR = "/var/lib/teleport"
@@ -60,7 +61,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "enabled", "listen_addr", "cluster_name", "public_addr", "tokens",
         "session_recording", "presence_ttl",
     },
-    "ssh_service": {"enabled", "listen_addr", "public_addr", "labels", "commands"},
+    "ssh_service": {"enabled", "listen_addr", "public_addr", "labels", "commands", "enhanced_recording"},
     "proxy_service": {
         "enabled", "listen_addr", "web_listen_addr", "public_addr", "ssh_public_addr",
     },
@@ -102,6 +103,7 @@ class SSHConfig:
     public_addr: HostPort | None = None
     labels: dict[str, str] = field(default_factory=dict)
     commands: list[CommandLabel] = field(default_factory=list)
+    enhanced_recording: EnhancedRecordingConfig = field(default_factory=EnhancedRecordingConfig)
 
 
 @dataclass
@@ -411,6 +413,7 @@ def config_from_dict(
             raise r.fail("ssh_service.labels", "expected a mapping of label keys to values")
         cfg.ssh.labels = validate_labels(labels, "ssh_service.labels")
         cfg.ssh.commands = _command_labels(r, ssh.get("commands") or [])
+        cfg.ssh.enhanced_recording = parse_enhanced_recording(ssh.get("enhanced_recording"))
 
         proxy = r.section(data, "proxy_service")
         cfg.proxy.enabled = r.boolean(proxy, "enabled", "proxy_service", all_on or bool(proxy))

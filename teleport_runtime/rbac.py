@@ -30,6 +30,14 @@ Semantics (one page, so the node, the auth service and tctl agree):
 - **Rules** (:meth:`RoleSet.check_rule`): a rule matches when the resource and the verb are in
   its lists (``*`` matches anything). A matching deny rule wins; otherwise an allow rule must
   match.
+- **Host users** (:meth:`RoleSet.host_user_policy`): only the roles whose allow ``node_labels``
+  match the node count. ``create_host_user_mode`` ``off`` in any of them disables creation;
+  otherwise ``keep`` wins over ``insecure-drop`` (the account outlives its sessions); no mode
+  means no creation. ``allow.host_groups`` and ``allow.host_sudoers`` are the union over those
+  roles. Group names are POSIX account names; a sudoers entry is one line without ``#include``.
+- **Enhanced recording** (:meth:`RoleSet.enhanced_recording`): the union of the roles'
+  ``options.enhanced_recording`` (``command``, ``network``, ``disk``); a role that does not set
+  it counts as ``[command, network]`` (the reference's default).
 - **Options.** ``max_session_ttl`` of a role set is the minimum over its roles (a role without
   one counts as 30h). ``forward_agent`` and ``port_forwarding`` are tri-state per role (true,
   false or unset): agent forwarding is allowed when some role sets it to true and no role sets it
@@ -62,7 +70,45 @@ WILDCARD = "*"
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 _TEMPLATE_RE = re.compile(r"\{\{\s*(internal|external)\.([A-Za-z0-9_.-]+)\s*\}\}")
 _CONDITION_KEYS = ("logins", "node_labels", "rules")
-_OPTION_KEYS = ("max_session_ttl", "forward_agent", "port_forwarding")
+_ALLOW_ONLY_KEYS = ("host_groups", "host_sudoers")
+_OPTION_KEYS = ("max_session_ttl", "forward_agent", "port_forwarding", "create_host_user_mode", "enhanced_recording")
+#: ``options.create_host_user_mode`` values.
+HOST_USER_MODES = ("off", "keep", "insecure-drop")
+#: ``options.enhanced_recording`` event classes, and what a role that does not say gets.
+ENHANCED_RECORDING_EVENTS = ("command", "network", "disk")
+DEFAULT_ENHANCED_RECORDING = ("command", "network")
+#: An OS account or group name a node may create (shadow's useradd rules, lower case, no
+#: leading dash so it can never be taken for an option).
+POSIX_NAME_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+#: Bound on one sudoers entry.
+MAX_SUDOERS_LINE = 1024
+
+
+def check_posix_name(name: str, what: str) -> str:
+    """``name`` when it is a valid account/group name, else BadParameter naming the rule."""
+    if not isinstance(name, str) or not POSIX_NAME_RE.fullmatch(name):
+        raise BadParameter(
+            f"invalid {what} {name!r}: expected 1-32 of lower-case letters, digits, '_', '.', '-', "
+            "starting with a letter or '_'"
+        )
+    return name
+
+
+def check_sudoers_line(line: str, where: str) -> str:
+    """One sudoers entry (the part after the user name): a single line, no include directive."""
+    if not isinstance(line, str) or not line.strip():
+        raise BadParameter(f"{where}: expected a non-empty sudoers entry such as 'ALL=(ALL) NOPASSWD: ALL'")
+    if any(c in line for c in "\n\r\0") or len(line) > MAX_SUDOERS_LINE:
+        raise BadParameter(
+            f"{where}: invalid sudoers entry {line[:80]!r}: expected one line of at most "
+            f"{MAX_SUDOERS_LINE} characters without line breaks"
+        )
+    if "include" in line.lower() and ("#" in line or "@" in line):
+        raise BadParameter(
+            f"{where}: invalid sudoers entry {line[:80]!r}: include directives (#include, @include) "
+            "are not allowed; give the rule itself, such as 'ALL=(ALL) NOPASSWD: ALL'"
+        )
+    return line
 
 
 # ---------------------------------------------------------------------------- data
@@ -93,6 +139,9 @@ class RoleConditions:
     logins: tuple[str, ...] = ()
     node_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
+    #: Allow only: supplementary groups and sudoers entries of host users the node creates.
+    host_groups: tuple[str, ...] = ()
+    host_sudoers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The resource form; empty fields are left out."""
@@ -105,6 +154,10 @@ class RoleConditions:
             }
         if self.rules:
             out["rules"] = [rule.to_dict() for rule in self.rules]
+        if self.host_groups:
+            out["host_groups"] = list(self.host_groups)
+        if self.host_sudoers:
+            out["host_sudoers"] = list(self.host_sudoers)
         return out
 
 
@@ -115,6 +168,8 @@ class RoleOptions:
     max_session_ttl: timedelta | None = None
     forward_agent: bool | None = None
     port_forwarding: bool | None = None
+    create_host_user_mode: str | None = None
+    enhanced_recording: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resource form; unset options are left out."""
@@ -125,6 +180,10 @@ class RoleOptions:
             out["forward_agent"] = self.forward_agent
         if self.port_forwarding is not None:
             out["port_forwarding"] = self.port_forwarding
+        if self.create_host_user_mode is not None:
+            out["create_host_user_mode"] = self.create_host_user_mode
+        if self.enhanced_recording is not None:
+            out["enhanced_recording"] = list(self.enhanced_recording)
         return out
 
 
@@ -153,6 +212,16 @@ class Role:
                 "options": self.options.to_dict(),
             },
         }
+
+
+@dataclass(frozen=True)
+class HostUserPolicy:
+    """How a node creates a host user for a login: ``mode`` (``keep`` or ``insecure-drop``),
+    supplementary ``groups`` and ``sudoers`` entries."""
+
+    mode: str
+    groups: tuple[str, ...] = ()
+    sudoers: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -240,14 +309,25 @@ def _parse_rules(value: Any, where: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _parse_conditions(value: Any, where: str) -> RoleConditions:
+def _parse_conditions(value: Any, where: str, *, allow: bool = False) -> RoleConditions:
     data = _mapping(value, where)
-    _check_keys(data, _CONDITION_KEYS, where)
+    _check_keys(data, _CONDITION_KEYS + (_ALLOW_ONLY_KEYS if allow else ()), where)
     logins = tuple(_parse_login(login, f"{where}.logins") for login in _strings(data.get("logins"), f"{where}.logins"))
+    groups = _strings(data.get("host_groups"), f"{where}.host_groups")
+    for group in groups:
+        try:
+            check_posix_name(group, "group name")
+        except BadParameter as exc:
+            raise BadParameter(f"{where}.host_groups: {exc.message}") from None
+    sudoers = _strings(data.get("host_sudoers"), f"{where}.host_sudoers")
+    for index, line in enumerate(sudoers):
+        check_sudoers_line(line, f"{where}.host_sudoers[{index}]")
     return RoleConditions(
         logins=logins,
         node_labels=_parse_node_labels(data.get("node_labels"), f"{where}.node_labels"),
         rules=_parse_rules(data.get("rules"), f"{where}.rules"),
+        host_groups=groups,
+        host_sudoers=sudoers,
     )
 
 
@@ -271,10 +351,29 @@ def _parse_options(value: Any, where: str) -> RoleOptions:
             raise BadParameter(f"{where}.max_session_ttl: {exc.message}") from None
         if ttl <= timedelta(0):
             raise BadParameter(f"{where}.max_session_ttl: expected a positive duration, got {raw!r}")
+    mode = data.get("create_host_user_mode")
+    if mode is False:
+        mode = "off"  # YAML 1.1 reads a bare off as false
+    if mode is not None and mode not in HOST_USER_MODES:
+        raise BadParameter(
+            f"{where}.create_host_user_mode: expected one of {', '.join(HOST_USER_MODES)}, got {mode!r}"
+        )
+    enhanced = None
+    if data.get("enhanced_recording") is not None:
+        enhanced = _strings(data["enhanced_recording"], f"{where}.enhanced_recording")
+        unknown = [item for item in enhanced if item not in ENHANCED_RECORDING_EVENTS]
+        if unknown:
+            raise BadParameter(
+                f"{where}.enhanced_recording: unknown event class(es) {', '.join(map(repr, unknown))}: "
+                f"expected a list of {', '.join(ENHANCED_RECORDING_EVENTS)}"
+            )
+        enhanced = tuple(dict.fromkeys(enhanced))
     return RoleOptions(
         max_session_ttl=ttl,
         forward_agent=_parse_bool(data.get("forward_agent"), f"{where}.forward_agent"),
         port_forwarding=_parse_bool(data.get("port_forwarding"), f"{where}.port_forwarding"),
+        create_host_user_mode=mode,
+        enhanced_recording=enhanced,
     )
 
 
@@ -304,7 +403,7 @@ def parse_role(data: dict[str, Any]) -> Role:
     _check_keys(spec, ("allow", "deny", "options"), where)
     return Role(
         name=name,
-        allow=_parse_conditions(spec.get("allow"), f"{where}.allow"),
+        allow=_parse_conditions(spec.get("allow"), f"{where}.allow", allow=True),
         deny=_parse_conditions(spec.get("deny"), f"{where}.deny"),
         options=_parse_options(spec.get("options"), f"{where}.options"),
         description=description,
@@ -463,6 +562,27 @@ class RoleSet:
             f"node_labels do not match the node's labels "
             f"({', '.join(f'{k}={v}' for k, v in sorted(node_labels.items())) or 'none'})"
         )
+
+    def host_user_policy(self, node_labels: Mapping[str, str]) -> HostUserPolicy | None:
+        """Whether (and how) the node may create the login as a host user: None when no role
+        matching the node asks for it, or one of them says ``off``."""
+        roles = [r for r in self.roles if match_labels(r.allow.node_labels, node_labels)]
+        modes = {r.options.create_host_user_mode for r in roles}
+        if "off" in modes or not modes & {"keep", "insecure-drop"}:
+            return None
+        groups = list(dict.fromkeys(g for r in roles for g in r.allow.host_groups))
+        sudoers = list(dict.fromkeys(line for r in roles for line in r.allow.host_sudoers))
+        return HostUserPolicy(
+            mode="keep" if "keep" in modes else "insecure-drop", groups=tuple(groups), sudoers=tuple(sudoers)
+        )
+
+    def enhanced_recording(self) -> frozenset[str]:
+        """The enhanced recording event classes the roles ask for (union; see the docstring)."""
+        out: set[str] = set()
+        for role in self.roles:
+            chosen = role.options.enhanced_recording
+            out.update(DEFAULT_ENHANCED_RECORDING if chosen is None else chosen)
+        return frozenset(out)
 
     def max_session_ttl(self) -> timedelta:
         """The shortest ``max_session_ttl`` of the roles (30h for a role that sets none)."""

@@ -51,6 +51,8 @@ def normalise_spec(spec):
     options = spec.get("options")
     if isinstance(options, dict) and "max_session_ttl" in options:
         options["max_session_ttl"] = comparable_duration(options["max_session_ttl"])
+    if isinstance(options, dict) and options.get("create_host_user_mode") is False:
+        options["create_host_user_mode"] = "off"  # YAML reads a bare off as false; the cluster stores "off"
     return spec
 
 

@@ -42,6 +42,15 @@ options:
     description:
       - The role's spec, with C(allow) and C(deny) (each with C(logins), C(node_labels),
         C(rules)) and C(options) (C(max_session_ttl), C(forward_agent), C(port_forwarding)).
+      - "Host users: C(options.create_host_user_mode) (V(keep), V(insecure-drop) or V(off)) lets
+        nodes matching C(allow.node_labels) create a login that does not exist at login, with the
+        supplementary groups C(allow.host_groups) and the sudoers entries C(allow.host_sudoers)
+        (each one line such as V(ALL=(ALL\) NOPASSWD: ALL), no include directives; nodes check
+        them with C(visudo)). V(insecure-drop) removes the account when its last session ends.
+        Nodes never change accounts they did not create."
+      - "BPF enhanced session recording: C(options.enhanced_recording), a list of V(command),
+        V(network), V(disk) (a role without it records V(command) and V(network) on nodes with
+        C(ssh_service.enhanced_recording.enabled))."
     type: dict
     default: {}
 seealso:
@@ -63,6 +72,24 @@ EXAMPLES = r"""
       deny:
         logins: [root]
       options:
+        max_session_ttl: 8h
+  become: true
+  delegate_to: "{{ groups['teleport_auth'][0] }}"
+
+- name: On-call engineers get sudo on prod nodes, without any account there beforehand
+  teleport_access.cluster.role:
+    name: oncall-prod
+    description: On-call sudo on env=prod nodes; accounts made at login and kept
+    spec:
+      allow:
+        logins: ["{{ '{{internal.logins}}' }}"]
+        node_labels:
+          env: [prod]
+        host_groups: [oncall]
+        host_sudoers: ["ALL=(ALL) NOPASSWD: ALL"]
+      options:
+        create_host_user_mode: keep
+        enhanced_recording: [command, network]
         max_session_ttl: 8h
   become: true
   delegate_to: "{{ groups['teleport_auth'][0] }}"

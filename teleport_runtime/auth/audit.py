@@ -70,6 +70,15 @@ EVENT_CODES = {
     "subsystem.rejected": "T3010W",
     "audit.dropped": "T9000W",
     "user.signup": "T1005I",
+    # enhanced recording (the reference's codes) and host users (this project's)
+    "session.command": "T4000I",
+    "session.disk": "T4001I",
+    "session.network": "T4002I",
+    "session.enhanced_lost": "T4003W",
+    "host_user.create": "T4010I",
+    "host_user.update": "T4011I",
+    "host_user.delete": "T4012I",
+    "host_user.rejected": "T4013W",
 }
 FAILURE_CODES = {"user.login": "T1000W", "user.signup": "T1005W", "exec": "T3002E", "subsystem": "T3001E"}
 UNKNOWN_CODE = "TCC00E"
@@ -96,6 +105,8 @@ AGENT_EVENTS: dict[str, frozenset[str]] = {
         "exec", "subsystem", "port",
         "auth.rejected", "port.rejected", "agent.rejected", "subsystem.rejected",
         "audit.dropped",
+        "host_user.create", "host_user.update", "host_user.delete", "host_user.rejected",
+        "session.command", "session.disk", "session.network", "session.enhanced_lost",
     }),
     # access.denied: a web request the proxy refused before it reached the auth service (a path
     # parameter that is not a valid token, name or session ID).

@@ -550,10 +550,10 @@ async def audit_ls(client: AuthClient, since: str, types: str, fmt: str) -> None
     parse_duration(since)  # a typo fails here, naming the option
     events = _json(await client.search_audit(since, types))
     echo_listing(
-        events, fmt, ["Time (UTC)", "Event", "Code", "User", "Login", "Node", "Session", "Remote"],
+        events, fmt, ["Time (UTC)", "Event", "Code", "User", "Login", "Node", "Session", "Remote", "Details"],
         lambda e: (e["time"][:19].replace("T", " "), e["event"], e.get("code", ""), e.get("user", ""),
                    e.get("login", ""), e.get("node") or e.get("nodename") or e.get("server_id", ""),
-                   e.get("session_id", ""), e.get("remote_addr", "")),
+                   e.get("session_id", ""), e.get("remote_addr", ""), _audit_details(e)),
     )
 
 
@@ -626,6 +626,20 @@ def backup_restore(ctx: Context, filename: Path) -> None:
     count = _run_on_backend(ctx, put)
     click.echo(f"restored {count} items from {filename} (taken {snap.created.isoformat()}); "
                "start the auth service now")
+
+
+def _audit_details(event: dict[str, Any]) -> str:
+    """What an enhanced recording or host user event was about, in a few words."""
+    kind = event.get("event")
+    if kind == "session.command":
+        return " ".join(map(str, event.get("argv") or [event.get("path", "")]))[:80]
+    if kind == "session.disk":
+        return str(event.get("path", ""))[:80]
+    if kind == "session.network":
+        return f"-> {event.get('dst_addr')}:{event.get('dst_port')}"
+    if kind == "host_user.rejected":
+        return str(event.get("reason", ""))[:80]
+    return ""
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ auth service answers only users whose roles allow it (the preset ``auditor`` rol
 from __future__ import annotations
 
 import json
+import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
@@ -84,5 +85,6 @@ async def play_recording(data: bytes, out: BinaryIO, fmt: str, speed: str, skip_
     elif fmt == "json":
         out.write((json.dumps(to_json(cast), indent=2) + "\n").encode())
     else:
-        await play_async(cast, out, factor, skip_idle)
+        # the session's enhanced recording events (commands, files, connections) on stderr
+        await play_async(cast, out, factor, skip_idle, events_out=sys.stderr.buffer)
     out.flush()

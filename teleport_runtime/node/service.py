@@ -30,6 +30,8 @@ from teleport_runtime.errors import TeleportError
 from teleport_runtime.identity import Identity, host_uuid
 from teleport_runtime.netaddr import advertised
 from teleport_runtime.node.audit import AuditSender, AuditSpool, audit_spool_dir
+from teleport_runtime.node.bpf import EnhancedRecorder
+from teleport_runtime.node.host_users import HostUsers
 from teleport_runtime.node.labels import CommandLabels
 from teleport_runtime.node.ssh_server import NodeSSHServer
 from teleport_runtime.recording.node import ModeCache, NodeRecording, spool_dir
@@ -93,6 +95,8 @@ class NodeService:
             cluster_name=tls.cluster,
             nodename=cfg.nodename,
             host_uuid=host_uuid(cfg.data_dir),
+            host_users=HostUsers(),
+            enhanced=EnhancedRecorder(cfg.ssh.enhanced_recording, cfg.data_dir / "cache" / "bpf"),
         )
         self.ssh_port: int | None = None
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from teleport_runtime.node.bpf import EnhancedRecorder, mark_session
 from teleport_runtime.node.osuser import OSUser, accepted_client_env, session_env
 
 #: The OpenSSH sftp server binary spawned for the ``sftp`` subsystem.
@@ -83,12 +84,15 @@ class SessionContext:
     os_user: OSUser
     remote_addr: str
     env: dict[str, str]
-    emit: Callable[[dict[str, Any]], None]
+    emit: Callable[[dict[str, Any]], bool | None]
     log: logging.LoggerAdapter[logging.Logger]
     agent_path: Callable[[], str | None]
     node_info: dict[str, str] = field(default_factory=dict)
     recorder_factory: RecorderFactory | None = None
     sftp_server: str = DEFAULT_SFTP_SERVER
+    #: BPF enhanced recording and the event classes the user's roles ask for.
+    enhanced: EnhancedRecorder | None = None
+    enhanced_events: frozenset[str] = frozenset()
 
 
 def _set_winsize(fd: int, cols: int, rows: int, xpixel: int = 0, ypixel: int = 0) -> None:
@@ -98,6 +102,20 @@ def _set_winsize(fd: int, cols: int, rows: int, xpixel: int = 0, ypixel: int = 0
 def _acquire_controlling_tty() -> None:  # pragma: no cover - runs in the child
     # Runs in the forked child after setsid(): make the PTY slave (fd 0) our controlling tty.
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _preexec(tty: bool, cookie: int | None) -> Callable[[], None] | None:
+    """What the child runs before exec: register with enhanced recording, take the tty."""
+    if not tty and cookie is None:
+        return None
+
+    def run() -> None:  # pragma: no cover - runs in the child
+        if cookie is not None:
+            mark_session(cookie)
+        if tty:
+            _acquire_controlling_tty()
+
+    return run
 
 
 class _OutputProtocol(asyncio.Protocol):
@@ -164,6 +182,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._recording_done = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._enhanced_cookie: int | None = None
 
     # ------------------------------------------------------------------ asyncssh callbacks
 
@@ -333,6 +352,11 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
             if self._pending_eof and tty_name is None and stdin.can_write_eof():
                 stdin.write_eof()
             executable, argv = self._argv()
+            enhanced = self._ctx.enhanced
+            if enhanced is not None:
+                self._enhanced_cookie = enhanced.open_session(
+                    self.session_id, self._ctx.enhanced_events, self._enhanced_event
+                )
             switch: dict[str, Any] = {}
             if as_root:
                 switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
@@ -345,9 +369,12 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                 env=self._environment(tty_name),
                 cwd=user.cwd,
                 start_new_session=True,
-                preexec_fn=_acquire_controlling_tty if tty_name is not None else None,
+                preexec_fn=_preexec(tty_name is not None, self._enhanced_cookie),
                 **switch,
             )
+        except BaseException:
+            self._close_enhanced()
+            raise
         finally:
             for fd in child_fds + parent_fds:
                 os.close(fd)
@@ -412,6 +439,21 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
                     chan.exit_with_signal(signame)
                 else:
                     chan.exit(status)
+        self._close_enhanced()
+
+    def _enhanced_event(self, event: dict[str, Any]) -> bool | None:
+        """A BPF event of this session: to the audit log, and beside the recording while it
+        runs (recorders without ``enhanced`` just do not get them)."""
+        if self._recorder is not None and hasattr(self._recorder, "enhanced"):
+            self._record("enhanced", event)
+        return self._ctx.emit(event)
+
+    def _close_enhanced(self) -> None:
+        """Deliver the session's last BPF events and report lost ones, after the client has
+        its exit status (waiting for the ring buffers must not delay it)."""
+        cookie, self._enhanced_cookie = self._enhanced_cookie, None
+        if cookie is not None and self._ctx.enhanced is not None:
+            self._ctx.enhanced.close_session_soon(cookie)
 
     # ------------------------------------------------------------------ plumbing
 

@@ -31,6 +31,10 @@ user: the certificate's key id), ``login`` and ``remote_addr`` (``ip:port``); pl
 - ``subsystem.rejected``: ``session_id``, ``name``, ``reason``.
 - ``port``: ``dest`` (``host:port``) of an allowed local forward (``-L``/direct-tcpip).
 - ``port.rejected``, ``agent.rejected``: ``reason`` (and ``dest`` or ``listen`` when known).
+- ``host_user.create``, ``host_user.update``, ``host_user.delete``, ``host_user.rejected``: see
+  :mod:`teleport_runtime.node.host_users` (when the node is given ``host_users``).
+- ``session.command``, ``session.disk``, ``session.network``, ``session.enhanced_lost``: see
+  :mod:`teleport_runtime.node.bpf` (when the node is given an ``enhanced`` recorder).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from teleport_runtime.ca import UserCertInfo, parse_host_ssh_cert, parse_user_ss
 from teleport_runtime.config import SSH_MAX_PACKET
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.netaddr import EVERY_IPV4, format_host_port, split_host
+from teleport_runtime.node.bpf import EnhancedRecorder
+from teleport_runtime.node.host_users import HostUserRefused, HostUsers
 from teleport_runtime.node.osuser import OSUser, can_switch_to, lookup_os_user
 from teleport_runtime.node.session import (
     DEFAULT_SFTP_SERVER,
@@ -172,9 +178,12 @@ class _Conn:
         self.auth_started = False
         self._audited_refusal = False
         self._plain_keys_refused = 0
+        #: The host user this connection holds (released when it closes: insecure-drop).
+        self.host_user: str | None = None
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """Queue an audit event with this connection's common fields."""
+    def emit(self, event: dict[str, Any]) -> bool:
+        """Queue an audit event with this connection's common fields (False: the queue is full
+        and the event was dropped, logged)."""
         identity = self.identity
         fields = {
             "conn_id": self.conn_id,
@@ -182,7 +191,7 @@ class _Conn:
             "login": identity.login if identity else self.log.fields.get("login", ""),
             "remote_addr": self.remote_addr,
         }
-        self.node._emit({**fields, **event})
+        return self.node._emit({**fields, **event})
 
     # ------------------------------------------------------------------ authentication
 
@@ -218,6 +227,7 @@ class _Conn:
         account this node can start sessions as. Until then a client learns nothing about the
         node's accounts (the same answer for a login that exists and one that does not)."""
         try:
+            await self._host_user(identity)
             identity.os_user = await self._os_user(identity.login, identity.user)
         except _Refusal as refusal:
             self._refused(identity.login, refusal)
@@ -318,6 +328,27 @@ class _Conn:
             ) from None
         return _Identity(user, login, cert, role_set, ca_key)
 
+    async def _host_user(self, identity: _Identity) -> None:
+        """Create or update the login as a host user when the roles ask for it."""
+        host_users = self.node.host_users
+        if host_users is None:
+            return
+        policy = identity.roles.host_user_policy(self.node._node_labels())
+        if policy is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        # identity is not on the connection yet: name the user here
+        def emit(event: dict[str, Any]) -> None:
+            self.emit({"user": identity.user, **event})
+
+        try:
+            await loop.run_in_executor(None, host_users.ensure, identity.login, policy, emit)
+        except HostUserRefused as exc:
+            raise _Refusal(exc.message, user=identity.user, client=exc.message) from None
+        host_users.acquire(identity.login)
+        self.host_user = identity.login
+
     async def _os_user(self, login: str, user: str) -> OSUser:
         loop = asyncio.get_running_loop()
         os_user = await loop.run_in_executor(None, lookup_os_user, login)
@@ -359,7 +390,14 @@ class _Conn:
         return [role for role in roles if role.name in names]
 
     def closed(self) -> None:
-        """The connection ended: audit a failed login nothing else has explained."""
+        """The connection ended: release its host user; audit a failed login nothing else has
+        explained."""
+        login, self.host_user = self.host_user, None
+        host_users = self.node.host_users
+        if login is not None and host_users is not None:
+            release = asyncio.get_running_loop().run_in_executor(None, host_users.release, login, self.emit)
+            self.node._background.add(release)
+            release.add_done_callback(self.node._background.discard)
         if not self.auth_started or self.identity is not None or self._audited_refusal:
             return
         if self._plain_keys_refused:
@@ -425,6 +463,8 @@ class _Conn:
             },
             recorder_factory=node._recorder_factory,
             sftp_server=node.sftp_server,
+            enhanced=node.enhanced if node.enhanced is not None and node.enhanced.active else None,
+            enhanced_events=identity.roles.enhanced_recording(),
         )
 
 
@@ -564,8 +604,10 @@ class NodeSSHServer:
     working while the auth service is down); a name it does not return refuses the login.
     ``audit(event)`` receives the events listed in the module docstring, in order, from one
     queue (exceptions are logged, not raised). ``recorder_factory(info)`` makes a
-    :class:`SessionRecorder` for each PTY session. ``startup_limits`` bound the connections that
-    have not authenticated yet (defaults: :class:`~teleport_runtime.sshserver.StartupLimits`).
+    :class:`SessionRecorder` for each PTY session. ``host_users`` creates the host users roles
+    ask for; ``enhanced`` records the sessions' commands, files and connections with BPF.
+    ``startup_limits`` bound the connections that have not authenticated yet (defaults:
+    :class:`~teleport_runtime.sshserver.StartupLimits`).
     """
 
     def __init__(
@@ -583,6 +625,8 @@ class NodeSSHServer:
         host_uuid: str,
         sftp_server: str = DEFAULT_SFTP_SERVER,
         startup_limits: StartupLimits | None = None,
+        host_users: HostUsers | None = None,
+        enhanced: EnhancedRecorder | None = None,
     ) -> None:
         self.cluster_name = cluster_name
         self.nodename = nodename
@@ -593,6 +637,9 @@ class NodeSSHServer:
         self._role_lookup = role_lookup
         self._audit = audit
         self._recorder_factory = recorder_factory
+        self.host_users = host_users
+        self.enhanced = enhanced
+        self._background: set[asyncio.Future[None]] = set()
         self.startup_gate = StartupGate("node SSH service", startup_limits)
         self._conn_ids = itertools.count(1)
         self._connections: set[asyncssh.SSHServerConnection] = set()
@@ -647,6 +694,8 @@ class NodeSSHServer:
             raise BadParameter("the node SSH service is already running")
         loop = asyncio.get_running_loop()
         self._audit_task = loop.create_task(self._audit_worker())
+        if self.enhanced is not None:
+            await self.enhanced.start()  # logs once why not, when it cannot run
         self._server = await loop.create_server(self._new_connection, host, port)
         bound = self._server.sockets[0].getsockname()[1]
         _LOG.info("node SSH service listening on %s:%d", host, bound)
@@ -656,6 +705,10 @@ class NodeSSHServer:
         """Stop listening, close every connection (ending their sessions), flush the audit."""
         server, self._server = self._server, None
         await close_listener(server, self._connections)
+        if self._background:  # host users of the closed connections (insecure-drop)
+            await asyncio.wait(set(self._background), timeout=60)
+        if self.enhanced is not None:
+            await self.enhanced.stop()
         task, self._audit_task = self._audit_task, None
         if task is not None:
             with contextlib.suppress(asyncio.QueueFull):
@@ -665,9 +718,9 @@ class NodeSSHServer:
 
     # ------------------------------------------------------------------ audit
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: dict[str, Any]) -> bool:
         if self._audit is None:
-            return
+            return True
         event = {
             "time": datetime.now(UTC).isoformat(),
             "cluster_name": self.cluster_name,
@@ -679,6 +732,8 @@ class NodeSSHServer:
             self._audit_queue.put_nowait(event)
         except asyncio.QueueFull:
             _LOG.warning("audit queue full: dropping %s event", event.get("event"))
+            return False
+        return True
 
     async def _audit_worker(self) -> None:
         while True:

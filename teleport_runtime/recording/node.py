@@ -104,6 +104,10 @@ class _Tracked:
         if self.inner is not None:
             self.inner.resize(cols, rows)
 
+    def enhanced(self, event: dict[str, Any]) -> None:
+        if self.inner is not None:
+            self.inner.enhanced(event)
+
     def close(self, exit_status: int | None) -> None:
         try:
             if self.inner is not None:

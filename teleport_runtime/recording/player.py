@@ -5,6 +5,11 @@
   seconds) and terminal resizes as the xterm escape ``ESC [ 8 ; ROWS ; COLS t``. Input events
   are not written (what a user typed shows in the output as the terminal echoed it).
 - ``--format=json``: :func:`to_json`.
+
+BPF enhanced recording events (``session.command``, ``session.disk``, ``session.network``) are
+markers (``m``) whose label is the event's JSON. :func:`to_json` gives them as ``enhanced``
+events carrying the parsed event; :func:`play` writes a one-line summary of each to
+``events_out`` (``tsh play`` passes stderr) at its time, leaving the terminal output as it was.
 - ``--format=asciicast``: the recording's bytes as they are.
 
 The sleep function is injected, so tests and callers control time: :func:`play` takes a
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -72,14 +78,24 @@ def schedule(
     false). Waits are the gaps between visible events (input and unknown events are skipped
     and do not split a gap), capped at ``idle_limit`` when ``skip_idle``, divided by ``speed``.
     """
+    for delay, chunk, _ in _timeline(source, speed, skip_idle, idle_limit, initial_resize, False):
+        yield delay, chunk
+
+
+def _timeline(
+    source: Source, speed: float, skip_idle: bool, idle_limit: float, initial_resize: bool, events: bool
+) -> Iterator[tuple[float, bytes, bool]]:
+    """:func:`schedule`'s items, each marked True when it is an enhanced event's summary line
+    (only with ``events``)."""
     speed = parse_speed(speed)
     cast = _cast(source)
     if initial_resize:
         cols, rows = cast.header.get("width"), cast.header.get("height")
         if isinstance(cols, int) and isinstance(rows, int) and cols > 0 and rows > 0:
-            yield 0.0, resize_escape(cols, rows)
+            yield 0.0, resize_escape(cols, rows), False
     previous = 0.0
     for event in cast.events:
+        is_event = False
         if event.code == "o":
             chunk = event.data.encode("utf-8", errors="replace")
         elif event.code == "r":
@@ -87,13 +103,15 @@ def schedule(
                 chunk = resize_escape(*parse_resize(event.data))
             except BadParameter:
                 continue
+        elif events and (enhanced := enhanced_event(event)) is not None:
+            chunk, is_event = (describe_enhanced(enhanced) + "\n").encode(), True
         else:
             continue
         gap = max(0.0, event.time - previous)
         previous = max(previous, event.time)
         if skip_idle:
             gap = min(gap, idle_limit)
-        yield gap / speed, chunk
+        yield gap / speed, chunk, is_event
 
 
 def play(
@@ -105,21 +123,23 @@ def play(
     *,
     idle_limit: float = DEFAULT_IDLE_LIMIT,
     initial_resize: bool = True,
+    events_out: BinaryIO | None = None,
 ) -> None:
     """Play a recording to ``out`` in real time (scaled by ``speed``), blocking.
 
     ``sleep`` is called with each wait in seconds (only for waits > 0); pass an awaitable sleep
-    to :func:`play_async` instead.
+    to :func:`play_async` instead. Enhanced events go to ``events_out`` when given.
     """
     if inspect.iscoroutinefunction(sleep):
         raise BadParameter("play() needs a blocking sleep; use play_async() with asyncio.sleep")
-    for delay, chunk in schedule(
-        source, speed, skip_idle, idle_limit=idle_limit, initial_resize=initial_resize
+    for delay, chunk, is_event in _timeline(
+        source, speed, skip_idle, idle_limit, initial_resize, events_out is not None
     ):
         if delay > 0:
             sleep(delay)
-        out.write(chunk)
-        out.flush()
+        stream = events_out if is_event and events_out is not None else out
+        stream.write(chunk)
+        stream.flush()
 
 
 async def play_async(
@@ -131,18 +151,52 @@ async def play_async(
     *,
     idle_limit: float = DEFAULT_IDLE_LIMIT,
     initial_resize: bool = True,
+    events_out: BinaryIO | None = None,
 ) -> None:
     """:func:`play` for async callers: awaits ``sleep(delay)`` between writes."""
-    for delay, chunk in schedule(
-        source, speed, skip_idle, idle_limit=idle_limit, initial_resize=initial_resize
+    for delay, chunk, is_event in _timeline(
+        source, speed, skip_idle, idle_limit, initial_resize, events_out is not None
     ):
         if delay > 0:
             await sleep(delay)
-        out.write(chunk)
-        out.flush()
+        stream = events_out if is_event and events_out is not None else out
+        stream.write(chunk)
+        stream.flush()
 
 
 _TYPES = {"o": "output", "i": "input", "r": "resize", "m": "marker"}
+#: The enhanced recording events a marker may carry.
+ENHANCED_EVENTS = ("session.command", "session.disk", "session.network", "session.enhanced_lost")
+
+
+def enhanced_event(event: CastEvent) -> dict[str, Any] | None:
+    """The enhanced recording event a marker carries, or None for any other event."""
+    if event.code != "m" or not event.data.startswith("{"):
+        return None
+    try:
+        value = json.loads(event.data)
+    except ValueError:
+        return None
+    if isinstance(value, dict) and value.get("event") in ENHANCED_EVENTS:
+        return value
+    return None
+
+
+def describe_enhanced(event: dict[str, Any]) -> str:
+    """One line for an enhanced event, as ``tsh play`` prints it."""
+    kind = str(event.get("event", ""))
+    if kind == "session.command":
+        argv = event.get("argv") or [event.get("path", "")]
+        return f"[command] pid={event.get('pid')} {' '.join(map(str, argv))} (return {event.get('return_code')})"
+    if kind == "session.disk":
+        return f"[disk] pid={event.get('pid')} {event.get('program', '')} open {event.get('path')} " \
+               f"(flags {event.get('flags')}, return {event.get('return_code')})"
+    if kind == "session.network":
+        return f"[network] pid={event.get('pid')} {event.get('program', '')} IPv{event.get('version')} " \
+               f"{event.get('src_addr')}:{event.get('src_port')} -> {event.get('dst_addr')}:{event.get('dst_port')} " \
+               f"(return {event.get('return_code')})"
+    counts = ", ".join(f"{k} {event.get(k, 0)}" for k in ("command", "disk", "network", "queue"))
+    return f"[lost] events the node could not record: {counts}"
 
 
 def to_json(source: Source) -> dict[str, Any]:
@@ -155,6 +209,9 @@ def to_json(source: Source) -> dict[str, Any]:
     out_events: list[dict[str, Any]] = []
     for event in cast.events:
         item: dict[str, Any] = {"time": event.time, "type": _TYPES.get(event.code, event.code), "data": event.data}
+        enhanced = enhanced_event(event)
+        if enhanced is not None:
+            item = {"time": event.time, "type": "enhanced", "event": enhanced}
         if event.code == "r":
             try:
                 item["cols"], item["rows"] = parse_resize(event.data)

@@ -240,6 +240,13 @@ class SessionRecorder:
             raise BadParameter(f"bad terminal size {cols!r}x{rows!r}")
         self._event("r", f"{cols}x{rows}")
 
+    def enhanced(self, event: dict[str, Any]) -> None:
+        """Record a BPF enhanced recording event (``session.command`` ...) as a marker whose
+        label is the event's JSON, beside the terminal's output."""
+        if self._closed:
+            return
+        self._event("m", json.dumps(event, separators=(",", ":"), default=str))
+
     def close(self, exit_status: int | None) -> None:
         """End the recording: write what is pending, then fsync, rename to ``.cast`` and write
         the manifest (in a worker thread when an event loop runs). Idempotent."""

@@ -54,3 +54,17 @@ def test_cluster_normal_form_compares_equal(run_module, cluster):
     cluster.calls.clear()
     result, _failed = run_module(role, {"name": "dev", "spec": spec})
     assert result["changed"] is False and cluster.mutations() == []
+
+
+def test_host_user_and_enhanced_recording_options(run_module, cluster):
+    spec = {"allow": {"logins": ["{{internal.logins}}"], "node_labels": {"env": ["prod"]},
+                      "host_groups": ["oncall"], "host_sudoers": ["ALL=(ALL) NOPASSWD: ALL"]},
+            "options": {"create_host_user_mode": False, "enhanced_recording": ["command", "network"]}}
+    result, failed = run_module(role, {"name": "oncall", "spec": spec})
+    assert not failed and result["changed"] is True
+    assert cluster.roles[0]["spec"]["allow"]["host_sudoers"] == ["ALL=(ALL) NOPASSWD: ALL"]
+    # the cluster stores the mode a bare YAML `off` (false) means as "off": no change next time
+    cluster.roles[0]["spec"]["options"]["create_host_user_mode"] = "off"
+    cluster.calls.clear()
+    result, _failed = run_module(role, {"name": "oncall", "spec": spec})
+    assert result["changed"] is False and cluster.mutations() == []
