@@ -27,7 +27,6 @@ from teleport_runtime.netaddr import EVERY_IPV4
 from teleport_runtime.netaddr import HostPort as HostPort
 from teleport_runtime.netaddr import is_ipv6 as is_ipv6
 from teleport_runtime.netaddr import parse_host_port as parse_host_port
-from teleport_runtime.node.bpf_config import EnhancedRecordingConfig, parse_enhanced_recording
 
 DEFAULT_CONFIG_PATH = "/etc/teleport.yaml"
 DEFAULT_DATA_DIR = "/var/lib/teleport"
@@ -66,6 +65,48 @@ _KNOWN_KEYS: dict[str, set[str]] = {
         "enabled", "listen_addr", "web_listen_addr", "public_addr", "ssh_public_addr",
     },
 }
+
+
+#: Bound on an enhanced recording ring buffer (pages): 256 MiB.
+MAX_BUFFER_PAGES = 65536
+
+
+@dataclass(frozen=True)
+class EnhancedRecordingConfig:
+    """``ssh_service.enhanced_recording`` (BPF enhanced session recording, node/bpf.py): buffer
+    sizes are in pages (4 KiB)."""
+
+    enabled: bool = False
+    command_buffer_size: int = 8
+    disk_buffer_size: int = 128
+    network_buffer_size: int = 8
+
+
+def parse_enhanced_recording(value: Any, where: str = "ssh_service.enhanced_recording") -> EnhancedRecordingConfig:
+    """Validate ``ssh_service.enhanced_recording`` (None: off, the defaults)."""
+    if value is None:
+        return EnhancedRecordingConfig()
+    if not isinstance(value, dict):
+        raise BadParameter(f"{where}: expected a mapping such as {{enabled: true, command_buffer_size: 8}}")
+    known = ("enabled", "command_buffer_size", "disk_buffer_size", "network_buffer_size")
+    for key in value:
+        if key not in known:
+            raise BadParameter(f"{where}: unknown field {key!r}: expected one of {', '.join(known)}")
+    enabled = value.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise BadParameter(f"{where}.enabled: expected true or false, got {enabled!r}")
+    defaults = EnhancedRecordingConfig()
+    sizes: dict[str, int] = {}
+    for key in known[1:]:
+        pages = value.get(key, getattr(defaults, key))
+        if (isinstance(pages, bool) or not isinstance(pages, int) or pages < 1 or pages > MAX_BUFFER_PAGES
+                or pages & (pages - 1)):
+            raise BadParameter(
+                f"{where}.{key}: expected a number of 4 KiB pages that is a power of two from 1 to "
+                f"{MAX_BUFFER_PAGES} (such as {getattr(defaults, key)}), got {pages!r}"
+            )
+        sizes[key] = pages
+    return EnhancedRecordingConfig(enabled=enabled, **sizes)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from teleport_runtime.node.bpf_config import EnhancedRecordingConfig, parse_enhanced_recording
+from teleport_runtime.config import EnhancedRecordingConfig, parse_enhanced_recording
 
 __all__ = ["EnhancedRecorder", "EnhancedRecordingConfig", "EnhancedRecordingUnavailable", "build_object",
            "mark_session", "parse_enhanced_recording"]
