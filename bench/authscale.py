@@ -420,7 +420,7 @@ async def _joins(cluster: Cluster, token: str, count: int) -> dict[str, Any]:
 
 async def _public_cas(cluster: Cluster) -> list[str]:
     async with AuthClient([HostPort(cluster.host, cluster.port)], insecure_ssl_context(), verify_name=False) as c:
-        return (await c.get("/v1/ca"))["host_ca_certs"]
+        return list((await c.ca()).host_ca_certs)
 
 
 def keygen_rate(workdir: Path) -> float:
