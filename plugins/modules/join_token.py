@@ -101,8 +101,8 @@ token:
   sample: 4f8b7c1e9a0d2b3c5e6f7a8b9c0d1e2f
 name:
   description:
-    - The token's name, C(jt-) and a digest of its value. Not secret: pass it to O(name) to revoke
-      the token (RV(token) is masked when O(value) was given).
+    - The token's name, C(jt-) and a digest of its value. It is not secret; pass it to O(name) to
+      revoke the token (RV(token) is masked when O(value) was given).
   returned: always
   type: str
   sample: jt-5d41402abc4b2a76b9719d91
