@@ -6,6 +6,7 @@ install ("none", "ours" or "foreign", with the paths found in "found") and ports
 PORT... some process listens on).
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -14,13 +15,9 @@ import sys
 config, data_dir, bin_dir, prefix, service = sys.argv[1:6]
 ports = {int(p) for p in sys.argv[6:]}
 
-try:
-    import ensurepip  # noqa: F401  (python3-venv on Debian)
-    import venv  # noqa: F401
-
-    python = "%d.%d" % sys.version_info[:2]
-except ImportError as exc:
-    python = "error: %s" % exc
+# venv needs ensurepip to make a virtualenv with pip (Debian: python3-venv).
+missing = [name for name in ("venv", "ensurepip") if importlib.util.find_spec(name) is None]
+python = "%d.%d" % sys.version_info[:2] if not missing else "error: no %s module" % " or ".join(missing)
 
 units = ["/etc/systemd/system/%s.service" % service, "/lib/systemd/system/%s.service" % service,
          "/usr/lib/systemd/system/%s.service" % service]
