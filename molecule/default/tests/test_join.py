@@ -150,6 +150,18 @@ def test_a_host_added_to_the_inventory_joins_alone(node3):
     assert "3 node(s) online with their inventory labels" in done.stdout
 
 
+def test_upgrade_to_the_installed_version_changes_nothing_and_another_version_is_refused(node3):
+    before = {name: started_at(name) for name in (*OLD_HOSTS, "node3")}
+    refused = site(inventory_with_node3(node3), "-e", "teleport_upgrade_version=9.9.9", playbook="upgrade.yml")
+    assert refused.returncode != 0
+    assert "teleport_upgrade_version=9.9.9 but the runtime source" in " ".join(refused.stdout.split())
+    version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    done = site(inventory_with_node3(node3), "-e", f"teleport_upgrade_version={version}", playbook="upgrade.yml")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert all(counts["changed"] == 0 for counts in recap(done.stdout).values()), recap(done.stdout)
+    assert {name: started_at(name) for name in (*OLD_HOSTS, "node3")} == before
+
+
 def test_a_change_rolls_out_in_batches_and_stops_at_a_failing_batch_which_rolls_back(node3):
     """node1 gets a label change, node2 a listen address that passes `configure --test` but
     cannot be bound: node1 (batch 1) restarts with its new label, node2 (batch 2) fails and is
