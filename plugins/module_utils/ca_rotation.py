@@ -172,6 +172,8 @@ class CARotation(TctlModule):
         target, mode = self.decide(params, phase, age, result)
         if target is None:
             result.update(changed=False, phase=phase, rotation=before, ca_pins=status.get("ca_pins") or [])
+            # What a playbook walks from here: an auto rotation is the auth service's to move.
+            result["walk"] = [] if before.get("mode") == "auto" else remaining_walk(phase)
             return self.diff(result, _view(before), _view(before))
 
         if self.check_mode:
@@ -189,6 +191,7 @@ class CARotation(TctlModule):
             after = dict(find_ca(status, ca_type).get("rotation") or {})
             pins = status.get("ca_pins") or []
         result.update(changed=True, phase=target, rotation=after, ca_pins=pins)
+        result["walk"] = [] if after.get("mode") == "auto" else remaining_walk(target)
         return self.diff(result, _view(before), _view(after))
 
     def decide(self, params, phase, age, result):

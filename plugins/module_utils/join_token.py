@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from ansible_collections.teleport_access.cluster.plugins.module_utils.tctl import (
     TctlError,
     TctlModule,
@@ -29,6 +31,14 @@ def mask(value):
     if not value:
         return value
     return value[:4] + "****" if len(value) > 8 else "****"
+
+
+def token_name(value):
+    """A token's name: a digest of its value, safe to show and to pass on (Ansible masks every
+    string equal to a ``no_log`` value, so the value itself cannot come back from a task)."""
+    if not value:
+        return value
+    return "jt-" + hashlib.sha256(value.encode("utf-8")).hexdigest()[:24]
 
 
 def public_view(token):
@@ -66,11 +76,21 @@ class JoinTokenManager(TctlModule):
                 "roles: unknown role(s) %s; a join token admits %s"
                 % (", ".join(unknown), ", ".join(TOKEN_ROLES))
             )
+        name = params.get("name")
+        if name and state != "absent":
+            raise TctlError("name: a token is revoked by name (state=absent); to create one, give value or nothing")
+        if name and not value:
+            # Revoke by name: the value is looked up on the auth server.
+            existing = self.find(["tokens", "ls"], lambda token: token_name(token.get("token")) == name)
+            value = existing["token"] if existing else None
+        else:
+            existing = self.find(["tokens", "ls"], lambda token: token.get("token") == value) if value else None
         secrets = [value] if value else []
-        existing = self.find(["tokens", "ls"], lambda token: token.get("token") == value) if value else None
 
         if state == "absent":
-            return self.absent(existing, value, secrets)
+            result = self.absent(existing, value, secrets)
+            result["name"] = name or token_name(value)
+            return result
         if not roles:
             raise TctlError("roles: a join token needs at least one role, such as [node]")
         return self.present(existing, value, roles, secrets)
@@ -90,6 +110,7 @@ class JoinTokenManager(TctlModule):
                 changed=False,
                 state="present",
                 token=existing["token"],
+                name=token_name(existing["token"]),
                 roles=existing.get("roles"),
                 expires=existing.get("expires"),
                 static=bool(existing.get("static")),
@@ -104,7 +125,7 @@ class JoinTokenManager(TctlModule):
             )
         if self.check_mode:
             planned = dict(token=value, roles=roles, expires=None, static=False)
-            result = dict(changed=True, state="present", ca_pins=self.ca_pins(), **planned)
+            result = dict(changed=True, state="present", name=token_name(value), ca_pins=self.ca_pins(), **planned)
             return self.diff(result, public_view(existing), public_view(planned))
         args = ["tokens", "add", "--type=%s" % ",".join(roles), "--ttl=%s" % self.module.params["ttl"]]
         if value:
@@ -115,6 +136,7 @@ class JoinTokenManager(TctlModule):
             changed=True,
             state="present",
             token=created.get("token"),
+            name=token_name(created.get("token")),
             roles=created.get("roles", roles),
             expires=created.get("expires"),
             static=False,

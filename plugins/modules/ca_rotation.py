@@ -135,6 +135,16 @@ rotation:
   returned: always
   type: dict
   sample: {"state": "in_progress", "phase": "init", "mode": "manual"}
+walk:
+  description:
+    - The phases still to walk for a manual rotation, the current one first (it may still need
+      its wait for the agents), such as V([init, update_clients, update_servers, standby]) or
+      V([rollback, standby]); empty in standby and for an auto rotation (the auth service moves it).
+  returned: always
+  type: list
+  elements: str
+  sample: [init, update_clients, update_servers, standby]
+  version_added: 0.2.0
 ca_pins:
   description: The host CA pin(s) joining hosts must check; both the old and the new one during
     a host CA rotation.

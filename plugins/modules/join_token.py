@@ -13,7 +13,8 @@ description:
   - Creates, replaces or revokes a dynamic join token through C(tctl tokens) on the auth host.
   - A token admits hosts that present it to join as one of its O(roles), until it expires.
     New nodes and proxies join with a token and the cluster's CA pin(s).
-  - The token is identified by its O(value). Without O(value) a new token with a generated
+  - The token is identified by its O(value), or for a revoke by its O(name) (a digest of the
+    value that the module returns as RV(name)). Without O(value) a new token with a generated
     value is created on each run.
 extends_documentation_fragment:
   - teleport_access.cluster.tctl
@@ -32,13 +33,21 @@ options:
     description:
       - V(present) makes a token with O(value) admit exactly O(roles); a token with other roles
         is replaced (which restarts its TTL).
-      - V(absent) revokes the token O(value).
+      - V(absent) revokes the token O(value), or the token O(name).
     type: str
     choices: [present, absent]
     default: present
+  name:
+    description:
+      - The token's name, as RV(name) returned it, to revoke it with O(state=absent) without
+        knowing its value. The name is not secret; the value is.
+      - Mutually exclusive with O(value); only with O(state=absent).
+    type: str
+    version_added: 0.2.0
   value:
     description:
-      - The token's value (1-256 characters, no C(/)). Required with O(state=absent).
+      - The token's value (1-256 characters, no C(/)). With O(state=absent), O(value) or O(name)
+        is required.
       - When omitted with O(state=present), the auth service generates one (32 hex digits).
       - The module hands the value to C(tctl) on standard input (C(--value-file=-)), never on its
         command line, which every local user of the auth host can read.
@@ -71,9 +80,10 @@ EXAMPLES = r"""
   delegate_to: "{{ groups['teleport_auth'][0] }}"
   register: join
 
+# join.token comes back masked (the value is no_log); the name is not secret.
 - name: Revoke it once every host has joined
   teleport_access.cluster.join_token:
-    value: "{{ join.token }}"
+    name: "{{ join.name }}"
     state: absent
   become: true
   delegate_to: "{{ groups['teleport_auth'][0] }}"
@@ -89,6 +99,14 @@ token:
   returned: state is present
   type: str
   sample: 4f8b7c1e9a0d2b3c5e6f7a8b9c0d1e2f
+name:
+  description:
+    - The token's name, C(jt-) and a digest of its value. It is not secret; pass it to O(name) to
+      revoke the token (RV(token) is masked when O(value) was given).
+  returned: always
+  type: str
+  sample: jt-5d41402abc4b2a76b9719d91
+  version_added: 0.2.0
 roles:
   description: Roles the token admits.
   returned: state is present
@@ -130,10 +148,12 @@ def main():
         argument_spec=tctl_argument_spec(
             state=dict(type="str", choices=["present", "absent"], default="present"),
             value=dict(type="str", no_log=True),
+            name=dict(type="str"),
             roles=dict(type="list", elements="str", choices=["node", "proxy", "auth"], default=["node"]),
             ttl=dict(type="str", default="30m"),
         ),
-        required_if=[("state", "absent", ["value"])],
+        required_if=[("state", "absent", ["value", "name"], True)],
+        mutually_exclusive=[("value", "name")],
         supports_check_mode=True,
     )
     JoinTokenManager(module).execute()

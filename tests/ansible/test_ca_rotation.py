@@ -252,3 +252,20 @@ def test_accepted_phases_for_completing_a_rollback():
 def test_each_ca_type_is_checked_on_its_own():
     state = info(nodes=[agent("node1", "update_clients")])
     assert rotation_lagging(state, "user") == ["node1 is at no reported phase, not standby"]
+
+
+def test_the_result_names_the_phases_to_walk(run_module, cluster):
+    """The playbook walks what the module returns instead of recomputing the phases itself."""
+    started, _failed = run_module(ca_rotation, {"type": "host", "max_age": "0s"})
+    assert started["walk"] == ["init", "update_clients", "update_servers", "standby"]
+    resumed, _failed = run_module(ca_rotation, {"type": "user", "max_age": "0s"})  # found at init
+    assert resumed["changed"] is False and resumed["walk"] == ["init", "update_clients", "update_servers", "standby"]
+    rolled, _failed = run_module(ca_rotation, {"type": "host", "state": "rollback"})
+    assert rolled["walk"] == ["rollback", "standby"]
+    checked, _failed = run_module(ca_rotation, {"type": "host", "max_age": "0s"}, check=True)
+    assert checked["walk"] == ["rollback", "standby"]
+
+
+def test_an_auto_rotation_has_nothing_to_walk(run_module, cluster):
+    result, _failed = run_module(ca_rotation, {"type": "host", "max_age": "0s", "grace_period": "30h"})
+    assert result["walk"] == []

@@ -104,3 +104,22 @@ def test_tctl_error_fails_with_its_message_and_masks_the_value(run_module, clust
     assert "connection refused" in result["msg"]
     assert result["rc"] == 1
     assert VALUE not in result["msg"]
+
+
+def test_the_name_comes_back_unmasked_and_revokes_the_token(run_module, cluster):
+    """A no_log value is masked in every result that contains it: revoking with the returned
+    token did nothing. The name is a digest, not the value, and revokes the token."""
+    created, failed = run_module(join_token, {"value": VALUE, "roles": ["node"]})
+    assert not failed and created["name"].startswith("jt-") and VALUE not in created["name"]
+    result, failed = run_module(join_token, {"name": created["name"], "state": "absent"})
+    assert not failed and result["changed"] is True and result["name"] == created["name"]
+    assert cluster.tokens == []
+    assert not any(VALUE in arg for argv in cluster.calls for arg in argv)
+    again, failed = run_module(join_token, {"name": created["name"], "state": "absent"})
+    assert not failed and again["changed"] is False
+
+
+def test_a_name_creates_nothing(run_module, cluster):
+    result, failed = run_module(join_token, {"name": "jt-0123", "roles": ["node"]})
+    assert failed and "state=absent" in result["msg"]
+    assert cluster.tokens == []

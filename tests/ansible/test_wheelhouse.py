@@ -72,3 +72,17 @@ def test_the_archive_is_reproducible(wheels, tmp_path):
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
     with tarfile.open(tmp_path / "a.tar") as tar:
         assert tar.getnames() == names
+
+
+def test_the_wheels_tags_name_the_hosts_they_run_on():
+    """Only major.minor was compared: an x86_64 controller's wheels went to arm64 hosts."""
+    names = [
+        "aiohttp-3.9.5-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "cryptography-42.0.8-cp39-abi3-manylinux_2_28_x86_64.whl",
+        "segno-1.6.6-py3-none-any.whl",
+        "teleport_runtime-0.1.0-py3-none-any.whl",
+    ]
+    assert build_wheelhouse.wheel_targets(names) == {"pythons": ["3.11"], "machines": ["x86_64"]}
+    arm = ["aiohttp-3.9.5-cp312-cp312-manylinux_2_17_aarch64.manylinux2014_aarch64.whl"]
+    assert build_wheelhouse.wheel_targets(arm) == {"pythons": ["3.12"], "machines": ["aarch64"]}
+    assert build_wheelhouse.wheel_targets(names[2:]) == {"pythons": [], "machines": []}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -153,6 +154,20 @@ def test_user_made_by_the_module_runs_a_command_on_each_node(client):
     for name in NODES:
         done = client.run("tsh", "ssh", f"root@{name}", "hostname")
         assert done.stdout.strip() == name
+
+
+def test_root_in_a_session_is_not_confined_by_the_node_unit(client):
+    """node1 runs privileged, so systemd applies whatever sandbox its unit asks for: a session
+    (a child of the node service) must still be able to change the system as root can."""
+    script = (
+        "set -e; touch /etc/teleport-session-probe; rm /etc/teleport-session-probe; "
+        # A per-network-namespace key, written with its own value: harmless on any host.
+        "sysctl -w net.ipv4.ip_forward=$(sysctl -n net.ipv4.ip_forward); "
+        "python3 -c 'import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()'; "
+        "echo unconfined"
+    )
+    done = client.run("tsh", "ssh", "root@node1", "sh -c " + shlex.quote(script), check=False)
+    assert done.returncode == 0 and done.stdout.strip().endswith("unconfined"), done.stdout + done.stderr
 
 
 def test_openssh_reaches_the_nodes_through_the_proxy(client):

@@ -188,6 +188,38 @@ def test_check_mode_predicts_a_due_rotation_without_starting_it(status):
     assert all(ca["rotation"]["phase"] == "standby" for ca in after["cas"])
 
 
+def test_a_second_run_waits_for_the_lock_of_the_first(status):
+    """Two scheduled runs at once: the second finds the first's lock and changes nothing."""
+    auth = host(AUTH)
+    auth.check_output("mkdir -m 0700 /var/lib/teleport/rotate_ca.lock")
+    try:
+        done = playbook("rotate_ca.yml", "-e", "teleport_rotation_max_age=0s")
+    finally:
+        auth.run("rmdir /var/lib/teleport/rotate_ca.lock")
+    output = " ".join(done.stdout.split())
+    assert done.returncode != 0
+    assert "Another rotate_ca.yml run holds" in output, output[-3000:]
+    assert tctl_json("status")["ca_pins"] == status["ca_pins"]
+
+
+def test_a_rotation_is_not_started_while_an_inventory_agent_is_gone(status, tmp_path):
+    """A host decommissioned but left in the inventory: the due rotation is not started (it
+    used to start, wait, roll back and fail on every scheduled run)."""
+    extra = tmp_path / "gone.yml"
+    extra.write_text(yaml.safe_dump({"all": {"children": {"teleport_node": {"hosts": {"rot-gone": {}}}}}}))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    done = subprocess.run(["ansible-playbook", "-i", str(Path(INVENTORY).parent), "-i", str(extra),
+                           str(REPO / "playbooks" / "rotate_ca.yml"), "-e", "teleport_rotation_max_age=0s"],
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
+    output = " ".join(done.stdout.split())
+    assert done.returncode != 0
+    assert "the rotation was not started (nothing changed): rot-gone is offline" in output, output[-3000:]
+    after = tctl_json("status")
+    assert after["ca_pins"] == status["ca_pins"]
+    assert all(ca["rotation"]["phase"] == "standby" for ca in after["cas"])
+    assert not host(AUTH).file("/var/lib/teleport/rotate_ca.lock").exists
+
+
 # ------------------------------------------------------------------------------ a node down
 
 

@@ -137,7 +137,34 @@ def build(args: argparse.Namespace) -> dict:
         shutil.rmtree(work, ignore_errors=True)
     runtime_wheel = [n for n in names if n.startswith("teleport_runtime-")]
     return dict(archive=archive, sha1=digest(archive, "sha1"), sha256=digest(archive, "sha256"), wheels=names,
-                runtime_wheel=runtime_wheel[0])
+                runtime_wheel=runtime_wheel[0], **wheel_targets(names))
+
+
+def wheel_targets(names: list[str]) -> dict:
+    """What hosts the binary wheels can run on, from their file names (PEP 427 tags):
+    {"pythons": ["3.11"], "machines": ["x86_64"]}; pure wheels (py3-none-any) add nothing."""
+    pythons, machines = set(), set()
+    for name in names:
+        parts = name[:-len(".whl")].split("-")
+        if len(parts) < 5:
+            continue
+        python_tag, abi_tag, platform_tag = parts[-3:]
+        if platform_tag == "any":
+            continue
+        for tag in abi_tag.split("."):
+            match = re.fullmatch(r"cp(3)(\d+)", tag)
+            if match:
+                pythons.add("%s.%s" % match.groups())
+        for tag in platform_tag.split("."):
+            match = re.fullmatch(r"(?:many|musl)?linux(?:1|2010|2014|_\d+_\d+)?_(\w+)", tag)
+            if match:
+                machines.add(match.group(1))
+        if abi_tag == "abi3" or abi_tag == "none":
+            for tag in python_tag.split("."):
+                match = re.fullmatch(r"cp3(\d+)", tag)
+                if match and abi_tag == "none":
+                    pythons.add("3.%s" % match.group(1))
+    return dict(pythons=sorted(pythons), machines=sorted(machines))
 
 
 def write_archive(directory, names, path):
