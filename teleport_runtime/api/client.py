@@ -335,9 +335,9 @@ class AuthClient:
         self, method: str, path: str, send: dict[str, Any], limits: aiohttp.ClientTimeout, *, raw: bool
     ) -> Any:
         """Try each auth address in turn, starting with the one that answered last (a connection
-        to a server that went away fails and the next address is tried). The answer is decoded JSON (any body when not ``raw``;
-        with ``raw``, bytes unless the server says it is JSON); an error answer is raised as the
-        TeleportError the server sent."""
+        to a server that went away fails and the next address is tried). The answer is decoded
+        JSON (any body when not ``raw``; with ``raw``, bytes unless the server says it is JSON);
+        an error answer is raised as the TeleportError the server sent."""
         check_request_path(path)
         session = self._get_session()
         problems = []
