@@ -19,6 +19,7 @@ from typing import Any
 import pyotp
 import pytest
 
+from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import JoinRequest
 from teleport_runtime.auth.server import AuthServer
 from teleport_runtime.backend import Item
@@ -27,6 +28,7 @@ from teleport_runtime.ca import CAType, generate_ssh_keypair, generate_tls_keypa
 from teleport_runtime.ca.keywrap import CACodec, load_kek
 from teleport_runtime.config import AuthConfig, HostPort
 from teleport_runtime.errors import AccessDenied, BadParameter, CompareFailed, ConfigError, TeleportError
+from teleport_runtime.identity import Identity
 from tests.conftest import async_wait_for
 
 PASSWORD = "correct horse battery staple"
@@ -256,3 +258,16 @@ async def test_an_item_written_under_the_ca_key_by_hand_is_not_trusted_without_d
     await one.backend.compare_and_swap(host, Item(key=host.key, value=user.value))
     with pytest.raises(ConfigError):
         await one.service.get_ca(CAType.HOST)
+
+
+async def test_the_client_moves_to_the_other_server_and_stays_there(pair: tuple[AuthServer, AuthServer]) -> None:
+    """A kept-alive connection to a server that went away fails over to the next address, and
+    later calls start with the server that answered."""
+    one, two = pair
+    identity = Identity.load(one.data_dir / "admin")
+    async with AuthClient.for_identity([one.addr, two.addr], identity) as client:
+        assert (await client.status()).cluster == "ha.test"
+        await one.stop()
+        assert (await client.status()).cluster == "ha.test"
+        await client.tokens()  # and the next call too
+        assert client.addresses[client._preferred] == two.addr
