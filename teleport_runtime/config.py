@@ -58,7 +58,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
     },
     "auth_service": {
         "enabled", "listen_addr", "cluster_name", "public_addr", "tokens",
-        "session_recording", "presence_ttl",
+        "session_recording", "presence_ttl", "ca_key_encryption_key_file",
     },
     "ssh_service": {"enabled", "listen_addr", "public_addr", "labels", "commands", "enhanced_recording"},
     "proxy_service": {
@@ -135,6 +135,8 @@ class AuthConfig:
     static_tokens: list[StaticToken] = field(default_factory=list)
     session_recording: str = "node"
     presence_ttl: timedelta = DEFAULT_PRESENCE_TTL
+    #: The key-encryption key for the CA private keys in the backend (teleport_runtime/ca/keywrap.py).
+    ca_key_encryption_key_file: Path | None = None
 
 
 @dataclass
@@ -442,6 +444,10 @@ def config_from_dict(
         cfg.auth.session_recording = mode
         if "presence_ttl" in auth:
             cfg.auth.presence_ttl = r.duration(auth["presence_ttl"], "auth_service.presence_ttl")
+        if auth.get("ca_key_encryption_key_file"):
+            cfg.auth.ca_key_encryption_key_file = Path(r.string(
+                auth["ca_key_encryption_key_file"], "auth_service.ca_key_encryption_key_file",
+                "/etc/teleport/ca-kek"))
 
         ssh = r.section(data, "ssh_service")
         cfg.ssh.enabled = r.boolean(ssh, "enabled", "ssh_service", all_on or bool(ssh))
@@ -644,6 +650,7 @@ auth_service:
   # tokens: ["proxy,node:a-long-random-secret-value", "auth:/path/to/tokenfile"]  # 16+ characters
   session_recording: node         # node | node-sync | off
   presence_ttl: 10m
+  # ca_key_encryption_key_file: /etc/teleport/ca-kek  # seals the CA keys in the backend; same file on every auth server
 
 ssh_service:
   enabled: true

@@ -105,6 +105,9 @@ class AuthClient:
         self.verify_name = verify_name
         self._session: aiohttp.ClientSession | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        #: The address that answered last: tried first, so once an auth server is down each
+        #: call does not wait for it again before reaching one that answers.
+        self._preferred = 0
 
     @classmethod
     def for_identity(cls, addresses: list[HostPort], identity: Identity) -> AuthClient:
@@ -331,13 +334,16 @@ class AuthClient:
     async def _request(
         self, method: str, path: str, send: dict[str, Any], limits: aiohttp.ClientTimeout, *, raw: bool
     ) -> Any:
-        """Try each auth address in turn. The answer is decoded JSON (any body when not ``raw``;
-        with ``raw``, bytes unless the server says it is JSON); an error answer is raised as the
-        TeleportError the server sent."""
+        """Try each auth address in turn, starting with the one that answered last (a connection
+        to a server that went away fails and the next address is tried). The answer is decoded
+        JSON (any body when not ``raw``; with ``raw``, bytes unless the server says it is JSON);
+        an error answer is raised as the TeleportError the server sent."""
         check_request_path(path)
         session = self._get_session()
         problems = []
-        for addr in self.addresses:
+        count = len(self.addresses)
+        for index in [(self._preferred + i) % count for i in range(count)]:
+            addr = self.addresses[index]
             try:
                 async with session.request(
                     method,
@@ -353,6 +359,7 @@ class AuthClient:
                         data = json.loads(body) if is_json and body else None
                     except ValueError:
                         data = None
+                    self._preferred = index  # it answered, even if with an error
                     if resp.status >= 400:
                         if isinstance(data, dict) and isinstance(data.get("error"), dict):
                             raise error_from_dict(data["error"])

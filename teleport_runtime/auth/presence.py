@@ -16,7 +16,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from teleport_runtime.backend import Backend, Item, prefix_end
+from teleport_runtime.backend import Backend, EventType, Item, Watcher, prefix_end
 from teleport_runtime.config import validate_labels
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound
 from teleport_runtime.names import check_host_name, ip_literal
@@ -72,6 +72,8 @@ class Presence:
         self._flusher: asyncio.Task[None] | None = None
         #: Proxy UUID -> the ``(host, port)`` pairs it listens at (None: not loaded yet).
         self._proxy_addrs: dict[str, set[tuple[str, int]]] | None = None
+        #: Follows the proxies' records, also those written through other auth servers.
+        self._proxy_watch: Watcher | None = None
 
     async def heartbeat(
         self, *, role: str, host_uuid: str, report: dict[str, Any], remote_ip: str, nodename: str,
@@ -151,7 +153,14 @@ class Presence:
 
     async def _forbidden(self, served: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Where the auth API and the proxies listen (proxies' addresses from their records,
-        loaded once and then kept current by their heartbeats)."""
+        loaded once and again whenever a proxy record changes, on this auth server or another
+        one sharing the backend)."""
+        watch = self._proxy_watch
+        if watch is None or watch.closed:
+            self._proxy_watch = await self.backend.new_watcher([_KINDS["Proxy"]])
+            self._proxy_addrs = None
+        elif any(e.type is not EventType.INIT for e in watch.take_pending()):
+            self._proxy_addrs = None
         if self._proxy_addrs is None:
             self._proxy_addrs = {r["id"]: _listen_pairs(r) for r in await self.list("Proxy")}
         out = {(_canonical(h), p) for h, p in served}

@@ -48,7 +48,6 @@ the backend, applies one transition and writes it back with compare-and-swap.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from typing import Any
 
 from teleport_runtime.backend import Backend, Item
 from teleport_runtime.ca import CAKeyPair, CAType, CertAuthority, generate_ca_keypair, to_ca_type
+from teleport_runtime.ca.keywrap import CACodec
 from teleport_runtime.durations import format_duration, parse_duration
 from teleport_runtime.errors import BadParameter, CompareFailed
 from teleport_runtime.rotation_phases import (
@@ -438,6 +438,7 @@ class RotationManager:
         ca_key: the backend key of a CA type (the auth service's ``/authorities/<type>`` layout).
         new_keypair_factory: makes the key pair at ``init`` (default :func:`generate_ca_keypair`).
         max_attempts: compare-and-swap attempts before giving up with CompareFailed.
+        codec: encodes and decodes the stored CA records (default: no key-encryption key).
     """
 
     def __init__(
@@ -447,6 +448,7 @@ class RotationManager:
         *,
         new_keypair_factory: KeyPairFactory | None = None,
         max_attempts: int = 5,
+        codec: CACodec | None = None,
     ) -> None:
         if max_attempts < 1:
             raise BadParameter(f"max_attempts must be at least 1, got {max_attempts}")
@@ -454,10 +456,12 @@ class RotationManager:
         self.ca_key = ca_key
         self.new_keypair_factory = new_keypair_factory
         self.max_attempts = max_attempts
+        #: How CA records are stored (private keys sealed when a key-encryption key is set).
+        self.codec = codec or CACodec()
 
     async def _load(self, ca_type: CAType) -> tuple[Item, CertAuthority]:
         item = await self.backend.get(self.ca_key(ca_type))
-        return item, CertAuthority.from_dict(json.loads(item.value))
+        return item, self.codec.decode(item.key, item.value)
 
     async def view(self, ca_type: CAType | str) -> dict[str, Any]:
         """The stored rotation state of ``ca_type`` (:func:`rotation_view`)."""
@@ -472,7 +476,7 @@ class RotationManager:
             updated = change(ca)
             if updated is None:
                 return None
-            value = json.dumps(updated.to_dict(True)).encode()
+            value = self.codec.encode(item.key, updated)
             try:
                 await self.backend.compare_and_swap(item, Item(key=item.key, value=value))
             except CompareFailed:

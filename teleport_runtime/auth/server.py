@@ -70,6 +70,8 @@ class AuthServer:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._ca_changed = asyncio.Event()
+        self._stopping = False
+        self._watchers: list[Watcher] = []
 
     # ------------------------------------------------------------------ parts
 
@@ -108,6 +110,7 @@ class AuthServer:
             raise
 
     async def _start(self) -> None:
+        self._stopping = False
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._backend = open_backend(self._storage, self.data_dir, sweep_interval=self._sweep_interval)
         self._service = AuthService(self._backend, self.config, self.data_dir)
@@ -124,6 +127,7 @@ class AuthServer:
         # The watcher is registered before the timer runs, so no CA change between the two
         # goes unseen.
         watcher = await self._backend.new_watcher(["/authorities/"])
+        self._watchers.append(watcher)
         self._tasks += [
             loop.create_task(self._follow_authorities(watcher), name="auth-ca-watch"),
             loop.create_task(self._rotation_timer(), name="auth-rotation-timer"),
@@ -134,6 +138,12 @@ class AuthServer:
     async def stop(self) -> None:
         """Background tasks, then the API listener, then the backend. Safe to call twice."""
         tasks, self._tasks = self._tasks, []
+        # Also told without cancellation: on Python 3.11 a wait_for inside the backend's driver
+        # may swallow the cancellation of a task waiting there, and the timer would go on.
+        self._stopping = True
+        self._ca_changed.set()
+        for watcher in self._watchers:
+            watcher.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -147,6 +157,7 @@ class AuthServer:
             await self._audit_backend.close()
             self._audit_backend = None
         self._service = None
+        self._watchers = []
 
     async def __aenter__(self) -> AuthServer:
         await self.start()
@@ -171,7 +182,7 @@ class AuthServer:
         """Auto-mode rotations move on their schedule: the timer wakes at the next scheduled
         phase change (or when a CA changes, or after a minute at most) and applies what is due."""
         service = self.service
-        while True:
+        while not self._stopping:
             wait = ROTATION_TICK_SECONDS
             try:
                 moved = await service.rotation.tick()
@@ -184,9 +195,12 @@ class AuthServer:
                     wait = min(wait, max(0.2, (deadline - datetime.now(UTC)).total_seconds()))
             except TeleportError as exc:
                 log.warning("rotation timer: %s", exc.message)
+            if self._stopping:
+                return
             self._ca_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ca_changed.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._ca_changed.wait()
 
     async def _follow_authorities(self, watcher: Watcher) -> None:
         """Whenever a CA changes (a rotation step, here or on another auth server), serve the API

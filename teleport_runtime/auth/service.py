@@ -8,7 +8,6 @@ storage backend. The HTTPS API (`api.py`) is a thin layer over this class.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
 import socket
@@ -61,9 +60,19 @@ from teleport_runtime.ca import (
     generate_user_ssh_cert,
     new_cert_authority,
 )
+from teleport_runtime.ca.keywrap import CACodec, load_kek
 from teleport_runtime.config import AuthConfig
 from teleport_runtime.durations import parse_duration
-from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, LimitExceeded, NotFound, TeleportError
+from teleport_runtime.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BadParameter,
+    CompareFailed,
+    ConfigError,
+    LimitExceeded,
+    NotFound,
+    TeleportError,
+)
 from teleport_runtime.identity import Identity
 from teleport_runtime.names import check_host_name, ip_literal, is_host_name, is_loopback, is_reserved
 from teleport_runtime.netaddr import advertised, local_address, parse_host_port, split_host
@@ -123,7 +132,8 @@ class AuthService:
         self.served_addrs: set[tuple[str, int]] = set()
         self.audit = AuditLog(backend)
         self.users = UserStore(backend, "")
-        self.rotation = RotationManager(backend, _ca_key)
+        self.ca_codec = CACodec()  # init() sets the key-encryption key from the config
+        self.rotation = RotationManager(backend, _ca_key, codec=self.ca_codec)
         self.recordings: RecordingStore = FileRecordingStore(recordings_dir(data_dir))
         self.sessions = ActiveSessions(backend)
         # Nodes learn the cluster's recording mode from their heartbeat answers.
@@ -132,14 +142,21 @@ class AuthService:
     # ------------------------------------------------------------------ start-up
 
     async def init(self) -> None:
-        """First start creates the cluster name and both CAs; later starts load them."""
+        """First start creates the cluster name and both CAs; later starts load them.
+
+        Several auth servers may share the backend and start at the same moment: each record is
+        made with ``create`` (fails on an existing key) and whoever loses that race loads what the
+        winner stored, so the cluster and its CAs are created exactly once."""
+        kek_file = self.config.ca_key_encryption_key_file
+        self.ca_codec = CACodec(load_kek(kek_file) if kek_file is not None else None)
+        self.rotation.codec = self.ca_codec
         wanted = self.config.cluster_name or socket.gethostname()
         try:
-            stored = (await self.backend.get(_CLUSTER_NAME_KEY)).value.decode()
-        except NotFound:
             await self.backend.create(Item(key=_CLUSTER_NAME_KEY, value=wanted.encode()))
-            stored = wanted
-            log.info("created cluster %s", stored)
+            log.info("created cluster %s", wanted)
+        except AlreadyExists:
+            pass
+        stored = (await self.backend.get(_CLUSTER_NAME_KEY)).value.decode()
         if self.config.cluster_name and stored != self.config.cluster_name:
             raise ConfigError(
                 f"auth_service.cluster_name is {self.config.cluster_name!r} but this auth server's "
@@ -150,21 +167,39 @@ class AuthService:
         self.users.cluster_name = stored
         await self.users.ensure_presets()
         for ca_type in (CAType.HOST, CAType.USER):
+            key = _ca_key(ca_type)
             try:
-                await self.backend.get(_ca_key(ca_type))
+                item = await self.backend.get(key)
             except NotFound:
                 authority = new_cert_authority(ca_type, self.cluster_name)
-                await self.backend.create(
-                    Item(key=_ca_key(ca_type), value=json.dumps(authority.to_dict(True)).encode())
-                )
-                log.info("created the %s certificate authority", ca_type.value)
+                try:
+                    await self.backend.create(Item(key=key, value=self.ca_codec.encode(key, authority)))
+                    log.info("created the %s certificate authority", ca_type.value)
+                except AlreadyExists:
+                    log.info("another auth server created the %s certificate authority", ca_type.value)
+                item = await self.backend.get(key)
+            self.ca_codec.decode(key, item.value)  # a wrong or missing key-encryption key stops here
+            await self._seal_ca(item)
         # A rotation in auto mode resumes where its stored schedule says it should be.
         await self.rotation.tick()
 
+    async def _seal_ca(self, item: Item) -> None:
+        """A CA stored before the key-encryption key was configured is re-written sealed (by
+        compare-and-swap: when another auth server does it first, that one's record stands)."""
+        if not self.ca_codec.needs_sealing(item.value):
+            return
+        ca = self.ca_codec.decode(item.key, item.value)
+        try:
+            await self.backend.compare_and_swap(item, Item(key=item.key, value=self.ca_codec.encode(item.key, ca)))
+            log.info("sealed the private keys of %s with key-encryption key %s", item.key, self.ca_codec.kek_id)
+        except (CompareFailed, NotFound):
+            pass
+
     async def get_ca(self, ca_type: CAType) -> CertAuthority:
         """A CA with its private keys: for use inside the auth service only."""
-        item = await self.backend.get(_ca_key(ca_type))
-        return CertAuthority.from_dict(json.loads(item.value))
+        key = _ca_key(ca_type)
+        item = await self.backend.get(key)
+        return self.ca_codec.decode(key, item.value)
 
     async def public_cas(self) -> dict[str, Any]:
         """What anyone may see: CA certs and public keys, for pinning and trust."""
@@ -180,7 +215,7 @@ class AuthService:
         material, the host CA cert that signs now, and a ``revision`` that changes whenever
         either CA record changes (the watch compares it)."""
         items = {t: await self.backend.get(_ca_key(t)) for t in (CAType.HOST, CAType.USER)}
-        cas = {t: CertAuthority.from_dict(json.loads(item.value)) for t, item in items.items()}
+        cas = {t: self.ca_codec.decode(item.key, item.value) for t, item in items.items()}
         host, user = cas[CAType.HOST], cas[CAType.USER]
         return AuthorityState(
             revision=f"{items[CAType.HOST].revision}.{items[CAType.USER].revision}",

@@ -60,7 +60,9 @@ class Context:
         if self.data_dir:
             cfg.data_dir = Path(self.data_dir)
         if self.auth_server:
-            addresses = [configuration.parse_host_port(self.auth_server, configuration.AUTH_PORT)]
+            # Several auth servers, comma-separated: tried in turn (api/client.py).
+            addresses = [configuration.parse_host_port(a.strip(), configuration.AUTH_PORT, "--auth-server")
+                         for a in self.auth_server.split(",") if a.strip()]
         elif cfg.auth.enabled:
             addresses = [cfg.auth.listen_addr.dialable()]
         else:
@@ -98,7 +100,7 @@ def run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config_path", help="The auth server's config file.")
-@click.option("--auth-server", help="Auth API address (default: from the config, 127.0.0.1:3025).")
+@click.option("--auth-server", help="Auth API address, or several comma-separated (default: from the config).")
 @click.option("--data-dir", help="The auth server's data dir (holds the admin identity).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, auth_server: str | None, data_dir: str | None) -> None:
