@@ -220,7 +220,7 @@ class AuthAPI:
         log.info("auth API listening on %s:%s", host, bound)
         return bound
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         self._closing.set()  # open CA watches answer now rather than hold the shutdown
         if self._ca_watcher is not None:
             self._ca_watcher.close()

@@ -148,7 +148,7 @@ class AuthServer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._api is not None:
-            await self._api.close()
+            await self._api.stop()
             self._api = None
         if self._backend is not None:
             await self._backend.close()
