@@ -45,8 +45,8 @@ options:
       - "Host users: C(options.create_host_user_mode) (V(keep), V(insecure-drop) or V(off)) lets
         nodes matching C(allow.node_labels) create a login that does not exist at login, with the
         supplementary groups C(allow.host_groups) and the sudoers entries C(allow.host_sudoers)
-        (each one line such as V(ALL=(ALL\) NOPASSWD: ALL), no include directives; nodes check
-        them with C(visudo)). V(insecure-drop) removes the account when its last session ends.
+        (each one line, as in the example below, no include directives; nodes check them with
+        C(visudo)). V(insecure-drop) removes the account when its last session ends.
         Nodes never change accounts they did not create."
       - "BPF enhanced session recording: C(options.enhanced_recording), a list of V(command),
         V(network), V(disk) (a role without it records V(command) and V(network) on nodes with

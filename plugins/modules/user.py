@@ -47,7 +47,7 @@ options:
     description:
       - OS logins the user may use on nodes (the C(logins) trait; exactly these).
       - A login need not exist on a node when one of the user's roles sets
-        C(options.create_host_user_mode) for it (see M(teleport_access.cluster.role)): the node
+        C(options.create_host_user_mode) for it (see M(teleport_access.cluster.role)); the node
         creates the account at the first login.
     type: list
     elements: str
