@@ -25,3 +25,12 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_STREAM_CHUNK = 1024 * 1024
 #: The longest an agent's CA watch is held open.
 MAX_WATCH_SECONDS = 60.0
+
+#: Reverse tunnels and the proxy's one-port (multiplex) mode share these names between the proxy
+#: and the agents that dial it.
+#: TLS ALPN protocol of a reverse tunnel carried on the proxy's web port.
+ALPN_REVERSE_TUNNEL = "teleport-reversetunnel"
+#: The target a tunnel node asks the proxy for when it wants the auth API (never a real host).
+TUNNEL_AUTH_TARGET = "@remote-auth-server"
+#: What listings show in the address column of a node reached through its reverse tunnel.
+TUNNEL_ADDR_LABEL = "⟵ Tunnel"
