@@ -79,6 +79,9 @@ EVENT_CODES = {
     "host_user.update": "T4011I",
     "host_user.delete": "T4012I",
     "host_user.rejected": "T4013W",
+    # the proxy's web UI (proxy/webui.py): a browser session began or was ended by its user
+    "web.session.start": "T1100I",
+    "web.session.end": "T1101I",
 }
 FAILURE_CODES = {"user.login": "T1000W", "user.signup": "T1005W", "exec": "T3002E", "subsystem": "T3001E"}
 UNKNOWN_CODE = "TCC00E"
@@ -110,7 +113,8 @@ AGENT_EVENTS: dict[str, frozenset[str]] = {
     }),
     # access.denied: a web request the proxy refused before it reached the auth service (a path
     # parameter that is not a valid token, name or session ID).
-    "Proxy": frozenset({"proxy.connect.rejected", "access.denied"}),
+    # web.session.*: the web UI's sessions (proxy/webui.py), whose refusals are access.denied too.
+    "Proxy": frozenset({"proxy.connect.rejected", "access.denied", "web.session.start", "web.session.end"}),
 }
 #: How far ahead of the auth service's clock an agent's event time may be (clock drift).
 MAX_CLOCK_SKEW = timedelta(minutes=1)

@@ -43,6 +43,7 @@ from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_ident
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, json_route, read_object
 from teleport_runtime.identity import Identity, load_cert_chain
+from teleport_runtime.proxy.webui import WebUI
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
 from teleport_runtime.urlpath import check_path_param, check_url_token
@@ -76,6 +77,7 @@ class ProxyWeb:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._active_ssl: ssl.SSLContext | None = None
+        self.webui = WebUI(service)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
@@ -87,6 +89,7 @@ class ProxyWeb:
         app.router.add_get("/webapi/recordings", json_route(self.recordings))
         app.router.add_get("/webapi/recordings/{session_id}", json_route(self.recording))
         app.router.add_get("/webapi/sessions/active", json_route(self.active_sessions))
+        self.webui.mount(app)  # the browser app: proxy/webui.py
         return app
 
     async def start(self, host: str, port: int) -> int:

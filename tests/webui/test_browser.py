@@ -1,0 +1,243 @@
+"""The web UI as a person uses it, in chromium: log in, list nodes, a terminal on node1 running
+`hostname`, resize, log out; the auditor plays that session; and each refusal (a wrong password, a
+forged CSRF token, a websocket from another origin, a login the roles deny, an oversized frame)
+shown on the page or answered with the reason, and audited. axe-core finds nothing serious or
+critical on any page."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import wait_for
+from tests.webui.conftest import PASSWORD, WebUIEnv
+
+AXE = Path(__file__).resolve().parents[2] / "frontend" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def axe_findings(page: Any) -> list[str]:
+    """Serious and critical axe-core findings on the page as it is now."""
+    if not AXE.is_file():
+        pytest.fail(f"{AXE} is missing: run `npm ci` in frontend/ (scripts/setup does)")
+    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
+        # evaluated by the devtools protocol, outside the page's Content-Security-Policy
+        page.evaluate(AXE.read_text() + "\n;0")
+    return list(page.evaluate(
+        """async () => (await axe.run(document)).violations
+             .filter(v => v.impact === 'serious' || v.impact === 'critical')
+             .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(' ')).join('; ')})`)"""
+    ))
+
+
+def watch_csp(page: Any) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text)
+            if msg.type == "error" and "Content Security Policy" in msg.text else None)
+    return errors
+
+
+def log_in(page: Any, env: WebUIEnv, user: str, password: str = PASSWORD) -> None:
+    page.goto(env.url + "/")
+    page.get_by_test_id("login-username").fill(user)
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-otp").fill(env.users[user].otp() if password == PASSWORD else "000000")
+    page.get_by_test_id("login-submit").click()
+
+
+def terminal_text(page: Any) -> str:
+    return str(page.locator(".xterm-rows").inner_text())
+
+
+def session_cookie(page: Any) -> dict[str, str]:
+    return {c["name"]: c["value"] for c in page.context.cookies() if c["name"].startswith("__Host-")}
+
+
+def test_wrong_password_is_shown_and_audited(page: Any, env: WebUIEnv) -> None:
+    csp = watch_csp(page)
+    page.goto(env.url + "/")
+    assert axe_findings(page) == []
+    log_in(page, env, "alice", password="not the password")
+    error = page.get_by_test_id("error")
+    error.wait_for()
+    assert re.search(r"password|one-time code|invalid", error.inner_text(), re.IGNORECASE)
+    assert page.get_by_test_id("login-submit").is_visible()
+    env.wait_audit("user.login", lambda e: e.get("user") == "alice" and e.get("success") is False,
+                   "the failed web login in the audit log")
+    assert csp == []
+
+
+def test_log_in_nodes_terminal_resize_log_out(page: Any, env: WebUIEnv) -> None:
+    csp = watch_csp(page)
+    log_in(page, env, "alice")
+    page.get_by_test_id("node-row").first.wait_for()
+    rows = page.get_by_test_id("node-row")
+    assert sorted(rows.evaluate_all("rs => rs.map(r => r.dataset.nodeName)")) == ["node1", "node2"]
+    node1 = page.locator('[data-testid="node-row"][data-node-name="node1"]')
+    assert env.nodes["node1"].addr in node1.inner_text()
+    assert "env=prod" in node1.inner_text()
+    assert axe_findings(page) == []
+    # the cookie: HttpOnly, Secure, SameSite=Strict; the page's script cannot read it
+    cookie = next(c for c in page.context.cookies() if c["name"].startswith("__Host-"))
+    assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (True, True, "Strict")
+    assert "__Host-" not in page.evaluate("() => document.cookie")
+    env.wait_audit("web.session.start", lambda e: e.get("user") == "alice", "the web session start")
+
+    # search and label filter
+    page.get_by_test_id("label-filter").fill("env=dev")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.nodeName)") == ["node2"]
+    page.get_by_test_id("label-filter").fill("")
+    page.get_by_test_id("node-search").fill("node1")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.nodeName)") == ["node1"]
+
+    # a terminal on node1 as root: type a command, read its output
+    node1.get_by_test_id("node-login").select_option("root")
+    node1.get_by_test_id("node-connect").click()
+    page.get_by_test_id("terminal").wait_for()
+    page.get_by_text("Connected to root@").wait_for()
+    page.get_by_test_id("terminal").click()
+    page.keyboard.type("hostname; echo done-$((6*7))\n")
+    wait_for(lambda: "done-42" in terminal_text(page), what="the command's output in the terminal")
+    assert socket.gethostname() in terminal_text(page)
+    # UTF-8 both ways (inserted as a paste or an input method would)
+    page.keyboard.insert_text("echo 'ünïcödé ✓'")
+    page.keyboard.press("Enter")
+    wait_for(lambda: terminal_text(page).count("ünïcödé ✓") >= 2, what="UTF-8 output in the terminal")
+    assert axe_findings(page) == []
+
+    # resize: the window shrinks, the terminal fits it, and the remote side sees the new size
+    page.keyboard.type("stty size\n")
+    wait_for(lambda: re.search(r"^\d+ \d+$", terminal_text(page), re.MULTILINE) is not None,
+             what="the first stty size")
+    before = re.findall(r"^(\d+) (\d+)$", terminal_text(page), re.MULTILINE)[-1]
+    page.set_viewport_size({"width": 700, "height": 500})
+    page.wait_for_function(f"() => document.querySelector('.xterm-rows').children.length < {before[0]}")
+    page.keyboard.type("clear; stty size\n")
+    wait_for(lambda: (m := re.findall(r"^(\d+) (\d+)$", terminal_text(page), re.MULTILINE)) and m[-1] != before,
+             what="stty size to change after the resize")
+    after = re.findall(r"^(\d+) (\d+)$", terminal_text(page), re.MULTILINE)[-1]
+    assert int(after[0]) < int(before[0]) and int(after[1]) < int(before[1])
+    page.keyboard.type("exit\n")
+    page.get_by_text(re.compile("session on node1 ended")).wait_for()
+
+    # log out: back at the form, and the old cookie is dead on the server
+    old = session_cookie(page)
+    page.get_by_test_id("logout").click()
+    page.get_by_test_id("login-submit").wait_for()
+    answer = off_loop(_get, env, "/web/api/session", old)
+    assert answer[0] == 401, answer
+    env.wait_audit("web.session.end", lambda e: e.get("user") == "alice", "the logout")
+    assert csp == []
+
+
+def test_auditor_plays_the_recording(page: Any, env: WebUIEnv) -> None:
+    log_in(page, env, "auditor")
+    page.get_by_test_id("nav-recordings").wait_for()
+    # the auditor's roles reach no node
+    page.get_by_test_id("node-table").wait_for()
+    assert page.get_by_test_id("node-row").count() == 0
+
+    def listed() -> bool:
+        page.get_by_test_id("nav-recordings").click()
+        page.get_by_test_id("recording-table").wait_for()
+        return page.locator('[data-testid="recording-row"]', has_text="alice").count() > 0
+
+    wait_for(listed, what="alice's session among the recordings")
+    assert axe_findings(page) == []
+    row = page.locator('[data-testid="recording-row"]', has_text="alice").first
+    row.get_by_test_id("recording-play").click()
+    player = page.get_by_test_id("player")
+    player.wait_for()
+    page.locator(".ap-player").wait_for()
+    wait_for(lambda: "done-42" in player.inner_text(), what="the recorded output in the player")
+
+
+def test_forged_csrf_token_is_refused_and_audited(page: Any, env: WebUIEnv) -> None:
+    log_in(page, env, "alice")
+    page.get_by_test_id("node-row").first.wait_for()
+    answer = page.evaluate(
+        """async () => { const r = await fetch('/web/api/logout', {method: 'POST',
+                             headers: {'X-CSRF-Token': 'forged'}});
+                         return [r.status, await r.json()]; }"""
+    )
+    assert answer[0] == 403
+    assert "CSRF" in answer[1]["error"]["message"]
+    env.wait_audit("access.denied", lambda e: "CSRF" in e.get("reason", "") and e.get("user") == "alice",
+                   "the forged CSRF token in the audit log")
+    # the session was not touched: the page still works
+    page.reload()
+    page.get_by_test_id("node-row").first.wait_for()
+
+
+def test_denied_login_is_shown_and_audited(page: Any, env: WebUIEnv) -> None:
+    log_in(page, env, "alice")
+    page.get_by_test_id("node-row").first.wait_for()
+    page.goto(env.url + "/web/terminal?node=node1&login=daemon")
+    error = page.get_by_test_id("terminal-error")
+    error.wait_for()
+    assert "daemon" in error.inner_text() and "refused" in error.inner_text()
+    env.wait_audit("access.denied", lambda e: e.get("login") == "daemon" and e.get("user") == "alice",
+                   "the denied terminal in the audit log")
+
+
+def test_other_origin_and_oversized_websocket_frames(page: Any, env: WebUIEnv) -> None:
+    log_in(page, env, "alice")
+    page.get_by_test_id("node-row").first.wait_for()
+    cookies = session_cookie(page)
+    status, body = off_loop(_websocket, env, cookies, origin="https://evil.example")
+    assert status == 403, body
+    env.wait_audit("access.denied", lambda e: "evil.example" in e.get("reason", ""),
+                   "the other-origin websocket in the audit log")
+    status, body = off_loop(_websocket, env, cookies, origin=env.url, oversized=True)
+    assert status == 1009, body
+    env.wait_audit("access.denied", lambda e: "websocket message" in e.get("reason", ""),
+                   "the oversized frame in the audit log")
+
+
+def off_loop(func: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run the coroutine function in a thread of its own (Playwright's sync API holds an event
+    loop in this one)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(func(*args, **kwargs))).result(timeout=60)
+
+
+def _ssl() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _cookie_header(cookies: dict[str, str]) -> dict[str, str]:
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+
+
+async def _get(env: WebUIEnv, path: str, cookies: dict[str, str]) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(headers=_cookie_header(cookies)) as http, \
+            http.get(env.url + path, ssl=_ssl()) as resp:
+        return resp.status, await resp.json()
+
+
+async def _websocket(env: WebUIEnv, cookies: dict[str, str], *, origin: str,
+                     oversized: bool = False) -> tuple[int, str]:
+    """(HTTP status of a refused handshake, its body) or (the close code, what came before it)."""
+    url = env.url + "/web/api/terminal?node=node1&login=root&cols=80&rows=24"
+    async with aiohttp.ClientSession(headers=_cookie_header(cookies)) as http:
+        try:
+            async with http.ws_connect(url, ssl=_ssl(), origin=origin) as ws:
+                if oversized:
+                    await ws.send_str(json.dumps({"type": "input", "data": "x" * 200_000}))
+                seen = []
+                async for msg in ws:
+                    seen.append(str(msg.data)[:200])
+                return ws.close_code or 0, " ".join(seen)
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status, exc.message
