@@ -310,7 +310,7 @@ function tablePage(
 ): HTMLTableElement {
   return h(
     "table",
-    { "data-testid": `${testid}-table` },
+    { "data-testid": testid.replace(/-row$/, "-table") },
     h("caption", { text: title }),
     h("thead", {}, h("tr", {}, ...columns.map((t) => h("th", { scope: "col", text: t })))),
     h(

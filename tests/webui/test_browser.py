@@ -146,8 +146,9 @@ def test_auditor_plays_the_recording(page: Any, env: WebUIEnv) -> None:
     assert page.get_by_test_id("node-row").count() == 0
 
     def listed() -> bool:
-        page.get_by_test_id("nav-recordings").click()
-        page.get_by_test_id("recording-table").wait_for()
+        page.goto(env.url + "/web/recordings")
+        page.locator('[data-testid="recording-table"], [data-testid="error"]:not(:empty)').first.wait_for()
+        assert not page.get_by_test_id("error").inner_text(), page.get_by_test_id("error").inner_text()
         return page.locator('[data-testid="recording-row"]', has_text="alice").count() > 0
 
     wait_for(listed, what="alice's session among the recordings")
@@ -197,7 +198,8 @@ def test_other_origin_and_oversized_websocket_frames(page: Any, env: WebUIEnv) -
     env.wait_audit("access.denied", lambda e: "evil.example" in e.get("reason", ""),
                    "the other-origin websocket in the audit log")
     status, body = off_loop(_websocket, env, cookies, origin=env.url, oversized=True)
-    assert status == 1009, body
+    # the proxy drops the connection (1009, or 1006 when it closed the transport first)
+    assert status in (1006, 1009), body
     env.wait_audit("access.denied", lambda e: "websocket message" in e.get("reason", ""),
                    "the oversized frame in the audit log")
 
