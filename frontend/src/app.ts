@@ -145,6 +145,61 @@ function loginPage(): void {
   (form.querySelector("#username") as HTMLInputElement).focus();
 }
 
+// ---------------------------------------------------------------------------- sign-up
+
+async function signupPage(): Promise<void> {
+  // The invitation's token is the link's fragment: the browser never sends it in a request line.
+  const token = location.hash.slice(1);
+  const error = alertBox();
+  page("Sign up", error);
+  let info: { user: string; otpauth_uri: string; qr_svg: string };
+  try {
+    info = await api("POST", "/web/api/signup/info", { token });
+  } catch (err) {
+    showError(error, err);
+    return;
+  }
+  const secret = new URL(info.otpauth_uri).searchParams.get("secret") ?? "";
+  const field = (id: string, label: string, type: string, autocomplete: string) =>
+    h(
+      "div",
+      { class: "field" },
+      h("label", { for: id, text: label }),
+      h("input", { id, name: id, type, autocomplete, required: "", "data-testid": `signup-${id}` }),
+    );
+  const form = h(
+    "form",
+    { "aria-label": "Sign up", "data-testid": "signup-form" },
+    h("p", { text: `Choose a password for ${info.user} and enrol your authenticator app.` }),
+    field("password", "Password", "password", "new-password"),
+    field("confirm", "Confirm password", "password", "new-password"),
+    h("p", { text: "Scan this QR code with your authenticator app (or enter the secret below):" }),
+    h("img", { src: info.qr_svg, alt: "QR code of your one-time code secret", "data-testid": "signup-qr" }),
+    h("p", {}, "Secret: ", h("code", { "data-testid": "signup-secret", text: secret })),
+    field("otp", "One-time code from the app", "text", "one-time-code"),
+    h("button", { type: "submit", "data-testid": "signup-submit", text: "Sign up" }),
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const value = (id: string) => (form.querySelector(`#${id}`) as HTMLInputElement).value;
+    error.textContent = "";
+    if (value("password") !== value("confirm")) {
+      error.textContent = "The passwords differ: type the same password twice.";
+      return;
+    }
+    try {
+      await api("POST", "/web/api/signup", { token, password: value("password"), otp: value("otp") });
+      history.replaceState(null, "", "/web/login");
+      await route();
+      const done = h("p", { role: "status", "data-testid": "signup-done", text: `Signed up as ${info.user}: log in.` });
+      main.insertBefore(done, main.children[1] ?? null);
+    } catch (err) {
+      showError(error, err);
+    }
+  });
+  main.append(form);
+}
+
 // ---------------------------------------------------------------------------- nodes
 
 function labelText(labels: Record<string, string>): string {
@@ -395,6 +450,10 @@ async function recordingsPage(): Promise<void> {
 // ---------------------------------------------------------------------------- routing
 
 async function route(): Promise<void> {
+  if (location.pathname === "/web/signup") {
+    await signupPage();
+    return;
+  }
   if (session === null && location.pathname !== "/web/login") {
     try {
       session = await api<Session>("GET", "/web/api/session");

@@ -308,7 +308,8 @@ def _signup_text(result: dict[str, Any], proxy: str) -> str:
     return (
         f"User {result['user']!r} requires a password and a second factor. Share this command "
         f"with the user to complete the sign-up (valid until {format_expiry(result['expires'])}):\n\n"
-        f"tsh signup --proxy={proxy} --token={result['token']}"
+        f"tsh signup --proxy={proxy} --token={result['token']}\n\n"
+        f"or this link, to sign up in a web browser:\n\nhttps://{proxy}/web/signup#{result['token']}"
     )
 
 

@@ -17,6 +17,10 @@ Routes (all JSON under ``/web/api/``, the app and its assets under ``/`` and ``/
 
 - ``POST /web/api/login`` {user, password, otp} -> the session (and its cookie);
 - ``GET /web/api/session``, ``POST /web/api/logout``;
+- ``POST /web/api/signup/info`` {token} -> the user, the TOTP URI and its QR code;
+  ``POST /web/api/signup`` {token, password, otp}: the invitation's sign-up (the link ``tctl users
+  add`` prints is ``https://PROXY/web/signup#TOKEN``: the token is in the fragment, which the
+  browser never sends);
 - ``GET /web/api/nodes``: the nodes some login of the user may reach, with those logins;
 - ``GET /web/api/sessions``, ``GET /web/api/recordings``, ``GET /web/api/recordings/{session_id}``:
   read on the auth API with the session's certificate (the user's roles decide);
@@ -44,11 +48,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+import segno
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from teleport_runtime.api.client import Forwarded
-from teleport_runtime.api.types import LoginRequest
+from teleport_runtime.api.types import LoginRequest, SignupRequest
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair
 from teleport_runtime.ca._common import load_one_cert
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, TeleportError
@@ -57,6 +62,7 @@ from teleport_runtime.names import is_host_name
 from teleport_runtime.netaddr import is_wildcard
 from teleport_runtime.rbac import RoleSet, check_posix_name
 from teleport_runtime.recording.asciicast import check_session_id
+from teleport_runtime.urlpath import check_url_token
 
 if TYPE_CHECKING:
     from teleport_runtime.proxy.service import ProxyService
@@ -137,6 +143,8 @@ class WebUI:
         r.add_get("/web/api/recordings", json_route(self.recordings))
         r.add_get("/web/api/recordings/{session_id}", json_route(self.recording))
         r.add_get("/web/api/terminal", self.terminal)
+        r.add_post("/web/api/signup/info", json_route(self.signup_info))
+        r.add_post("/web/api/signup", json_route(self.signup))
         r.add_get("/web/assets/{name}", self.asset)
         for path in ("/", "/web", "/web/{page:(login|nodes|terminal|sessions|recordings|signup)}"):
             r.add_get(path, self.index)
@@ -277,6 +285,35 @@ class WebUI:
         response = web.json_response({"logged_out": True})
         response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         return response
+
+    # ------------------------------------------------------------------ sign-up
+
+    async def signup_info(self, request: web.Request) -> dict[str, Any]:
+        """The invitation's user and the TOTP secret to enrol, with its QR code (an SVG data URI).
+        The token comes in the body: the page reads it from the link's fragment, which browsers
+        never send, so it stays out of request lines and logs."""
+        self._check_origin(request, "sign-up")
+        token = await self._signup_token(request)
+        info = (await self.service.client.signup_info(token)).to_json()
+        info["qr_svg"] = segno.make(info["otpauth_uri"]).svg_data_uri(scale=5, border=2)
+        return dict(info)
+
+    async def signup(self, request: web.Request) -> dict[str, Any]:
+        self._check_origin(request, "sign-up")
+        body = await read_object(request)
+        done = await self.service.client.signup(
+            SignupRequest.from_json({k: body.get(k) for k in ("token", "password", "otp")}, "web sign-up"),
+            Forwarded(addr=request.remote or ""),
+        )
+        return dict(done.to_json())
+
+    async def _signup_token(self, request: web.Request) -> str:
+        body = await read_object(request)
+        try:
+            return check_url_token(body.get("token"), "sign-up token")
+        except BadParameter as exc:
+            raise self._refuse(request, BadParameter(
+                f"{exc.message}: open the link `tctl users add` printed, whole"), "") from None
 
     # ------------------------------------------------------------------ reads
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyotp
 import pytest
 
 from tests.conftest import wait_for
-from tests.webui.conftest import PASSWORD, WebUIEnv
+from tests.webui.conftest import PASSWORD, User, WebUIEnv
 
 AXE = Path(__file__).resolve().parents[2] / "frontend" / "node_modules" / "axe-core" / "axe.min.js"
 
@@ -59,6 +60,30 @@ def terminal_text(page: Any) -> str:
 
 def session_cookie(page: Any) -> dict[str, str]:
     return {c["name"]: c["value"] for c in page.context.cookies() if c["name"].startswith("__Host-")}
+
+
+def test_sign_up_from_the_printed_link_then_log_in(page: Any, env: WebUIEnv) -> None:
+    csp = watch_csp(page)
+    printed = env.cluster.tctl("users", "add", "bob", "--roles=access", "--logins=root").stdout
+    link = re.search(r"https://\S+/web/signup#\S+", printed)
+    assert link, printed
+    assert link.group(0).startswith(env.url + "/web/signup#")
+    page.goto(link.group(0))
+    page.get_by_test_id("signup-qr").wait_for()
+    assert axe_findings(page) == []
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Confirm password").fill(PASSWORD)
+    totp = pyotp.TOTP(page.get_by_test_id("signup-secret").inner_text())
+    bob = env.users["bob"] = User("bob", totp)
+    page.get_by_label("One-time code from the app").fill(bob.otp())
+    page.get_by_test_id("signup-submit").click()
+    page.get_by_test_id("signup-done").wait_for()
+    env.wait_audit("user.signup", lambda e: e.get("user") == "bob", "bob's sign-up")
+    log_in(page, env, "bob")
+    page.get_by_test_id("node-row").first.wait_for()
+    assert sorted(page.get_by_test_id("node-row").evaluate_all("rs => rs.map(r => r.dataset.nodeName)")) == [
+        "node1", "node2"]
+    assert csp == []
 
 
 def test_wrong_password_is_shown_and_audited(page: Any, env: WebUIEnv) -> None:
