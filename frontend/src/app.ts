@@ -447,6 +447,51 @@ async function recordingsPage(): Promise<void> {
   }
 }
 
+async function auditPage(): Promise<void> {
+  const error = alertBox();
+  const params = new URLSearchParams(location.search);
+  const input = (id: string, label: string, value: string, placeholder: string) =>
+    h(
+      "div",
+      { class: "field" },
+      h("label", { for: id, text: label }),
+      h("input", { id, name: id, type: "text", value, placeholder, "data-testid": `audit-${id}` }),
+    );
+  const form = h(
+    "form",
+    { class: "filters", "aria-label": "Audit log filters" },
+    input("type", "Event types", params.get("type") ?? "", "user.login,session."),
+    input("user", "User", params.get("user") ?? "", "alice"),
+    input("since", "Since", params.get("since") ?? "1h", "1h"),
+    h("button", { type: "submit", "data-testid": "audit-apply", text: "Show" }),
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    for (const id of ["type", "user", "since"]) {
+      const v = (form.querySelector(`#${id}`) as HTMLInputElement).value.trim();
+      if (v) q.set(id, v);
+    }
+    go(`/web/audit?${q}`);
+  });
+  page("Audit log", form, error);
+  try {
+    const rows = await api<Record<string, unknown>[]>("GET", `/web/api/audit?${params}`);
+    main.append(
+      tablePage("Events, oldest first", ["Time", "Event", "Code", "User", "Login", "Details"], rows, "audit-row", (r) => [
+        String(r.time ?? "").slice(0, 19).replace("T", " "),
+        String(r.event ?? ""),
+        String(r.code ?? ""),
+        String(r.user ?? ""),
+        String(r.login ?? ""),
+        String(r.reason ?? r.session_id ?? r.remote_addr ?? ""),
+      ]),
+    );
+  } catch (err) {
+    showError(error, err);
+  }
+}
+
 // ---------------------------------------------------------------------------- routing
 
 async function route(): Promise<void> {
@@ -469,6 +514,7 @@ async function route(): Promise<void> {
   } else if (path === "/web/terminal") terminalPage();
   else if (path === "/web/sessions") await sessionsPage();
   else if (path === "/web/recordings") await recordingsPage();
+  else if (path === "/web/audit") await auditPage();
   else {
     if (path !== "/web/nodes") history.replaceState(null, "", "/web/nodes");
     await nodesPage();

@@ -246,10 +246,12 @@ class AuthClient:
     async def emit_audit(self, event: t.AuditEvent) -> t.AuditEvent:
         return t.AuditEvent.from_json(await self._json(r.EMIT_AUDIT, r.EMIT_AUDIT.path, event))
 
-    async def search_audit(self, since: str = "", types: str = "") -> list[t.AuditEvent]:
+    async def search_audit(
+        self, since: str = "", types: str = "", *, forwarded: Forwarded | None = None
+    ) -> list[t.AuditEvent]:
         """Events of the last ``since`` (a duration, 1h by default), of ``types`` (comma-separated)."""
         path = r.SEARCH_AUDIT.url(query={"since": since, "type": types})
-        return t.AuditEvent.list_from_json(await self._json(r.SEARCH_AUDIT, path))
+        return t.AuditEvent.list_from_json(await self._json(r.SEARCH_AUDIT, path, forwarded=forwarded))
 
     # ------------------------------------------------------------------ recordings and sessions
 

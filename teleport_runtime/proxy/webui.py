@@ -24,6 +24,7 @@ Routes (all JSON under ``/web/api/``, the app and its assets under ``/`` and ``/
 - ``GET /web/api/nodes``: the nodes some login of the user may reach, with those logins;
 - ``GET /web/api/sessions``, ``GET /web/api/recordings``, ``GET /web/api/recordings/{session_id}``:
   read on the auth API with the session's certificate (the user's roles decide);
+- ``GET /web/api/audit?since=&type=&user=``: the audit log, as the user's roles allow;
 - ``GET /web/api/terminal?node=ID&login=LOGIN&cols=C&rows=R`` (websocket): an SSH session to the
   node as the user, through this proxy's own SSH listener (the same routing, RBAC at the node,
   recording and audit as ``tsh ssh``). Text frames from the page are JSON ``{"type": "input",
@@ -40,6 +41,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -56,6 +58,7 @@ from teleport_runtime.api.client import Forwarded
 from teleport_runtime.api.types import LoginRequest, SignupRequest
 from teleport_runtime.ca import generate_ssh_keypair, generate_tls_keypair
 from teleport_runtime.ca._common import load_one_cert
+from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, TeleportError
 from teleport_runtime.httpjson import json_route, read_object
 from teleport_runtime.names import is_host_name
@@ -75,6 +78,9 @@ CSRF_HEADER = "X-CSRF-Token"
 MAX_SESSIONS = 10_000
 #: Largest websocket message the page may send (keystrokes, a paste, a resize).
 MAX_WS_MESSAGE = 64 * 1024
+#: Most audit events the page lists (the newest).
+MAX_AUDIT_EVENTS = 1000
+_AUDIT_TYPES = re.compile(r"([a-z_.]{1,64}(,[a-z_.]{1,64}){0,31})?")
 #: Terminal size bounds.
 MAX_COLS, MAX_ROWS = 1000, 500
 CONNECT_TIMEOUT = 30.0
@@ -142,11 +148,12 @@ class WebUI:
         r.add_get("/web/api/sessions", json_route(self.active_sessions))
         r.add_get("/web/api/recordings", json_route(self.recordings))
         r.add_get("/web/api/recordings/{session_id}", json_route(self.recording))
+        r.add_get("/web/api/audit", json_route(self.audit))
         r.add_get("/web/api/terminal", self.terminal)
         r.add_post("/web/api/signup/info", json_route(self.signup_info))
         r.add_post("/web/api/signup", json_route(self.signup))
         r.add_get("/web/assets/{name}", self.asset)
-        for path in ("/", "/web", "/web/{page:(login|nodes|terminal|sessions|recordings|signup)}"):
+        for path in ("/", "/web", "/web/{page:(login|nodes|terminal|sessions|recordings|audit|signup)}"):
             r.add_get(path, self.index)
 
     # ------------------------------------------------------------------ plumbing
@@ -349,6 +356,22 @@ class WebUI:
         # The player reads the asciicast as text.
         out["cast"] = base64.b64decode(out.pop("data_b64", "") or "").decode("utf-8", errors="replace")
         return out
+
+    async def audit(self, request: web.Request) -> list[dict[str, Any]]:
+        """The audit log, for roles that may list events: ``since`` (a duration), ``type``
+        (comma-separated types or prefixes), ``user``."""
+        session = self._session(request)
+        since, types, user = (request.query.get(k, "") for k in ("since", "type", "user"))
+        try:
+            parse_duration(since or "1h")
+            if not _AUDIT_TYPES.fullmatch(types):
+                raise BadParameter(f"invalid event types {types!r}: expected names like user.login,session.")
+        except BadParameter as exc:
+            raise self._refuse(request, exc, session.user) from None
+        events = await self.service.client.search_audit(
+            since or "1h", types, forwarded=self._forwarded(request, session))
+        out = [e.to_json() for e in events]
+        return [e for e in out if not user or e.get("user") == user][-MAX_AUDIT_EVENTS:]
 
     # ------------------------------------------------------------------ terminal
 

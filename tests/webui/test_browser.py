@@ -185,6 +185,16 @@ def test_auditor_plays_the_recording(page: Any, env: WebUIEnv) -> None:
     page.locator(".ap-player").wait_for()
     wait_for(lambda: "done-42" in player.inner_text(), what="the recorded output in the player")
 
+    # the audit log, filtered by type and user
+    page.get_by_test_id("nav-audit").click()
+    page.get_by_test_id("audit-type").fill("session.start")
+    page.get_by_test_id("audit-user").fill("alice")
+    page.get_by_test_id("audit-apply").click()
+    page.get_by_test_id("audit-row").first.wait_for()
+    texts = page.get_by_test_id("audit-row").all_inner_texts()
+    assert texts and all("session.start" in t and "alice" in t for t in texts)
+    assert axe_findings(page) == []
+
 
 def test_forged_csrf_token_is_refused_and_audited(page: Any, env: WebUIEnv) -> None:
     log_in(page, env, "alice")
@@ -212,6 +222,10 @@ def test_denied_login_is_shown_and_audited(page: Any, env: WebUIEnv) -> None:
     assert "daemon" in error.inner_text() and "refused" in error.inner_text()
     env.wait_audit("access.denied", lambda e: e.get("login") == "daemon" and e.get("user") == "alice",
                    "the denied terminal in the audit log")
+    # alice's roles may not read the audit log: the page says so
+    page.goto(env.url + "/web/audit")
+    page.locator('[data-testid="error"]:not(:empty)').wait_for()
+    assert "denied" in page.get_by_test_id("error").inner_text().lower()
 
 
 def test_other_origin_and_oversized_websocket_frames(page: Any, env: WebUIEnv) -> None:
