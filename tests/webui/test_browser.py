@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import ssl
@@ -37,6 +38,13 @@ def axe_findings(page: Any) -> list[str]:
              .filter(v => v.impact === 'serious' || v.impact === 'critical')
              .map(v => `${v.id}: ${v.help} (${v.nodes.map(n => n.target.join(' ')).join('; ')})`)"""
     ))
+
+
+def docs_screenshot(page: Any, name: str) -> None:
+    """With WEBUI_SCREENSHOT_DIR set (docs/ for the README), keep a picture of the page."""
+    target = os.environ.get("WEBUI_SCREENSHOT_DIR")
+    if target:
+        page.screenshot(path=str(Path(target) / name))
 
 
 def watch_csp(page: Any) -> list[str]:
@@ -110,6 +118,7 @@ def test_log_in_nodes_terminal_resize_log_out(page: Any, env: WebUIEnv) -> None:
     assert env.nodes["node1"].addr in node1.inner_text()
     assert "env=prod" in node1.inner_text()
     assert axe_findings(page) == []
+    docs_screenshot(page, "webui-nodes.png")
     # the cookie: HttpOnly, Secure, SameSite=Strict; the page's script cannot read it
     cookie = next(c for c in page.context.cookies() if c["name"].startswith("__Host-"))
     assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"]) == (True, True, "Strict")
@@ -132,6 +141,7 @@ def test_log_in_nodes_terminal_resize_log_out(page: Any, env: WebUIEnv) -> None:
     page.keyboard.type("hostname; echo done-$((6*7))\n")
     wait_for(lambda: "done-42" in terminal_text(page), what="the command's output in the terminal")
     assert socket.gethostname() in terminal_text(page)
+    docs_screenshot(page, "webui-terminal.png")
     # UTF-8 both ways (inserted as a paste or an input method would)
     page.keyboard.insert_text("echo 'ünïcödé ✓'")
     page.keyboard.press("Enter")
