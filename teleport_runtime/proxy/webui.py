@@ -462,8 +462,15 @@ class WebUI:
 
         down = asyncio.ensure_future(downstream())
         up = asyncio.ensure_future(self._upstream(ws, process, session, node, login))
-        await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
-        if down.done() and not ws.closed:
+        # The terminal lasts no longer than the web session (and its certificate).
+        await asyncio.wait({down, up}, timeout=max(0.0, session.expires - time.time()),
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not (down.done() or up.done()) and not ws.closed:
+            await ws.send_str(json.dumps({
+                "type": "end",
+                "message": "your web session expired (it lasts as long as your certificate): log in again",
+            }))
+        elif down.done() and not ws.closed:
             await process.wait_closed()
             status = process.exit_status
             await ws.send_str(json.dumps({

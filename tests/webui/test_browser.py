@@ -108,7 +108,7 @@ def test_wrong_password_is_shown_and_audited(page: Any, env: WebUIEnv) -> None:
     assert csp == []
 
 
-def test_log_in_nodes_terminal_resize_log_out(page: Any, env: WebUIEnv) -> None:
+def test_log_in_nodes_terminal_resize_log_out(page: Any, auditor_page: Any, env: WebUIEnv) -> None:
     csp = watch_csp(page)
     log_in(page, env, "alice")
     page.get_by_test_id("node-row").first.wait_for()
@@ -160,6 +160,13 @@ def test_log_in_nodes_terminal_resize_log_out(page: Any, env: WebUIEnv) -> None:
              what="stty size to change after the resize")
     after = re.findall(r"^(\d+) (\d+)$", terminal_text(page), re.MULTILINE)[-1]
     assert int(after[0]) < int(before[0]) and int(after[1]) < int(before[1])
+    # the auditor sees the session in progress: who, as which login, on which node, since when
+    auditor_page.goto(env.url + "/web/sessions")
+    row = auditor_page.locator('[data-testid="session-row"]', has_text="alice").first
+    row.wait_for()
+    assert "root" in row.inner_text() and "node1" in row.inner_text()
+    assert axe_findings(auditor_page) == []
+    page.get_by_test_id("terminal").click()
     page.keyboard.type("exit\n")
     page.get_by_text(re.compile("session on node1 ended")).wait_for()
 
@@ -173,10 +180,10 @@ def test_log_in_nodes_terminal_resize_log_out(page: Any, env: WebUIEnv) -> None:
     assert csp == []
 
 
-def test_auditor_plays_the_recording(page: Any, env: WebUIEnv) -> None:
-    log_in(page, env, "auditor")
-    page.get_by_test_id("nav-recordings").wait_for()
+def test_auditor_plays_the_recording(auditor_page: Any, env: WebUIEnv) -> None:
+    page = auditor_page
     # the auditor's roles reach no node
+    page.goto(env.url + "/web/nodes")
     page.get_by_test_id("node-table").wait_for()
     assert page.get_by_test_id("node-row").count() == 0
 
@@ -204,6 +211,18 @@ def test_auditor_plays_the_recording(page: Any, env: WebUIEnv) -> None:
     texts = page.get_by_test_id("audit-row").all_inner_texts()
     assert texts and all("session.start" in t and "alice" in t for t in texts)
     assert axe_findings(page) == []
+
+
+@pytest.fixture(scope="module")
+def auditor_page(browser: Any, env: WebUIEnv) -> Any:
+    """The auditor, logged in once for the module, in a browser context of their own."""
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    log_in(page, env, "auditor")
+    page.get_by_test_id("node-table").wait_for()
+    yield page
+    context.close()
 
 
 def test_forged_csrf_token_is_refused_and_audited(page: Any, env: WebUIEnv) -> None:
