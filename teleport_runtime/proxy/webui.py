@@ -194,7 +194,10 @@ class WebUI:
         key = _key(cookie) if cookie else ""
         session = self.sessions.get(key) if key else None
         if session is None:
-            raise self._refuse(request, NotLoggedIn("you are not logged in (or you logged out): log in again"))
+            exc = NotLoggedIn("you are not logged in (or you logged out): log in again")
+            # No cookie is every first visit; a cookie the proxy does not know (forged, or kept
+            # after logout) is worth an audit event.
+            raise self._refuse(request, exc) if cookie else exc
         if session.expires <= time.time():
             self.sessions.pop(key, None)
             raise self._refuse(request, NotLoggedIn(

@@ -100,7 +100,7 @@ async def test_login_session_csrf_expiry_logout(setup) -> None:
 
 
 async def test_logout_ends_the_session_on_the_server(setup) -> None:
-    _, proxy, totp = setup
+    cluster, proxy, totp = setup
     browser = Browser(proxy)
     status, body, _ = await browser.call("POST", "/web/api/login",
                                          {"user": "alice", "password": PASSWORD, "otp": totp.now()})
@@ -112,7 +112,8 @@ async def test_logout_ends_the_session_on_the_server(setup) -> None:
     # a copy of the old cookie is worth nothing now
     browser.cookie = old
     status, body, _ = await browser.call("GET", "/web/api/session")
-    assert status == 401
+    assert status == 401 and "log in again" in body["error"]["message"]
+    await denied(cluster, "not logged in")
 
 
 async def test_wrong_login_stores_nothing(setup) -> None:
