@@ -16,10 +16,11 @@ from typing import Any
 import asyncssh
 from asyncssh.kex import get_kex_algs as _get_kex_algs
 from asyncssh.packet import String
+from asyncssh.stream import SSHTCPStreamSession
 
 __all__ = [
-    "HOOKS", "BufferingForwarder", "HostKeyRecorder", "ServerConnection", "supported_kex_algs",
-    "verify_userauth_signature",
+    "HOOKS", "BufferingForwarder", "HostKeyRecorder", "ServerConnection", "stream_session",
+    "supported_kex_algs", "verify_userauth_signature",
 ]
 
 
@@ -38,6 +39,13 @@ def verify_userauth_signature(conn: asyncssh.SSHServerConnection, key: asyncssh.
     asyncssh's own check accepts only as a user certificate. Reads ``_session_id``."""
     session_id: bytes = conn._session_id
     return bool(key.verify(String(session_id) + msg, signature))
+
+
+def stream_session(handler: Any) -> asyncssh.SSHTCPSession[bytes]:
+    """The session asyncssh makes of a stream handler (``handler(reader, writer)``) when
+    ``connection_requested`` returns one directly; a coroutine ``connection_requested`` must
+    return a session, so the proxy builds it (asyncssh.stream, not exported)."""
+    return SSHTCPStreamSession(handler)
 
 
 class HostKeyRecorder:

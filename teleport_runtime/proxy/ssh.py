@@ -36,7 +36,7 @@ from teleport_runtime.netaddr import format_host_port, is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
 from teleport_runtime.proxy.tunnel import TunnelServer
 from teleport_runtime.relay import pipe_both
-from teleport_runtime.sshinternals import BufferingForwarder
+from teleport_runtime.sshinternals import BufferingForwarder, stream_session
 from teleport_runtime.sshserver import (
     ConnectionLog,
     GatedServerConnection,
@@ -338,7 +338,7 @@ class ProxySSHServer:
         async def relay(client_reader: asyncssh.SSHReader[bytes], client_writer: asyncssh.SSHWriter[bytes]) -> None:
             await pipe_both(client_reader, client_writer, reader, writer)
 
-        return relay
+        return stream_session(relay)
 
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""
