@@ -72,13 +72,19 @@ class TunnelEnv:
         return record
 
     def login(self, roles: str = "access", logins: str = "root") -> None:
+        """Sign up alice and log in through the first proxy (profile in ``home``)."""
         self.home = self.root / "tsh-home"
         sign_up_and_log_in(self.cluster, self.proxies[0].web, "alice", roles=roles, logins=logins, home=self.home,
                            password_file=self.root / "password", otp_file=self.root / "otp")
 
-    def tsh(self, *args: str, proxy: Proxy | None = None) -> subprocess.CompletedProcess[str]:
-        extra = [f"--proxy={proxy.web}"] if proxy is not None else []
-        return run_tsh(self.home, *args[:1], *extra, *args[1:], cwd=self.root)
+    def login_through(self, proxy: Proxy) -> None:
+        """Log alice in again through ``proxy`` (its profile becomes the current one)."""
+        run_tsh(self.home, "login", f"--proxy={proxy.web}", "--user=alice", f"--ca-pin={self.cluster.pin()}",
+                f"--password-file={self.root / 'password'}", f"--otp-secret-file={self.root / 'otp'}",
+                cwd=self.root, check=True)
+
+    def tsh(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_tsh(self.home, *args, cwd=self.root)
 
 
 def tcp_listeners(pid: int) -> list[Any]:
