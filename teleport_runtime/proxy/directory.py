@@ -71,13 +71,15 @@ class NodeRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "hostname": self.hostname,
             "addr": "" if self.tunnel else str(self.addr),
             "labels": dict(self.labels),
-            "tunnel": self.tunnel,
         }
+        if self.tunnel:  # said only of tunnel nodes (the listing's form is older than tunnels)
+            out["tunnel"] = True
+        return out
 
 
 def _normalize_host(text: str) -> str:

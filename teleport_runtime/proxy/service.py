@@ -188,7 +188,6 @@ class ProxyService:
             "proxy": {
                 "ssh_addr": self.ssh_addr(request_host),
                 "web_addr": self.web_addr(request_host),
-                "tunnel_addr": self.tunnel_addr(request_host),
             },
             "auth": {"second_factor": "otp", "type": "local"},
             "host_ca_certs": self.host_ca_certs(),

@@ -138,6 +138,9 @@ class _TunnelConnection(asyncssh.SSHServer):
         if self.node is not None:
             log.info("tunnel %d from node %s (%s) closed%s", self.id, self.node.host_uuid, self.peer,
                      f": {exc}" if exc else "")
+        else:  # garbage, a half-open handshake, a refused certificate
+            log.info("tunnel %d from %s dropped before it authenticated%s", self.id, self.peer,
+                     f": {exc}" if exc else "")
 
     def refuse(self, reason: str) -> None:
         log.warning("tunnel %d from %s refused: %s", self.id, self.peer, reason)

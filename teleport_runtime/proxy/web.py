@@ -182,7 +182,8 @@ class ProxyWeb:
         """Public: the cluster and where its proxy listens (SSH, web, reverse tunnels): what an
         agent given this address asks to learn it is a proxy and where to dial its tunnel."""
         info = self.service.ping_info(request.host)
-        return {"cluster": info["cluster"], "proxy": info["proxy"], "version": info["version"]}
+        proxy = {**info["proxy"], "tunnel_addr": self.service.tunnel_addr(request.host)}
+        return {"cluster": info["cluster"], "proxy": proxy, "version": info["version"]}
 
     async def connect_auth(self, request: web.Request) -> web.StreamResponse:
         """Public: joining through the proxy (proxy/tunnel.py ``relay_websocket_to_auth``)."""
