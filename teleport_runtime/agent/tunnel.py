@@ -7,7 +7,8 @@
   is a proxy; the auth API answers 404. The finding is kept in ``<data_dir>/tunnel/proxy_server``
   so a restart while the proxy is away keeps the mode.
 - **The local relay.** The node's one :class:`~teleport_runtime.api.client.AuthClient` connects
-  to a unix socket in ``<data_dir>/tunnel/`` (directory 0700, socket 0600) with the same mutual
+  to a unix socket in ``<data_dir>/tunnel/`` (directory 0700, socket 0600; in a private
+  ``$TMPDIR/teleport-<hash of the data dir>/`` when that path is too long for a unix socket) with the same mutual
   TLS, server name and ``Auth`` role check as a direct one; each connection there is piped to the
   auth API: through a tunnel channel to ``TUNNEL_AUTH_TARGET`` once the node has joined
   (``auth.sock``), through the proxy's ``/webapi/connect/auth`` websocket while it joins
@@ -33,11 +34,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import socket
 import ssl
+import stat
 import struct
+import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +61,7 @@ from teleport_runtime.backoff import Backoff
 from teleport_runtime.ca import parse_host_ssh_cert
 from teleport_runtime.config import PROXY_TUNNEL_PORT, SSH_MAX_PACKET, SSH_PACKET_FRAMING, SSH_WINDOW, HostPort
 from teleport_runtime.durable import write_private
-from teleport_runtime.errors import AccessDenied, BadParameter, ConnectionProblem, TeleportError
+from teleport_runtime.errors import AccessDenied, BadParameter, ConfigError, ConnectionProblem, TeleportError
 from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import EVERY_IPV4, parse_host_port
 from teleport_runtime.relay import pipe_both
@@ -97,14 +101,38 @@ def tunnel_dir(data_dir: Path) -> Path:
     return directory
 
 
+#: Longest unix socket path (sun_path holds 108 bytes with its NUL).
+MAX_SOCKET_PATH = 100
+
+
+def _socket_path(data_dir: Path, name: str) -> Path:
+    """``<data_dir>/tunnel/<name>``, or, when that is too long for a unix socket, the same name
+    in a private directory of the temp dir named after the data dir (checked at start)."""
+    path = data_dir / "tunnel" / name
+    if len(os.fsencode(str(path))) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(os.fsencode(str(data_dir.resolve()))).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"teleport-{digest}" / name
+
+
 def auth_relay_path(data_dir: Path) -> Path:
     """The local relay to the auth API through the tunnels."""
-    return data_dir / "tunnel" / "auth.sock"
+    return _socket_path(data_dir, "auth.sock")
 
 
 def join_relay_path(data_dir: Path) -> Path:
     """The local relay to the auth API through the proxy's web port, while joining."""
-    return data_dir / "tunnel" / "join.sock"
+    return _socket_path(data_dir, "join.sock")
+
+
+def _private_dir(directory: Path) -> None:
+    """``directory`` exists, is ours and is mode 0700 (a relay socket is reachable only by this
+    user); ConfigError naming it otherwise (such as one made by someone else in /tmp)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ConfigError(f"{directory} is not a directory of this user: remove it, then start teleport again")
+    os.chmod(directory, 0o700)
 
 
 # ---------------------------------------------------------------------- which mode
@@ -157,7 +185,7 @@ class LocalRelay:
         self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def start(self) -> None:
-        tunnel_dir(self.path.parent.parent)
+        _private_dir(self.path.parent)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._server = await asyncio.start_unix_server(self._handle, path=str(self.path))
