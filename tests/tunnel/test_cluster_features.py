@@ -59,7 +59,7 @@ def test_labels_recording_and_a_host_ca_rotation_through_the_tunnel(tunnel_env: 
     for phase in ("init", "update_clients", "update_servers", "standby"):
         env.cluster.tctl_json("auth", "rotate", "--type=host", "--manual", f"--phase={phase}")
         for agent in ("proxy1", "tnode1"):
-            wait_for(lambda agent=agent: agent_phase(env, agent).get("phase") == phase, 90,
+            wait_for(lambda agent=agent, phase=phase: agent_phase(env, agent).get("phase") == phase, 90,
                      f"{agent} to apply {phase}")
         out = env.tsh("ssh", "root@tnode1", "echo", phase)  # tsh keeps its trust current by itself
         assert (out.returncode, out.stdout.strip()) == (0, phase), out.stderr
