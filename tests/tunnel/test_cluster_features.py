@@ -41,7 +41,7 @@ def test_labels_recording_and_a_host_ca_rotation_through_the_tunnel(tunnel_env: 
         listed = json.loads(env.tsh("recordings", "ls", "--format=json").stdout or "[]")
         return [r for r in listed if r.get("node") == "tnode1"]
 
-    wait_for(recorded, 60, "the tunnel node's recording uploaded through the tunnel")
+    wait_for(recorded, 60, what="the tunnel node's recording uploaded through the tunnel")
 
     # a role that does not allow the node's labels is refused, as on any node
     role = tmp_path / "prod-only.yaml"
@@ -60,6 +60,6 @@ def test_labels_recording_and_a_host_ca_rotation_through_the_tunnel(tunnel_env: 
         env.cluster.tctl_json("auth", "rotate", "--type=host", "--manual", f"--phase={phase}")
         for agent in ("proxy1", "tnode1"):
             wait_for(lambda agent=agent, phase=phase: agent_phase(env, agent).get("phase") == phase, 90,
-                     f"{agent} to apply {phase}")
+                     what=f"{agent} to apply {phase}")
         out = env.tsh("ssh", "root@tnode1", "echo", phase)  # tsh keeps its trust current by itself
         assert (out.returncode, out.stdout.strip()) == (0, phase), out.stderr
