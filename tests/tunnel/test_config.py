@@ -24,7 +24,8 @@ def test_the_proxy_tunnel_listener_defaults_to_3024_and_takes_a_public_address(t
     assert cfg.proxy.tunnel_listen_addr == HostPort("0.0.0.0", 3024) and cfg.proxy.tunnel_public_addr is None
     cfg = load_config_file(write(tmp_path, {
         "teleport": {"auth_servers": ["auth:3025"]},
-        "proxy_service": {"enabled": True, "tunnel_listen_addr": "127.0.0.1:4024", "tunnel_public_addr": "lb.example.com"},
+        "proxy_service": {"enabled": True, "tunnel_listen_addr": "127.0.0.1:4024",
+                          "tunnel_public_addr": "lb.example.com"},
     }))
     assert cfg.proxy.tunnel_listen_addr == HostPort("127.0.0.1", 4024)
     assert cfg.proxy.tunnel_public_addr == HostPort("lb.example.com", 3024)
