@@ -147,3 +147,16 @@ def test_the_node_refuses_a_proxy_of_another_cluster_or_a_non_proxy() -> None:
         check_proxy_host_key(blob(node_cert), [ca.ssh_public_key], CLUSTER)
     with pytest.raises(AccessDenied, match="plain host key"):
         check_proxy_host_key(proxy_cert.key.public_data, [ca.ssh_public_key], CLUSTER)
+
+
+def test_the_asyncssh_internals_the_tunnels_use_are_still_there() -> None:
+    """sshinternals: HostKeyRecorder wraps validate_server_host_key(key_data), stream_session
+    builds asyncssh.stream's session, verify_userauth_signature reads _session_id."""
+    import inspect
+
+    from asyncssh.stream import SSHTCPStreamSession
+
+    params = list(inspect.signature(asyncssh.SSHClientConnection.validate_server_host_key).parameters)
+    assert params == ["self", "key_data"]
+    assert list(inspect.signature(SSHTCPStreamSession.__init__).parameters)[1:2] == ["session_factory"]
+    assert "_session_id" in inspect.getsource(asyncssh.SSHServerConnection.validate_public_key)
