@@ -11,6 +11,7 @@ expected, so an upgrade that moves one fails there, by name, rather than in a se
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import asyncssh
@@ -56,9 +57,11 @@ class HostKeyRecorder:
     which asyncssh calls with the blob during key exchange (the kex signature is then verified
     with the certificate's key by asyncssh)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
+        #: TLS under the SSH connection (a tunnel on the proxy's one port, told apart by ALPN).
+        self.ssl_context = ssl_context
         self.key_data: bytes | None = None
 
     async def create_connection(self, session_factory: Any, _host: str, _port: int) -> Any:
@@ -75,7 +78,10 @@ class HostKeyRecorder:
             conn.validate_server_host_key = recording
             return conn
 
-        return await loop.create_connection(factory, self.host, self.port)
+        if self.ssl_context is None:
+            return await loop.create_connection(factory, self.host, self.port)
+        return await loop.create_connection(factory, self.host, self.port, ssl=self.ssl_context,
+                                            server_hostname=self.host)
 
 
 class ServerConnection(asyncssh.SSHServerConnection):
