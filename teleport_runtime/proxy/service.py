@@ -4,6 +4,8 @@
   (:mod:`teleport_runtime.proxy.ssh`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
+- Reverse tunnels from nodes on ``proxy_service.tunnel_listen_addr`` (3024)
+  (:mod:`teleport_runtime.proxy.tunnel`); the SSH routing reaches tunnel nodes through them.
 - A heartbeat as a Proxy (with its CA rotation phases), so the auth API lists it among the proxies.
 
 Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
@@ -34,6 +36,7 @@ from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
+from teleport_runtime.proxy.tunnel import TunnelServer
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
 from teleport_runtime.rbac import Role
 
@@ -80,6 +83,16 @@ class ProxyService:
             cluster=self.cluster,
             audit=self.audit,
         )
+        self.tunnel = TunnelServer(
+            host_key=host_key,
+            host_cert=host_cert,
+            trusted_host_ca_keys=self.host_ca_keys,
+            auth_addresses=lambda: list(self.client.addresses),
+            cluster=self.cluster,
+            audit=self.audit,
+        )
+        self.ssh.tunnels = self.tunnel
+        self.directory.on_refresh = self.tunnel.drop_unlisted
         self.web = ProxyWeb(self)
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -102,6 +115,8 @@ class ProxyService:
         await self.ssh.start(listen.host, listen.port)
         web_listen = self.cfg.proxy.web_listen_addr
         await self.web.start(web_listen.host, web_listen.port)
+        tunnel_listen = self.cfg.proxy.tunnel_listen_addr
+        await self.tunnel.start(tunnel_listen.host, tunnel_listen.port)
         self.heartbeat.start()
         log.info(
             "proxy service ready: cluster %s, SSH on %s, web on %s",
@@ -113,6 +128,7 @@ class ProxyService:
         await self.rotation.stop()
         await self.heartbeat.stop()
         await self.web.stop()
+        await self.tunnel.stop()
         await self.ssh.stop()
         await self.directory.stop()
         if self._tasks:
@@ -122,6 +138,7 @@ class ProxyService:
         """Serve a new identity (SSH host cert, web TLS cert) to new connections."""
         self.identity = identity
         self.ssh.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
+        self.tunnel.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
         self.web.reload_tls()
 
     # ------------------------------------------------------------------ what the proxy says
@@ -148,6 +165,12 @@ class ProxyService:
         """The proxy web address clients use (see :meth:`_advertised`)."""
         proxy = self.cfg.proxy
         return self._advertised(proxy.public_addr, proxy.web_listen_addr, self.web_port, request_host)
+
+    def tunnel_addr(self, request_host: str | None = None) -> str:
+        """The reverse tunnel address nodes dial (``tunnel_public_addr``, a load balancer's
+        when proxies share one; see :meth:`_advertised`)."""
+        proxy = self.cfg.proxy
+        return self._advertised(proxy.tunnel_public_addr, proxy.tunnel_listen_addr, self.tunnel.port, request_host)
 
     def _advertised(
         self, public: HostPort | None, listen: HostPort, bound_port: int | None, request_host: str | None
