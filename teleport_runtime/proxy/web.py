@@ -47,8 +47,8 @@ from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_ident
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, json_route, read_object
 from teleport_runtime.identity import Identity, load_cert_chain
-from teleport_runtime.proxy.webui import WebUI
 from teleport_runtime.proxy.tunnel import CONNECT_BURST, CONNECT_RATE, relay_websocket_to_auth
+from teleport_runtime.proxy.webui import WebUI
 from teleport_runtime.ratelimit import TokenBuckets
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
