@@ -144,7 +144,9 @@ async def _hold(route: Route, count: int, measure) -> tuple[int, float, Any]:
             async with limit:
                 try:
                     await asyncio.wait_for(_open_session(route, i, stack), SESSION_TIMEOUT)
-                except (OSError, asyncssh.Error, TimeoutError) as exc:
+                # IncompleteReadError: the session's output ended before its marker (the shell or
+                # the channel went away): a failed session, counted, not the end of the run.
+                except (OSError, asyncssh.Error, TimeoutError, asyncio.IncompleteReadError) as exc:
                     failures += 1
                     if len(errors) < 5:
                         errors.append(repr(exc))
