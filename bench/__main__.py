@@ -33,7 +33,7 @@ MiB = 1024 * 1024
 QUICK = {"latency_runs": 20, "throughput_bytes": 128 * MiB, "throughput_runs": 2, "sessions": [100],
          "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500, "fleet_nodes": [1],
          "login_runs": 10, "enhanced_runs": 10, "enhanced_bytes": 64 * MiB}
-FULL = {"latency_runs": 30, "throughput_bytes": 1024 * MiB, "throughput_runs": 3, "sessions": [100, 500, 1000],
+FULL = {"latency_runs": 30, "throughput_bytes": 1024 * MiB, "throughput_runs": 3, "sessions": [100, 1000, 5000],
         "latency_under_load_runs": 7, "nodes": [10000, 50000], "heartbeat_seconds": 60, "joins": 2000,
         "fleet_nodes": [1, 3, 6], "login_runs": 30, "enhanced_runs": 20, "enhanced_bytes": 256 * MiB}
 
@@ -49,20 +49,46 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="write flame graphs (py-spy) of the auth and proxy and a pyinstrument report of tsh")
     parser.add_argument("--workers", type=int, default=2, help="processes running simulated nodes (default 2)")
+    parser.add_argument("--publish", action="store_true",
+                        help="write latest.* (the README's source: python -m bench.readme) even for a quick or "
+                             "partial run; a full run of the default sections always does")
+    parser.add_argument("--sessions", type=int, action="append",
+                        help="concurrent sessions to hold in the concurrency section (repeatable; "
+                             "default 100 quick, 100, 1000, 5000 full)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) after the run")
     return parser.parse_args(argv)
+
+
+def code_info() -> dict[str, Any]:
+    """The commit the run measures, whether the work tree differed from it, and how the runtime
+    was installed (an editable install without cached bytecode imports slower than a wheel)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    import teleport_runtime
+
+    editable = Path(teleport_runtime.__file__).resolve().is_relative_to(root)
+    return {"commit": git("rev-parse", "--short=12", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", "teleport_runtime", "bench")),
+            "install": "editable (the work tree)" if editable else "installed package",
+            "bytecode_cache": not os.environ.get("PYTHONDONTWRITEBYTECODE")}
 
 
 def machine_info() -> dict[str, Any]:
     openssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     return {"started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
             "kernel": platform.release(), "python": platform.python_version(), "openssh": openssh,
-            "uptime_before": load_average()}
+            **code_info(), "uptime_before": load_average(), "load_before": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     params = {**(QUICK if args.quick else FULL), "quick": args.quick}
+    if args.sessions:
+        params["sessions"] = sorted(args.sessions)
     sections = args.only or [*DEFAULT_SECTIONS, *(["fleet"] if args.fleet else [])]
     needed, optional = profiling.missing(args.profile)
     if needed:
@@ -131,14 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     machine["uptime_after"] = load_average()
+    machine["load_after"] = os.getloadavg()
     machine["duration_s"] = time.monotonic() - started
     details["failed_sections"] = failed
     if profile_dir is not None:
         details["profiles"] = sorted(str(p) for p in profile_dir.iterdir())
     paths = report.write(args.out, stem, figures, machine, params, details)
+    # latest.* is committed and README's figures come from it (bench/readme.py): a quick or
+    # partial run replaces it only when asked to.
+    publish = args.publish or (not args.quick and not args.only and not args.sessions)
     for kind, path in paths.items():
-        latest = args.out / f"latest{path.suffix}"
-        shutil.copy(path, latest)
+        shutil.copy(path, args.out / f"{'latest' if publish else 'last-run'}{path.suffix}")
         print(f"{kind}: {path}")
     print(paths["markdown"].read_text())
     if failed:

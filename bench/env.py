@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.conftest import TELEPORT, Cluster, Node, free_port, next_loopback_ip
+from tests.conftest import TCTL, TELEPORT, Cluster, Node, free_port, next_loopback_ip
 
 BIN = Path(sys.executable).parent
 TSH = str(BIN / "tsh")
@@ -307,8 +307,13 @@ class OurCluster:
         """OpenSSH ``-J`` through our proxy (direct-tcpip instead of the proxy subsystem)."""
         return ["ssh", "-F", str(self.config), "-o", "BatchMode=yes", "-J", f"root@{self.proxy_ip}", self.target]
 
-    def tsh_ssh(self) -> list[str]:
-        return [TSH, "ssh", f"root@{NODE}"]
+    def tctl(self) -> list[str]:
+        """tctl on the auth host, with its config: append a command."""
+        assert self.cluster is not None
+        return [TCTL, "-c", str(self.cluster.config_path)]
+
+    def tsh_ssh(self, tty: bool = False) -> list[str]:
+        return [TSH, "ssh", *(["-t"] if tty else []), f"root@{NODE}"]
 
     def scp_dest(self, path: str) -> tuple[list[str], str]:
         return ["scp", "-q", "-F", str(self.config), "-o", "BatchMode=yes"], f"{self.target}:{path}"

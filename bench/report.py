@@ -23,11 +23,21 @@ def _target(figure: Figure) -> str:
     return f"{sign} {figure.target:g}x" if figure.target_is_ratio else f"{sign} {figure.target:g} {figure.unit}"
 
 
+def code_line(machine: dict[str, Any]) -> str:
+    """The commit measured and how, as one line (older results did not record it)."""
+    if "commit" not in machine:
+        return "commit not recorded"
+    dirty = " plus uncommitted changes" if machine.get("dirty") else ""
+    cache = "with" if machine.get("bytecode_cache") else "without"
+    return f"commit {machine['commit']}{dirty}, {machine.get('install', '?')} {cache} cached bytecode"
+
+
 def markdown(figures: list[Figure], machine: dict[str, Any], params: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark results ({'quick' if params.get('quick') else 'full'} run)",
         "",
         f"- when: {machine['started']} (UTC), {machine['duration_s']:.0f} s",
+        f"- code: {code_line(machine)}",
         f"- machine: {machine['cpus']} CPUs, {machine['kernel']}, {machine['openssh']}, Python {machine['python']}",
         f"- load before: `{machine['uptime_before']}`",
         f"- load after: `{machine['uptime_after']}`",
@@ -37,16 +47,22 @@ def markdown(figures: list[Figure], machine: dict[str, Any], params: dict[str, A
         "higher for rates. Auth-scale figures have no OpenSSH peer: their target is absolute, and",
         "the reference column is `ssh-keygen -s` host-certificate signing on this machine.",
         "",
-        "| section | figure | ours | reference (same run) | ratio | target | met |",
-        "|---|---|---|---|---|---|---|",
+        *table(figures),
     ]
+    return "\n".join(lines) + "\n"
+
+
+def table(figures: list[Figure]) -> list[str]:
+    """The figures as Markdown table lines, header first."""
+    lines = ["| section | figure | ours | reference (same run) | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]
     for f in figures:
         met = {True: "yes", False: "**no**", None: ""}[f.met]
         ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
         ref = f"{_num(f.reference, f.unit)}: {f.reference_name}" if f.reference is not None else ""
         name = f"{f.name} ({f.note})" if f.note else f.name
         lines.append(f"| {f.section} | {name} | {_num(f.value, f.unit)} | {ref} | {ratio} | {_target(f)} | {met} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write(out: Path, stem: str, figures: list[Figure], machine: dict[str, Any], params: dict[str, Any],

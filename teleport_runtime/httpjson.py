@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:  # the server side loads aiohttp.web; clients (tctl, via api.wire) need not
+    from aiohttp import web
 
 from teleport_runtime.errors import BadParameter, TeleportError
 
@@ -26,6 +27,8 @@ MAX_DEPTH = 32
 
 async def read_object(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object; BadParameter otherwise."""
+    from aiohttp import web
+
     try:
         body = await request.json()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -171,22 +174,27 @@ def _problem(value: Any, spec: Field) -> str:
 
 
 def error_response(exc: TeleportError) -> web.Response:
+    from aiohttp import web
+
     return web.json_response({"error": exc.to_dict()}, status=exc.http_status)
 
 
 def internal_error_response(service: str) -> web.Response:
+    from aiohttp import web
+
     return web.json_response(
         {"error": {"code": "internal", "message": f"internal error, see the {service} log"}}, status=500
     )
 
 
 #: A handler that answers a JSON value (or a response of its own).
-JSONHandler = Callable[[web.Request], Awaitable[Any]]
+JSONHandler = Callable[["web.Request"], Awaitable[Any]]
 
 
 def json_route(handler: JSONHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler answering what ``handler`` returns as JSON (a response it builds
     itself, such as a stream, passes through)."""
+    from aiohttp import web
 
     async def route(request: web.Request) -> web.StreamResponse:
         result = await handler(request)

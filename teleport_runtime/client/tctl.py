@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import yaml
@@ -28,7 +28,6 @@ from teleport_runtime.api.types import (
     UserUpdate,
 )
 from teleport_runtime.api.wire import Message
-from teleport_runtime.backend import Backend, open_backend, snapshot
 from teleport_runtime.ca import generate_ssh_keypair
 from teleport_runtime.client.output import (
     echo_json,
@@ -43,6 +42,9 @@ from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import BadParameter, ConfigError, TeleportError
 from teleport_runtime.identity import Identity
 from teleport_runtime.rotation_phases import WALK, Phase, next_in_walk, phase_names
+
+if TYPE_CHECKING:  # the backup commands import the backend when they run (tctl start-up)
+    from teleport_runtime.backend import Backend, snapshot
 
 T = TypeVar("T")
 FORMATS = click.Choice(["text", "json"])
@@ -568,6 +570,8 @@ def _run_on_backend(ctx: Context, fn: Callable[[Backend], Awaitable[T]]) -> T:
     """Run ``fn`` on the backend the config's ``teleport.storage`` names (not through the auth
     API: a restore happens before any auth server runs on the target); errors become one line."""
 
+    from teleport_runtime.backend import open_backend
+
     async def main() -> T:
         cfg = configuration.load(ctx.config_path)
         backend = open_backend(cfg.storage, Path(ctx.data_dir) if ctx.data_dir else cfg.data_dir,
@@ -597,6 +601,7 @@ def backup() -> None:
 def backup_create(ctx: Context, filename: Path, with_audit: bool) -> None:
     """Write a consistent snapshot of the cluster state (CAs with their private keys, users,
     roles, tokens, host bindings, locks) to FILENAME, mode 0600. Safe while the cluster runs."""
+    from teleport_runtime.backend import snapshot
 
     async def take(backend: Backend) -> snapshot.Snapshot:
         return await snapshot.take(backend, with_audit=with_audit)
@@ -618,6 +623,8 @@ def backup_create(ctx: Context, filename: Path, with_audit: bool) -> None:
 def backup_restore(ctx: Context, filename: Path) -> None:
     """Restore FILENAME into the config's storage, which must be empty: start the auth server
     afterwards; the CA pin and every node's identity stay valid."""
+    from teleport_runtime.backend import snapshot
+
     try:
         snap = snapshot.read(filename)
     except TeleportError as exc:

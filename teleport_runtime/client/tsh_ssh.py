@@ -134,6 +134,91 @@ async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHCli
         raise ConnectionProblem(f"cannot connect to the proxy at {profile.ssh_addr}: {_describe(exc)}") from None
 
 
+class _BatchedChannelWrites:
+    """The node connection's transport: the proxy channel, with the SSH packets the node
+    connection sends in one event-loop pass written to it as one piece.
+
+    asyncssh sends an SSH_MSG_IGNORE before every packet (RFC 4251 9.3.1), so each data packet of
+    the node connection is two writes; written one by one, each became a packet of the proxy
+    connection, itself preceded by an ignore packet: four encrypted packets per data packet
+    where two suffice. Profile of ``tsh ssh node 'cat >/dev/null' < 128 MiB``: 12.4k sends, two
+    thirds of the client's CPU in asyncssh's per-packet path. Batching keeps the order of the
+    bytes and the flow control (the channel's own buffer and window still apply)."""
+
+    def __init__(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self._chan = chan
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            with contextlib.suppress(ConnectionError, asyncssh.Error):
+                self._chan.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._chan.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chan, name)
+
+
+class _NodeSession(asyncssh.SSHTCPSession[bytes]):
+    """The session of the proxy channel: the node connection's own callbacks, with
+    :class:`_BatchedChannelWrites` as the transport it is given."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        self.conn.connection_made(_BatchedChannelWrites(chan))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def session_started(self) -> None:
+        self.conn.session_started()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self.conn.data_received(data, datatype)
+
+    def eof_received(self) -> bool:
+        return bool(self.conn.eof_received())
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
+class NodeTunnel:
+    """What asyncssh's ``tunnel=`` takes (an object with ``create_connection``): a
+    ``direct-tcpip`` channel of the proxy connection, carrying the node connection with
+    batched writes."""
+
+    def __init__(self, proxy: asyncssh.SSHClientConnection) -> None:
+        self.proxy = proxy
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], host: str, port: int
+    ) -> tuple[asyncssh.SSHTCPChannel[Any], Any]:
+        sessions: list[_NodeSession] = []
+
+        def factory() -> _NodeSession:
+            sessions.append(_NodeSession(session_factory()))
+            return sessions[-1]
+
+        chan, _ = await self.proxy.create_connection(factory, host, port)
+        return chan, sessions[0].conn
+
+
 async def connect_node(
     proxy: asyncssh.SSHClientConnection,
     profile: Profile,
@@ -153,7 +238,8 @@ async def connect_node(
             raise BadParameter("-A forwards your ssh-agent, but none is running (SSH_AUTH_SOCK is not set)")
     try:
         return await _connect(
-            host, port, login, creds, tunnel=proxy, agent_path=agent_path, agent_forwarding=agent_forwarding
+            host, port, login, creds, tunnel=NodeTunnel(proxy), agent_path=agent_path,
+            agent_forwarding=agent_forwarding,
         )
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionProblem(f"cannot reach {host}: {exc.reason}") from None

@@ -6,6 +6,7 @@ are bounded polls."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -114,6 +115,16 @@ def test_ssh_large_output(e2e: E2E) -> None:
                             capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
     assert result.returncode == 0
     assert len(result.stdout) == 3000000
+
+
+def test_ssh_large_input_arrives_intact(e2e: E2E) -> None:
+    """Many packets of the node connection, batched into the proxy channel, with the windows
+    filling and emptying on the way: every byte arrives, in order, and EOF after them."""
+    data = os.urandom(24 * 1024 * 1024 + 12345)
+    result = subprocess.run([TSH, "ssh", "root@node1", "sha256sum; echo done"], env=e2e.env(), input=data,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split() == [hashlib.sha256(data).hexdigest(), "-", "done"]
 
 
 def test_label_selector_runs_on_every_match(e2e: E2E) -> None:
