@@ -4,6 +4,10 @@
   (:mod:`teleport_runtime.proxy.ssh`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
+- One-port mode (the cluster's ``auth_service.proxy_listener_mode: multiplex``, asked of the
+  auth API at start): SSH, reverse tunnels and HTTPS all on the web port
+  (:mod:`teleport_runtime.proxy.multiplex`), the SSH port not listening; clients learn the SSH
+  address (the web address then) from ``/webapi/ping`` and ``/webapi/find``.
 - A heartbeat as a Proxy (with its CA rotation phases), so the auth API lists it among the proxies.
 
 Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
@@ -28,11 +32,13 @@ from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
-from teleport_runtime.config import Config, HostPort
-from teleport_runtime.errors import TeleportError
+from teleport_runtime.config import PROXY_LISTENER_MODES, Config, HostPort
+from teleport_runtime.durable import write_private
+from teleport_runtime.errors import BadParameter, NotFound, TeleportError
 from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
+from teleport_runtime.proxy.multiplex import Multiplexer
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
 from teleport_runtime.rbac import Role
@@ -41,6 +47,11 @@ log = logging.getLogger("teleport.proxy")
 
 #: How long the role list is reused for ``/webapi/nodes``.
 ROLE_CACHE_SECONDS = 5.0
+#: Bound on asking the auth service for the listener mode at start.
+NETWORKING_TIMEOUT = 10.0
+#: The listener mode last learned from the auth service (in the data dir), used when the auth
+#: service cannot be asked at start.
+LISTENER_MODE_FILE = "proxy_listener_mode"
 
 
 class ProxyService:
@@ -81,13 +92,16 @@ class ProxyService:
             audit=self.audit,
         )
         self.web = ProxyWeb(self)
+        #: ``separate`` or ``multiplex`` (known once :meth:`start` asked the auth service).
+        self.listener_mode = "separate"
+        self.mux: Multiplexer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def ssh_port(self) -> int | None:
-        return self.ssh.port
+        return self.web.port if self.mux is not None else self.ssh.port
 
     @property
     def web_port(self) -> int | None:
@@ -98,10 +112,22 @@ class ProxyService:
         listen, beat."""
         await self.rotation.start()
         await self.directory.start()
+        self.listener_mode = await self._listener_mode()
         listen = self.cfg.proxy.listen_addr
-        await self.ssh.start(listen.host, listen.port)
         web_listen = self.cfg.proxy.web_listen_addr
-        await self.web.start(web_listen.host, web_listen.port)
+        if self.listener_mode == "multiplex":
+            await self.web.setup()
+            runner, web_ssl = self.web.runner, self.web.listener_ssl
+            assert runner is not None and runner.server is not None and web_ssl is not None
+            self.mux = Multiplexer(
+                ssh=self.ssh.new_connection, web=runner.server, web_ssl=web_ssl,
+                tunnel=self._tunnel_handler(),
+            )
+            self.web.port = await self.mux.start(web_listen.host, web_listen.port)
+            listen = web_listen
+        else:
+            await self.ssh.start(listen.host, listen.port)
+            await self.web.start(web_listen.host, web_listen.port)
         self.heartbeat.start()
         log.info(
             "proxy service ready: cluster %s, SSH on %s, web on %s",
@@ -112,11 +138,48 @@ class ProxyService:
     async def stop(self) -> None:
         await self.rotation.stop()
         await self.heartbeat.stop()
+        if self.mux is not None:
+            await self.mux.stop()
         await self.web.stop()
         await self.ssh.stop()
         await self.directory.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+    async def _listener_mode(self) -> str:
+        """The cluster's proxy listener mode, from the auth service (remembered in the data
+        dir); the remembered one when the auth service cannot answer now; ``separate`` from an
+        auth service that predates the setting."""
+        remembered = self.cfg.data_dir / LISTENER_MODE_FILE
+        try:
+            async with asyncio.timeout(NETWORKING_TIMEOUT):
+                mode = (await self.client.networking()).proxy_listener_mode
+        except NotFound:
+            mode = "separate"
+        except (TeleportError, TimeoutError) as exc:
+            try:
+                mode = remembered.read_text().strip()
+            except OSError:
+                mode = "separate"
+            log.warning(
+                "cannot ask the auth service for the proxy listener mode (%s); using %s",
+                exc.message if isinstance(exc, TeleportError) else "timed out", mode,
+            )
+        if mode not in PROXY_LISTENER_MODES:
+            raise BadParameter(
+                f"the cluster's proxy_listener_mode is {mode!r}, which this proxy ({__version__}) "
+                f"does not know ({', '.join(PROXY_LISTENER_MODES)}): upgrade the proxy"
+            )
+        try:
+            if not remembered.exists() or remembered.read_text().strip() != mode:
+                write_private(remembered, mode + "\n")
+        except OSError as exc:
+            log.warning("cannot remember the proxy listener mode in %s: %s", remembered, exc.strerror)
+        return mode
+
+    def _tunnel_handler(self) -> Any:
+        """What serves a reverse tunnel connection on the multiplexed port (None: no tunnels)."""
+        return None
 
     def update_identity(self, identity: Identity) -> None:
         """Serve a new identity (SSH host cert, web TLS cert) to new connections."""
@@ -140,7 +203,10 @@ class ProxyService:
         }
 
     def ssh_addr(self, request_host: str | None = None) -> str:
-        """The proxy SSH address clients dial (see :meth:`_advertised`)."""
+        """The proxy SSH address clients dial (see :meth:`_advertised`): the web address in the
+        one-port mode."""
+        if self.mux is not None:
+            return self.web_addr(request_host)
         proxy = self.cfg.proxy
         return self._advertised(proxy.ssh_public_addr, proxy.listen_addr, self.ssh_port, request_host)
 
@@ -159,17 +225,25 @@ class ProxyService:
             fallbacks=[split_host(request_host or "")],
         ))
 
-    def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
+    def find_info(self, request_host: str | None = None) -> dict[str, Any]:
+        """``/webapi/find``: where the proxy's services are (``listener_mode: multiplex``: SSH on
+        the web address too)."""
         return {
             "cluster": self.cluster,
             "proxy": {
                 "ssh_addr": self.ssh_addr(request_host),
                 "web_addr": self.web_addr(request_host),
+                "listener_mode": self.listener_mode,
             },
+            "version": __version__,
+        }
+
+    def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
+        return {
+            **self.find_info(request_host),
             "auth": {"second_factor": "otp", "type": "local"},
             "host_ca_certs": self.host_ca_certs(),
             "host_ca_keys": self.host_ca_keys(),
-            "version": __version__,
         }
 
     # ------------------------------------------------------------------ trust

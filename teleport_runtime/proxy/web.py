@@ -12,6 +12,9 @@ auth API):
   the cluster trusts now (``host_ca_certs`` X.509, ``host_ca_keys`` SSH; both CAs during a host CA
   rotation, as the rotation watch last told the proxy), so a client can check them against a CA
   pin, and a client that verified this proxy keeps its trusted host CAs current (tsh_trust).
+- ``GET /webapi/find`` (public): cluster name, version and where the proxy's services are
+  (``proxy.ssh_addr``, ``proxy.web_addr``, ``proxy.listener_mode``: in ``multiplex`` mode SSH is
+  on the web address); the first part of the ping answer, without the CAs.
 - ``POST /webapi/login`` (public): password + OTP, forwarded to the auth service with the
   client's IP; answers the signed SSH and X.509 certificates.
 - ``GET /webapi/signup/{token}``, ``POST /webapi/signup`` (public): invitation sign-up.
@@ -76,10 +79,13 @@ class ProxyWeb:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._active_ssl: ssl.SSLContext | None = None
+        #: The listener's context: the current identity is swapped in per handshake (SNI callback).
+        self.listener_ssl: ssl.SSLContext | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
         app.router.add_get("/webapi/ping", json_route(self.ping))
+        app.router.add_get("/webapi/find", json_route(self.find))
         app.router.add_post("/webapi/login", json_route(self.login))
         app.router.add_get("/webapi/signup/{token}", json_route(self.get_signup))
         app.router.add_post("/webapi/signup", json_route(self.signup))
@@ -90,16 +96,23 @@ class ProxyWeb:
         return app
 
     async def start(self, host: str, port: int) -> int:
-        self._active_ssl = self.service.web_ssl_context()
-        outer = self.service.web_ssl_context()
-        outer.sni_callback = self._select_context
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host or None, port, ssl_context=outer, reuse_address=True)
+        await self.setup()
+        assert self.runner is not None and self.listener_ssl is not None
+        site = web.TCPSite(self.runner, host or None, port, ssl_context=self.listener_ssl, reuse_address=True)
         await site.start()
         self.port = int(self.runner.addresses[0][1])
         log.info("proxy web API listening on %s:%s", host, self.port)
         return self.port
+
+    async def setup(self) -> None:
+        """The application and its TLS, without a listener of its own: :meth:`start` adds one,
+        the one-port mode (proxy/multiplex.py) hands it TLS connections (``runner.server`` is the
+        protocol factory, ``listener_ssl`` the context)."""
+        self._active_ssl = self.service.web_ssl_context()
+        self.listener_ssl = self.service.web_ssl_context()
+        self.listener_ssl.sni_callback = self._select_context
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
 
     def reload_tls(self) -> None:
         """New connections use the current identity and user CA trust."""
@@ -168,6 +181,9 @@ class ProxyWeb:
 
     async def ping(self, request: web.Request) -> dict[str, Any]:
         return self.service.ping_info(request.host)
+
+    async def find(self, request: web.Request) -> dict[str, Any]:
+        return self.service.find_info(request.host)
 
     async def login(self, request: web.Request) -> Any:
         body = await read_object(request)
