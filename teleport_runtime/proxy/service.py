@@ -230,17 +230,18 @@ class ProxyService:
         the web address too)."""
         return {
             "cluster": self.cluster,
-            "proxy": {
-                "ssh_addr": self.ssh_addr(request_host),
-                "web_addr": self.web_addr(request_host),
-                "listener_mode": self.listener_mode,
-            },
+            "proxy": {**self._addresses(request_host), "listener_mode": self.listener_mode},
             "version": __version__,
         }
 
+    def _addresses(self, request_host: str | None) -> dict[str, str]:
+        return {"ssh_addr": self.ssh_addr(request_host), "web_addr": self.web_addr(request_host)}
+
     def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
         return {
-            **self.find_info(request_host),
+            "cluster": self.cluster,
+            "proxy": self._addresses(request_host),
+            "version": __version__,
             "auth": {"second_factor": "otp", "type": "local"},
             "host_ca_certs": self.host_ca_certs(),
             "host_ca_keys": self.host_ca_keys(),
