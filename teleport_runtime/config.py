@@ -34,6 +34,7 @@ AUTH_PORT = 3025
 NODE_SSH_PORT = 3022
 PROXY_SSH_PORT = 3023
 PROXY_WEB_PORT = 3080
+PROXY_TUNNEL_PORT = 3024
 DEFAULT_PRESENCE_TTL = timedelta(minutes=10)
 #: SSH flow control for session data and the proxy's channels to nodes: a receive window and a
 #: largest data packet above asyncssh's defaults (2 MiB, 32 KiB), since each packet costs a fixed
@@ -57,7 +58,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
     "": {"version", "teleport", "auth_service", "ssh_service", "proxy_service"},
     "teleport": {
         "nodename", "data_dir", "auth_token", "ca_pin", "auth_servers", "auth_server",
-        "diag_addr", "log", "storage", "advertise_ip",
+        "diag_addr", "log", "storage", "advertise_ip", "proxy_server",
     },
     "auth_service": {
         "enabled", "listen_addr", "cluster_name", "public_addr", "tokens",
@@ -67,6 +68,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
     "ssh_service": {"enabled", "listen_addr", "public_addr", "labels", "commands", "enhanced_recording"},
     "proxy_service": {
         "enabled", "listen_addr", "web_listen_addr", "public_addr", "ssh_public_addr",
+        "tunnel_listen_addr", "tunnel_public_addr",
     },
 }
 
@@ -164,6 +166,9 @@ class ProxyConfig:
     )
     public_addr: HostPort | None = None
     ssh_public_addr: HostPort | None = None
+    #: Reverse tunnels from nodes (proxy/tunnel.py); what nodes dial, when not the listener.
+    tunnel_listen_addr: HostPort = field(default_factory=lambda: HostPort(EVERY_IPV4, PROXY_TUNNEL_PORT))
+    tunnel_public_addr: HostPort | None = None
 
 
 @dataclass
@@ -175,6 +180,9 @@ class Config:
     auth_token: str | None = None
     ca_pins: list[str] = field(default_factory=list)
     auth_servers: list[HostPort] = field(default_factory=list)
+    #: An agent that reaches the cluster through this proxy's web address (joins through it,
+    #: then runs in reverse tunnel mode): ``teleport.proxy_server``.
+    proxy_server: HostPort | None = None
     diag_addr: HostPort | None = None
     advertise_ip: str | None = None
     log_severity: str = "INFO"
@@ -396,6 +404,8 @@ def config_from_dict(
         servers = r.string_list(tp.get("auth_servers"), "teleport.auth_servers")
         servers += r.string_list(tp.get("auth_server"), "teleport.auth_server")
         cfg.auth_servers = [r.addr(s, "teleport.auth_servers", AUTH_PORT) for s in servers]
+        if tp.get("proxy_server"):
+            cfg.proxy_server = r.addr(tp["proxy_server"], "teleport.proxy_server", PROXY_WEB_PORT)
         if tp.get("diag_addr"):
             cfg.diag_addr = r.addr(tp["diag_addr"], "teleport.diag_addr", 3000)
         if tp.get("advertise_ip"):
@@ -495,6 +505,14 @@ def config_from_dict(
             cfg.proxy.ssh_public_addr = r.addr(
                 proxy["ssh_public_addr"], "proxy_service.ssh_public_addr", PROXY_SSH_PORT
             )
+        if "tunnel_listen_addr" in proxy:
+            cfg.proxy.tunnel_listen_addr = r.addr(
+                proxy["tunnel_listen_addr"], "proxy_service.tunnel_listen_addr", PROXY_TUNNEL_PORT
+            )
+        if proxy.get("tunnel_public_addr"):
+            cfg.proxy.tunnel_public_addr = r.addr(
+                proxy["tunnel_public_addr"], "proxy_service.tunnel_public_addr", PROXY_TUNNEL_PORT
+            )
     except BadParameter as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -540,10 +558,16 @@ def validate(cfg: Config) -> None:
             f"{cfg.source}: no service is enabled; enable auth_service, proxy_service or "
             "ssh_service, or pass --roles=node,proxy,auth"
         )
-    if not cfg.auth.enabled and not cfg.auth_servers:
+    if not cfg.auth.enabled and not cfg.auth_servers and cfg.proxy_server is None:
         raise ConfigError(
             f"{cfg.source}: teleport.auth_servers is empty: a {'/'.join(cfg.roles)} service must "
-            "know where the auth service is (--auth-server=HOST:3025)"
+            "know where the auth service is (--auth-server=HOST:3025, or teleport.proxy_server: "
+            "PROXY:3080 for a node that reaches the cluster through a proxy)"
+        )
+    if cfg.proxy_server is not None and (cfg.auth.enabled or cfg.proxy.enabled):
+        raise ConfigError(
+            f"{cfg.source}: teleport.proxy_server is for nodes that reach the cluster through a "
+            "proxy; an auth or proxy service uses teleport.auth_servers instead"
         )
     if cfg.auth.presence_ttl < timedelta(seconds=1):
         raise ConfigError(f"{cfg.source}: auth_service.presence_ttl must be at least 1s")
@@ -609,6 +633,7 @@ def apply_flags(
             cfg.ssh.listen_addr = HostPort(listen_ip, cfg.ssh.listen_addr.port)
             cfg.proxy.listen_addr = HostPort(listen_ip, cfg.proxy.listen_addr.port)
             cfg.proxy.web_listen_addr = HostPort(listen_ip, cfg.proxy.web_listen_addr.port)
+            cfg.proxy.tunnel_listen_addr = HostPort(listen_ip, cfg.proxy.tunnel_listen_addr.port)
     except ValueError as exc:
         raise ConfigError(f"--listen-ip: {exc}") from exc
     except BadParameter as exc:
@@ -648,6 +673,7 @@ teleport:
   # auth_token: /var/lib/teleport/token
   # ca_pin: sha256:...
   # auth_servers: ["auth.example.com:3025"]
+  # proxy_server: proxy.example.com:3080   # a node that joins and runs through a proxy (reverse tunnel)
   diag_addr: 127.0.0.1:3000       # /healthz, /readyz, /metrics
   log:
     output: stderr
@@ -683,4 +709,6 @@ proxy_service:
   listen_addr: 0.0.0.0:3023       # SSH
   web_listen_addr: 0.0.0.0:3080   # HTTPS: login, discovery
   # public_addr: proxy.example.com:3080
+  tunnel_listen_addr: 0.0.0.0:3024  # reverse tunnels from nodes
+  # tunnel_public_addr: proxy.example.com:3024   # what nodes dial (a load balancer's address)
 """

@@ -11,11 +11,18 @@ expected, so an upgrade that moves one fails there, by name, rather than in a se
 from __future__ import annotations
 
 import asyncio
+import ssl
+from typing import Any
 
 import asyncssh
 from asyncssh.kex import get_kex_algs as _get_kex_algs
+from asyncssh.packet import String
+from asyncssh.stream import SSHTCPStreamSession
 
-__all__ = ["HOOKS", "BufferingForwarder", "ServerConnection", "supported_kex_algs"]
+__all__ = [
+    "HOOKS", "BufferingForwarder", "HostKeyRecorder", "ServerConnection", "stream_session",
+    "supported_kex_algs", "verify_userauth_signature",
+]
 
 
 def supported_kex_algs() -> list[bytes]:
@@ -23,6 +30,59 @@ def supported_kex_algs() -> list[bytes]:
     post-quantum hybrids exist only with the right library, and the listeners offer them only
     then."""
     return list(_get_kex_algs())
+
+
+def verify_userauth_signature(conn: asyncssh.SSHServerConnection, key: asyncssh.SSHKey, msg: bytes,
+                              signature: bytes) -> bool:
+    """Whether ``signature`` proves possession of ``key`` for this connection's user
+    authentication request ``msg`` (RFC 4252: signed over the session ID, then the request).
+    The reverse tunnel server needs it: its clients sign with a *host* certificate, which
+    asyncssh's own check accepts only as a user certificate. Reads ``_session_id``."""
+    session_id: bytes = conn._session_id
+    return bool(key.verify(String(session_id) + msg, signature))
+
+
+def stream_session(handler: Any) -> asyncssh.SSHTCPSession[bytes]:
+    """The session asyncssh makes of a stream handler (``handler(reader, writer)``) when
+    ``connection_requested`` returns one directly; a coroutine ``connection_requested`` must
+    return a session, so the proxy builds it (asyncssh.stream, not exported)."""
+    return SSHTCPStreamSession(handler)
+
+
+class HostKeyRecorder:
+    """What ``asyncssh.connect(..., tunnel=HostKeyRecorder(host, port))`` opens its TCP connection
+    with, keeping the host key blob the server presented (``key_data``). A tunnel node needs the
+    proxy's whole host *certificate* to check its role; asyncssh keeps only the key inside
+    (``get_server_host_key``). It wraps the connection's ``validate_server_host_key(key_data)``,
+    which asyncssh calls with the blob during key exchange (the kex signature is then verified
+    with the certificate's key by asyncssh)."""
+
+    def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.host = host
+        self.port = port
+        #: SSH inside TLS (a proxy's multiplexed web port: the context offers the tunnel ALPN).
+        self.ssl_context = ssl_context
+        self.key_data: bytes | None = None
+
+    async def create_connection(self, session_factory: Any, _host: str, _port: int) -> Any:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> Any:
+            conn = session_factory()
+            validate = conn.validate_server_host_key
+
+            def recording(key_data: bytes) -> Any:
+                self.key_data = bytes(key_data)
+                return validate(key_data)
+
+            conn.validate_server_host_key = recording
+            return conn
+
+        if self.ssl_context is not None:
+            return await loop.create_connection(
+                factory, self.host, self.port, ssl=self.ssl_context, server_hostname=self.host
+            )
+        return await loop.create_connection(factory, self.host, self.port)
 
 
 class ServerConnection(asyncssh.SSHServerConnection):

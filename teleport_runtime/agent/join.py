@@ -57,10 +57,13 @@ async def join_cluster(
     addresses: list[str],
     warn: Callable[[str], None] = _stderr,
     presenting: Identity | None = None,
+    unix_socket: str | None = None,
 ) -> Identity:
     """Join with ``token`` as ``role`` (node or proxy); returns the issued identity.
-    ``presenting``: this host's identity of another role, shown on the join connection."""
-    async with AuthClient(auth_servers, insecure_ssl_context(), verify_name=False) as probe:
+    ``presenting``: this host's identity of another role, shown on the join connection.
+    ``unix_socket``: a local relay to the auth API (joining through a proxy,
+    :mod:`teleport_runtime.agent.tunnel`); the TLS and the checks are the same."""
+    async with AuthClient(auth_servers, insecure_ssl_context(), verify_name=False, unix_socket=unix_socket) as probe:
         cas = await probe.ca()
     ca_certs = [c.encode() for c in cas.host_ca_certs]
     if ca_pins:
@@ -79,7 +82,7 @@ async def join_cluster(
     context = trusting_ssl_context(ca_certs)
     if presenting is not None:
         load_cert_chain(context, presenting.tls_cert, presenting.tls_key)
-    async with AuthClient(auth_servers, context) as client:
+    async with AuthClient(auth_servers, context, unix_socket=unix_socket) as client:
         issued = await client.join(JoinRequest(
             token=token, role=role, host_uuid=uuid, nodename=nodename, ssh_public_key=ssh_public,
             tls_public_key=tls_public, addresses=tuple(addresses),
@@ -103,8 +106,10 @@ def issued_identity(issued: IssuedIdentity | dict[str, Any], *, tls_key: bytes, 
     )
 
 
-async def ensure_identity(cfg: Config, role: str, addresses: list[str]) -> Identity:
-    """The stored identity for ``role``, or join the cluster with the configured token."""
+async def ensure_identity(cfg: Config, role: str, addresses: list[str], *,
+                          through: tuple[HostPort, str] | None = None) -> Identity:
+    """The stored identity for ``role``, or join the cluster with the configured token
+    (``through``: a proxy's web address and the local relay socket to join through it)."""
     directory = identity_dir(cfg.data_dir, role)
     if Identity.exists(directory):
         log.info("using the stored %s identity in %s", role, directory)
@@ -115,7 +120,7 @@ async def ensure_identity(cfg: Config, role: str, addresses: list[str]) -> Ident
             "token was given: pass --token=TOKEN (from `tctl nodes add`) or set teleport.auth_token"
         )
     identity = await join_cluster(
-        auth_servers=cfg.auth_addresses(),
+        auth_servers=[through[0]] if through else cfg.auth_addresses(),
         token=cfg.auth_token,
         ca_pins=cfg.ca_pins,
         role=role,
@@ -127,6 +132,7 @@ async def ensure_identity(cfg: Config, role: str, addresses: list[str]) -> Ident
              if other != role and Identity.exists(identity_dir(cfg.data_dir, other))),
             None,
         ),
+        unix_socket=through[1] if through else None,
     )
     identity.save(directory)
     log.info("joined the cluster as %s %s", role, cfg.nodename)

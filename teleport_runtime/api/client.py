@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import logging
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -70,6 +71,35 @@ def trusting_ssl_context(ca_certs: list[bytes]) -> ssl.SSLContext:
     return ctx
 
 
+class _UnixTLSConnector(aiohttp.TCPConnector):
+    """aiohttp's TCP connector (TLS, pooling, the certificate errors the client tells apart),
+    connecting to a unix socket instead: aiohttp's own UnixConnector speaks no TLS. It overrides
+    two internal methods of TCPConnector (name resolution, the connect call)."""
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._unix_path = path
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> list[Any]:
+        # Nothing to resolve: the host only names the server in messages.
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": 0}]
+
+    async def _wrap_create_connection(self, *args: Any, addr_infos: Any, req: Any, timeout: Any,  # noqa: ASYNC109
+                                      client_error: type[Exception] = aiohttp.ClientConnectorError,
+                                      **kwargs: Any) -> Any:
+        kwargs.pop("ssl_shutdown_timeout", None)
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                return await asyncio.get_running_loop().create_unix_connection(args[0], self._unix_path, **kwargs)
+        except ssl.SSLCertVerificationError as exc:
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
+        except OSError as exc:
+            raise client_error(req.connection_key, exc) from exc
+
+
 @dataclass(frozen=True)
 class Forwarded:
     """A proxy's request on behalf of a user: the client's address and, for reads the user's
@@ -95,6 +125,7 @@ class AuthClient:
         *,
         verify_name: bool = True,
         cluster: str | None = None,
+        unix_socket: str | None = None,
     ) -> None:
         if not addresses:
             raise ConnectionProblem("no auth server address: pass --auth-server=HOST:3025")
@@ -103,6 +134,9 @@ class AuthClient:
         self.cluster = cluster
         self.ssl_context = require_server_role(ssl_context, AUTH_ROLE, cluster)
         self.verify_name = verify_name
+        #: A local relay to the auth API (a node in reverse tunnel mode: agent/tunnel.py): every
+        #: connection goes to this unix socket, with the same TLS, server name and role check.
+        self.unix_socket = unix_socket
         self._session: aiohttp.ClientSession | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         #: The address that answered last: tried first, so once an auth server is down each
@@ -330,7 +364,11 @@ class AuthClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self.ssl_context, limit=8, keepalive_timeout=KEEPALIVE_SECONDS)
+            connector = (
+                _UnixTLSConnector(self.unix_socket, ssl=self.ssl_context, limit=8, keepalive_timeout=KEEPALIVE_SECONDS)
+                if self.unix_socket is not None else
+                aiohttp.TCPConnector(ssl=self.ssl_context, limit=8, keepalive_timeout=KEEPALIVE_SECONDS)
+            )
             self._session = aiohttp.ClientSession(connector=connector, timeout=DEFAULT_TIMEOUT)
         return self._session
 

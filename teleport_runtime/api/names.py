@@ -34,3 +34,11 @@ ALPN_REVERSE_TUNNEL = "teleport-reversetunnel"
 TUNNEL_AUTH_TARGET = "@remote-auth-server"
 #: What listings show in the address column of a node reached through its reverse tunnel.
 TUNNEL_ADDR_LABEL = "⟵ Tunnel"
+#: The forwarding a tunnel node asks the proxy for (``tcpip-forward``): the proxy opens
+#: ``forwarded-tcpip`` channels to this host and port, which the node hands to its own SSH server
+#: (no real address: nothing is bound on either side).
+TUNNEL_NODE_HOST = "@local-node"
+TUNNEL_NODE_PORT = 3022
+#: The proxy's web endpoint a node joins through: a websocket relaying raw bytes to an auth
+#: server (the node's TLS to the auth API runs inside it).
+CONNECT_AUTH_PATH = "/webapi/connect/auth"

@@ -99,6 +99,7 @@ class HeartbeatReport(Message):
         "version": Field("string", max_len=128),
         "web_addr": Field("string", example='"proxy.example.com:3080"', max_len=512),
         "ssh_addr": Field("string", example='"proxy.example.com:3023"', max_len=512),
+        "tunnel": Field("bool"),
     }
 
     hostname: str = ""
@@ -109,6 +110,8 @@ class HeartbeatReport(Message):
     version: str = ""
     web_addr: str = ""
     ssh_addr: str = ""
+    #: A node reached through its reverse tunnel (it reports no address).
+    tunnel: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class NodeRecord(Message):
     expires: str = ""
     #: Static and command labels merged (command labels win), as listed.
     labels: dict[str, str] = field(default_factory=dict)
+    #: Reached through a reverse tunnel to the proxies (``addr`` is then empty).
+    tunnel: bool = False
 
 
 @dataclass(frozen=True)

@@ -96,8 +96,12 @@ class Presence:
                 f"`tctl nodes rm {nodename}` and join it again under the new name"
             )
         justified = {_canonical(n) for n in cert_names} | {_canonical(remote_ip)}
-        addr = self._address(str(report.get("addr") or ""), remote_ip, justified, "addr")
-        if role == "Node" and (_canonical(addr.host), addr.port) in await self._forbidden(forbidden or set()):
+        # A tunnel node has no address: the proxies reach it through its tunnel (it connects
+        # through a proxy, so the source address is the proxy's, never the node's).
+        tunnel = role == "Node" and report.get("tunnel") is True
+        addr = self._address(str(report.get("addr") or ""), remote_ip, justified, "addr") if not tunnel else None
+        if addr is not None and role == "Node" and (
+                (_canonical(addr.host), addr.port) in await self._forbidden(forbidden or set())):
             raise AccessDenied(
                 f"heartbeat addr {addr} is where the auth service or a proxy listens, not a node: "
                 "set ssh_service.public_addr (or listen_addr) to this node's own SSH address"
@@ -113,7 +117,8 @@ class Presence:
         record = {
             "id": host_uuid,
             "hostname": nodename,
-            "addr": str(addr),
+            "addr": str(addr) if addr is not None else "",
+            "tunnel": tunnel,
             "static_labels": static,
             "command_labels": commands,
             "roles": [role],

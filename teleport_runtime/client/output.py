@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from teleport_runtime.api.names import TUNNEL_ADDR_LABEL
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A plain text table with a dashed rule under the headers, as tctl and tsh print them."""
@@ -34,6 +36,12 @@ def echo_listing(
         echo_json(records)
     else:
         click.echo(table(headers, [row(r) for r in records]))
+
+
+def node_address(record: dict[str, Any]) -> str:
+    """A node's address column: its address, or ``⟵ Tunnel`` for a node reached through its
+    reverse tunnel (its JSON says ``"tunnel": true`` and an empty ``addr``)."""
+    return TUNNEL_ADDR_LABEL if record.get("tunnel") else str(record.get("addr") or "")
 
 
 def format_expiry(value: str | None) -> str:

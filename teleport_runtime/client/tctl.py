@@ -36,6 +36,7 @@ from teleport_runtime.client.output import (
     format_expiry,
     format_labels,
     humanize_ttl,
+    node_address,
 )
 from teleport_runtime.durable import write_private
 from teleport_runtime.durations import parse_duration
@@ -233,7 +234,7 @@ async def nodes_ls(client: AuthClient, fmt: str) -> None:
     """The nodes online in the cluster."""
     records = _json(await client.nodes())
     echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Labels"],
-                 lambda n: (n["hostname"], n["id"], n["addr"], format_labels(n["labels"])))
+                 lambda n: (n["hostname"], n["id"], node_address(n), format_labels(n["labels"])))
 
 
 @nodes.command("rm")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from teleport_runtime.client.output import echo_json, table
+from teleport_runtime.client.output import echo_json, node_address, table
 from teleport_runtime.client.tsh_recordings import PLAY_FORMATS
 from teleport_runtime.errors import AccessDenied, BadParameter, NotFound, TeleportError
 
@@ -501,11 +501,11 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
     finally:
         await refresh.outcome()
     if fmt == "json":
-        echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {}}
-                   for n in nodes])
+        echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {},
+                    "tunnel": bool(n.get("tunnel"))} for n in nodes])
         return
     rows = [
-        [n["hostname"], n["addr"], ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
+        [n["hostname"], node_address(n), ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
         for n in nodes
     ]
     click.echo(table(["Node Name", "Address", "Labels"], rows))

@@ -18,9 +18,16 @@ import time
 import psutil
 
 from teleport_runtime.agent.join import ensure_identity
+from teleport_runtime.agent.tunnel import (
+    LocalRelay,
+    auth_relay_path,
+    detect_proxy,
+    join_relay_path,
+    websocket_connect,
+)
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.auth.server import AuthServer
-from teleport_runtime.config import Config
+from teleport_runtime.config import Config, HostPort
 from teleport_runtime.daemon.diag import DiagServer
 from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import is_wildcard
@@ -91,12 +98,42 @@ class TeleportProcess:
             self.proxy = ProxyService(cfg, identity, self._client(identity), self.host_addresses())
             await self.proxy.start()
         if cfg.ssh.enabled:
-            identity = await ensure_identity(cfg, "node", self.host_addresses())
-            client = self._client(identity)
-            self.node = NodeService(cfg, identity, client, self.host_addresses())
-            await self.node.start()
+            proxy = await self._proxy_server()
+            if proxy is not None:
+                await self._start_tunnel_node(proxy)
+            else:
+                identity = await ensure_identity(cfg, "node", self.host_addresses())
+                client = self._client(identity)
+                self.node = NodeService(cfg, identity, client, self.host_addresses())
+                await self.node.start()
         self.ready = True
         log.info("teleport is running: %s", ", ".join(cfg.roles))
+
+    async def _proxy_server(self) -> HostPort | None:
+        """The proxy a node-only process reaches the cluster through (reverse tunnel mode):
+        ``teleport.proxy_server``, or an auth server address that is a proxy's web port."""
+        cfg = self.cfg
+        if cfg.proxy_server is not None:
+            return cfg.proxy_server
+        if cfg.auth.enabled or cfg.proxy.enabled or not cfg.auth_servers:
+            return None
+        return await detect_proxy(cfg.data_dir, cfg.auth_servers)
+
+    async def _start_tunnel_node(self, proxy: HostPort) -> None:
+        """Join through the proxy's web port (when not joined yet), then run in tunnel mode."""
+        cfg = self.cfg
+        join_relay = LocalRelay(join_relay_path(cfg.data_dir), websocket_connect(proxy))
+        await join_relay.start()
+        try:
+            identity = await ensure_identity(cfg, "node", [], through=(proxy, str(join_relay.path)))
+        finally:
+            await join_relay.stop()
+        client = AuthClient([proxy], identity.client_ssl_context(), cluster=identity.cluster,
+                            unix_socket=str(auth_relay_path(cfg.data_dir)))
+        self.clients.append(client)
+        self.node = NodeService(cfg, identity, client, [], proxy=proxy)
+        await self.node.start()
+        log.info("node %s runs in reverse tunnel mode through the proxy at %s (no port bound)", cfg.nodename, proxy)
 
     async def _start_auth(self) -> None:
         cfg = self.cfg

@@ -8,13 +8,21 @@ Recording: interactive sessions are written to the spool (``<data_dir>/log/uploa
 and uploaded to the auth service by :class:`~teleport_runtime.recording.NodeRecording`, in the
 mode the auth service names in its heartbeat answers (remembered in
 ``<data_dir>/cache/session_recording``); pending uploads resume when the node starts.
+
+Reverse tunnel mode (``proxy`` given: the node reaches the cluster through that proxy's web
+address): the SSH server binds no port; connections come through the node's tunnels
+(:class:`~teleport_runtime.agent.tunnel.TunnelAgent`), and the auth client's connections go to
+the local relay ``<data_dir>/tunnel/auth.sock``, piped through a tunnel to the auth API. The
+heartbeat says ``tunnel: true`` and no address.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
 from typing import Any
 
 from teleport_runtime import __version__
@@ -22,10 +30,11 @@ from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.roles import RoleCache
 from teleport_runtime.agent.rotation import RotationSync
+from teleport_runtime.agent.tunnel import LocalRelay, PeerShim, TunnelAgent, auth_relay_path
 from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
-from teleport_runtime.config import Config
+from teleport_runtime.config import Config, HostPort
 from teleport_runtime.errors import TeleportError
 from teleport_runtime.identity import Identity, host_uuid
 from teleport_runtime.netaddr import advertised
@@ -41,6 +50,8 @@ UPLOAD_MAX_BACKOFF = 15.0
 #: Audit events are retried as long as the auth service is unreachable, backing off up to this.
 AUDIT_MAX_BACKOFF = 15.0
 #: Why a node's salvaged session has no proper end.
+#: How long a tunnel node's start waits for its first tunnel before going on without it.
+FIRST_TUNNEL_WAIT = 30.0
 KILLED_REASON = "the node stopped during the session (its recording was salvaged from the spool)"
 
 log = logging.getLogger("teleport.node")
@@ -57,7 +68,8 @@ class NodeService:
     """Runs on every host with the node role."""
 
     def __init__(
-        self, cfg: Config, identity: Identity, client: AuthClient, addresses: list[str] | None = None
+        self, cfg: Config, identity: Identity, client: AuthClient, addresses: list[str] | None = None,
+        *, proxy: HostPort | None = None,
     ) -> None:
         self.cfg = cfg
         self.client = client
@@ -99,6 +111,14 @@ class NodeService:
             enhanced=EnhancedRecorder(cfg.ssh.enhanced_recording, cfg.data_dir / "cache" / "bpf"),
         )
         self.ssh_port: int | None = None
+        self.tunnel: TunnelAgent | None = None
+        self.auth_relay: LocalRelay | None = None
+        if proxy is not None:
+            self.tunnel = TunnelAgent(
+                identity=lambda: self.rotation.identity, cluster=tls.cluster, host_uuid=host_uuid(cfg.data_dir),
+                proxy=proxy, accept=self._accept_tunneled, proxies=self._proxy_ids,
+            )
+            self.auth_relay = LocalRelay(auth_relay_path(cfg.data_dir), self.tunnel.connect_auth)
 
     @property
     def identity(self) -> Identity:
@@ -126,11 +146,26 @@ class NodeService:
     def _recording_mode(self) -> str:
         return self.recording_mode.update(self.heartbeat.answer.session_recording)
 
+    async def _accept_tunneled(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        """A connection from a proxy through a tunnel, to the SSH server (no port involved)."""
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(lambda: PeerShim(self.ssh.new_connection(), peer), sock)
+
+    async def _proxy_ids(self) -> set[str]:
+        return {proxy.id for proxy in await self.client.proxies()}
+
     def report(self) -> dict[str, Any]:
         self._recording_mode()  # remember the mode the last heartbeat answer named
+        if self.tunnel is not None:
+            return {"hostname": self.cfg.nodename, "addr": "", "tunnel": True, **self._common_report()}
         return {
             "hostname": self.cfg.nodename,
             "addr": advertised_addr(self.cfg, self.ssh_port),
+            **self._common_report(),
+        }
+
+    def _common_report(self) -> dict[str, Any]:
+        return {
             "labels": dict(self.cfg.ssh.labels),
             "cmd_labels": dict(self.command_labels.values),
             "version": __version__,
@@ -144,6 +179,11 @@ class NodeService:
         self.heartbeat.poke()
 
     async def start(self) -> None:
+        if self.tunnel is not None and self.auth_relay is not None:
+            await self.auth_relay.start()
+            await self.tunnel.start()
+            with contextlib.suppress(TimeoutError):  # else it goes on as when the auth service is away
+                await asyncio.wait_for(self.tunnel.connected.wait(), FIRST_TUNNEL_WAIT)
         await self.rotation.start()
         await self.command_labels.start()
         self.audit_sender.start()  # first what a previous run left undelivered
@@ -151,8 +191,11 @@ class NodeService:
         # recordings of sessions it was killed in; their sessions end in the audit log here.
         for manifest in await self.recording.start():
             await self.audit(_killed_session_end(manifest))
-        listen = self.cfg.ssh.listen_addr
-        self.ssh_port = await self.ssh.start(listen.host, listen.port)
+        if self.tunnel is not None:
+            await self.ssh.start_unlisted()
+        else:
+            listen = self.cfg.ssh.listen_addr
+            self.ssh_port = await self.ssh.start(listen.host, listen.port)
         self.heartbeat.start()
 
     async def stop(self) -> None:
@@ -162,6 +205,9 @@ class NodeService:
         await self.recording.stop()
         await self.audit_sender.stop()  # what is not delivered yet stays spooled
         await self.command_labels.stop()
+        if self.tunnel is not None and self.auth_relay is not None:
+            await self.tunnel.stop()
+            await self.auth_relay.stop()
 
 
 def _killed_session_end(manifest: dict[str, Any]) -> dict[str, Any]:

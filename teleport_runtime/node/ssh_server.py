@@ -693,13 +693,22 @@ class NodeSSHServer:
         if self._server is not None:
             raise BadParameter("the node SSH service is already running")
         loop = asyncio.get_running_loop()
-        self._audit_task = loop.create_task(self._audit_worker())
-        if self.enhanced is not None:
-            await self.enhanced.start()  # logs once why not, when it cannot run
+        await self.start_unlisted()
         self._server = await loop.create_server(self._new_connection, host, port)
         bound = self._server.sockets[0].getsockname()[1]
         _LOG.info("node SSH service listening on %s:%d", host, bound)
         return int(bound)
+
+    async def start_unlisted(self) -> None:
+        """Start everything but a listener: a node in reverse tunnel mode binds no port and
+        gets its connections through its tunnel (:meth:`new_connection`)."""
+        self._audit_task = asyncio.get_running_loop().create_task(self._audit_worker())
+        if self.enhanced is not None:
+            await self.enhanced.start()  # logs once why not, when it cannot run
+
+    def new_connection(self) -> asyncio.Protocol:
+        """The protocol of one connection handed over from elsewhere (a tunnel channel)."""
+        return self._new_connection()
 
     async def stop(self) -> None:
         """Stop listening, close every connection (ending their sessions), flush the audit."""

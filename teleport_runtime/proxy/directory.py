@@ -8,6 +8,9 @@ Only registered nodes are reachable through the proxy. A client may name a node 
 - the host of its registered address (an IP or a DNS name, as in its heartbeat), or a DNS name
   that resolves to that IP.
 
+A node in reverse tunnel mode has no address (``tunnel``): the proxy reaches it through its
+tunnel (:mod:`teleport_runtime.proxy.tunnel`), by name or UUID only.
+
 The proxy always dials the node's *registered* address (host:port from its heartbeat), whatever
 port the client named. The node list is cached and refreshed in the background on a short
 interval, and on a miss (at most once a second, shared by all the lookups that missed), so a
@@ -51,25 +54,32 @@ class NodeRecord:
     addr: HostPort
     labels: dict[str, str] = field(default_factory=dict)
     last_heartbeat: str = ""
+    tunnel: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeRecord:
-        addr = parse_host_port(str(data.get("addr") or ""), NODE_SSH_PORT, "node addr")
+        tunnel = data.get("tunnel") is True
+        addr = (HostPort("", 0) if tunnel
+                else parse_host_port(str(data.get("addr") or ""), NODE_SSH_PORT, "node addr"))
         return cls(
             id=str(data["id"]),
             hostname=str(data.get("hostname") or data["id"]),
             addr=addr,
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             last_heartbeat=str(data.get("last_heartbeat") or ""),
+            tunnel=tunnel,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "hostname": self.hostname,
-            "addr": str(self.addr),
+            "addr": "" if self.tunnel else str(self.addr),
             "labels": dict(self.labels),
         }
+        if self.tunnel:  # said only of tunnel nodes (the listing's form is older than tunnels)
+            out["tunnel"] = True
+        return out
 
 
 def _normalize_host(text: str) -> str:
@@ -114,13 +124,14 @@ def match_nodes(nodes: list[NodeRecord], target: str, cluster: str) -> list[Node
     by_name = [n for n in nodes if n.id.lower() in names or n.hostname.lower() in names]
     if by_name:
         return by_name
-    return [n for n in nodes if _normalize_host(n.addr.host) == wanted]
+    return [n for n in nodes if not n.tunnel and _normalize_host(n.addr.host) == wanted]
 
 
 def pick(matches: list[NodeRecord], target: str) -> NodeRecord:
     """One node out of the matches; several at one address (a re-joined host whose old record
     has not expired yet) are one node, the most recent wins; otherwise the name is ambiguous."""
-    if len({(m.addr.host, m.addr.port) for m in matches}) == 1:
+    if len({(m.addr.host, m.addr.port) for m in matches}) == 1 or (
+            all(m.tunnel for m in matches) and len({m.id for m in matches}) == 1):
         return max(matches, key=lambda m: m.last_heartbeat)
     listed = ", ".join(f"{m.hostname} ({m.id} at {m.addr})" for m in matches)
     raise BadParameter(
@@ -161,6 +172,9 @@ class NodeDirectory:
         self._inflight: asyncio.Task[None] | None = None
         self._miss_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Told the IDs of the listed nodes after each refresh (the tunnel server drops the
+        #: tunnels of nodes removed from the cluster).
+        self.on_refresh: Callable[[set[str]], None] | None = None
 
     async def start(self) -> None:
         """Load once (best effort) and keep refreshing in the background."""
@@ -201,6 +215,8 @@ class NodeDirectory:
         self.nodes = nodes
         self.loaded = True
         self.refreshes += 1
+        if self.on_refresh is not None:
+            self.on_refresh({n.id for n in nodes})
 
     async def _refresh_after_miss(self) -> None:
         """One refresh for all the lookups that missed meanwhile, at most one per
@@ -231,7 +247,7 @@ class NodeDirectory:
             name = _normalize_host(target)
             if name and not _is_ip(name):
                 ips = await _resolve_dns(name)
-                matches = [n for n in self.nodes if _normalize_host(n.addr.host) in ips]
+                matches = [n for n in self.nodes if not n.tunnel and _normalize_host(n.addr.host) in ips]
         if not matches:
             raise NotFound(
                 f"node {target} is not registered in cluster {self.cluster}; "

@@ -4,10 +4,13 @@
   (:mod:`teleport_runtime.proxy.ssh`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
+- Reverse tunnels from nodes on ``proxy_service.tunnel_listen_addr`` (3024)
+  (:mod:`teleport_runtime.proxy.tunnel`); the SSH routing reaches tunnel nodes through them.
 - One-port mode (the cluster's ``auth_service.proxy_listener_mode: multiplex``, asked of the
   auth API at start): SSH, reverse tunnels and HTTPS all on the web port
-  (:mod:`teleport_runtime.proxy.multiplex`), the SSH port not listening; clients learn the SSH
-  address (the web address then) from ``/webapi/ping`` and ``/webapi/find``.
+  (:mod:`teleport_runtime.proxy.multiplex`), the SSH and tunnel ports not listening; clients and
+  tunnel nodes learn the addresses (the web address then) from ``/webapi/ping`` and
+  ``/webapi/find``.
 - A heartbeat as a Proxy (with its CA rotation phases), so the auth API lists it among the proxies.
 
 Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Any
@@ -30,6 +34,7 @@ from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.names import ALPN_REVERSE_TUNNEL
 from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
 from teleport_runtime.config import PROXY_LISTENER_MODES, Config, HostPort
@@ -40,6 +45,7 @@ from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
 from teleport_runtime.proxy.multiplex import Multiplexer
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
+from teleport_runtime.proxy.tunnel import TunnelServer
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
 from teleport_runtime.rbac import Role
 
@@ -91,10 +97,21 @@ class ProxyService:
             cluster=self.cluster,
             audit=self.audit,
         )
+        self.tunnel = TunnelServer(
+            host_key=host_key,
+            host_cert=host_cert,
+            trusted_host_ca_keys=self.host_ca_keys,
+            auth_addresses=lambda: list(self.client.addresses),
+            cluster=self.cluster,
+            audit=self.audit,
+        )
+        self.ssh.tunnels = self.tunnel
+        self.directory.on_refresh = self.tunnel.drop_unlisted
         self.web = ProxyWeb(self)
         #: ``separate`` or ``multiplex`` (known once :meth:`start` asked the auth service).
         self.listener_mode = "separate"
         self.mux: Multiplexer | None = None
+        self._tunnel_ssl: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -121,13 +138,15 @@ class ProxyService:
             assert runner is not None and runner.server is not None and web_ssl is not None
             self.mux = Multiplexer(
                 ssh=self.ssh.new_connection, web=runner.server, web_ssl=web_ssl,
-                tunnel=self._tunnel_handler(),
+                tunnel=self._serve_tunnel,
             )
             self.web.port = await self.mux.start(web_listen.host, web_listen.port)
             listen = web_listen
         else:
             await self.ssh.start(listen.host, listen.port)
             await self.web.start(web_listen.host, web_listen.port)
+            tunnel_listen = self.cfg.proxy.tunnel_listen_addr
+            await self.tunnel.start(tunnel_listen.host, tunnel_listen.port)
         self.heartbeat.start()
         log.info(
             "proxy service ready: cluster %s, SSH on %s, web on %s",
@@ -141,6 +160,7 @@ class ProxyService:
         if self.mux is not None:
             await self.mux.stop()
         await self.web.stop()
+        await self.tunnel.stop()
         await self.ssh.stop()
         await self.directory.stop()
         if self._tasks:
@@ -177,14 +197,25 @@ class ProxyService:
             log.warning("cannot remember the proxy listener mode in %s: %s", remembered, exc.strerror)
         return mode
 
-    def _tunnel_handler(self) -> Any:
-        """What serves a reverse tunnel connection on the multiplexed port (None: no tunnels)."""
-        return None
+    async def _serve_tunnel(self, sock: socket.socket) -> None:
+        """A reverse tunnel connection the multiplexed port told apart (TLS not started yet)."""
+        await self.tunnel.serve_socket(sock, self._tunnel_ssl_context())
+
+    def _tunnel_ssl_context(self) -> ssl.SSLContext:
+        """TLS of tunnels on the multiplexed port: the proxy's identity, the tunnel ALPN, no
+        client certificate asked for (the node authenticates inside, with its SSH host
+        certificate). Rebuilt after the identity changes."""
+        if self._tunnel_ssl is None:
+            self._tunnel_ssl = server_ssl_context(self.identity, [])
+            self._tunnel_ssl.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+        return self._tunnel_ssl
 
     def update_identity(self, identity: Identity) -> None:
         """Serve a new identity (SSH host cert, web TLS cert) to new connections."""
         self.identity = identity
         self.ssh.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
+        self.tunnel.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
+        self._tunnel_ssl = None
         self.web.reload_tls()
 
     # ------------------------------------------------------------------ what the proxy says
@@ -215,6 +246,14 @@ class ProxyService:
         proxy = self.cfg.proxy
         return self._advertised(proxy.public_addr, proxy.web_listen_addr, self.web_port, request_host)
 
+    def tunnel_addr(self, request_host: str | None = None) -> str:
+        """The reverse tunnel address nodes dial (``tunnel_public_addr``, a load balancer's
+        when proxies share one; see :meth:`_advertised`): the web address in the one-port mode."""
+        if self.mux is not None:
+            return self.web_addr(request_host)
+        proxy = self.cfg.proxy
+        return self._advertised(proxy.tunnel_public_addr, proxy.tunnel_listen_addr, self.tunnel.port, request_host)
+
     def _advertised(
         self, public: HostPort | None, listen: HostPort, bound_port: int | None, request_host: str | None
     ) -> str:
@@ -230,7 +269,8 @@ class ProxyService:
         the web address too)."""
         return {
             "cluster": self.cluster,
-            "proxy": {**self._addresses(request_host), "listener_mode": self.listener_mode},
+            "proxy": {**self._addresses(request_host), "tunnel_addr": self.tunnel_addr(request_host),
+                      "listener_mode": self.listener_mode},
             "version": __version__,
         }
 

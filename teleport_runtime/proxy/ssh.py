@@ -34,7 +34,9 @@ from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
 from teleport_runtime.netaddr import format_host_port, is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
-from teleport_runtime.sshinternals import BufferingForwarder
+from teleport_runtime.proxy.tunnel import TunnelServer
+from teleport_runtime.relay import pipe_both
+from teleport_runtime.sshinternals import BufferingForwarder, stream_session
 from teleport_runtime.sshserver import (
     ConnectionLog,
     GatedServerConnection,
@@ -202,6 +204,8 @@ class _ProxyConnection(asyncssh.SSHServer):
         """direct-tcpip: resolve to a registered node; asyncssh's forwarder protocol then relays
         the bytes between the channel and the node's registered address."""
         node = await self.server.route(self, dest_host, dest_port, "direct-tcpip")
+        if node.tunnel:
+            return await self.server.tunnel_relay(self, node)
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 _, node_side = await asyncio.get_running_loop().create_connection(
@@ -244,6 +248,8 @@ class ProxySSHServer:
         self.port: int | None = None
         self.startup_gate = StartupGate("proxy SSH service", startup_limits)
         self.conn_ids = itertools.count(1)
+        #: The reverse tunnels nodes in tunnel mode hold to this proxy (set by the service).
+        self.tunnels: TunnelServer | None = None
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return cert_only_options(
@@ -307,6 +313,36 @@ class ProxySSHServer:
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
 
+    async def dial(self, conn: _ProxyConnection, node: NodeRecord) -> tuple[Any, Any]:
+        """(reader, writer) to the node's SSH server: a TCP connection to its registered
+        address, or a channel through its reverse tunnel."""
+        if not node.tunnel:
+            return await asyncio.open_connection(node.addr.host, node.addr.port, limit=CHUNK)
+        if self.tunnels is None:
+            raise OSError(f"node {node.hostname} is reached through a reverse tunnel and this proxy serves none")
+        peer = conn.conn.get_extra_info("peername") if conn.conn is not None else None
+        try:
+            return await self.tunnels.open(node.id, (conn.peer, int(peer[1]) if peer else 0))
+        except TeleportError as exc:
+            raise OSError(exc.message) from None
+
+    async def tunnel_relay(self, conn: _ProxyConnection, node: NodeRecord) -> Any:
+        """direct-tcpip to a tunnel node: a stream handler relaying the client's channel to a
+        channel through the node's tunnel."""
+        try:
+            reader, writer = await asyncio.wait_for(self.dial(conn, node), DIAL_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED,
+                f"node {node.hostname} ({node.id}) cannot be reached from the proxy: {exc or 'timed out'}",
+            ) from None
+        conn.log.info("direct-tcpip to node %s (%s) through its reverse tunnel", node.hostname, node.id)
+
+        async def relay(client_reader: asyncssh.SSHReader[bytes], client_writer: asyncssh.SSHWriter[bytes]) -> None:
+            await pipe_both(client_reader, client_writer, reader, writer)
+
+        return stream_session(relay)
+
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""
         conn = process.channel.get_connection().get_owner()
@@ -336,10 +372,7 @@ class ProxySSHServer:
             return
         try:
             node = await self.route(conn, host, port, "subsystem")
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(node.addr.host, node.addr.port, limit=CHUNK),
-                DIAL_TIMEOUT,
-            )
+            reader, writer = await asyncio.wait_for(self.dial(conn, node), DIAL_TIMEOUT)
         except asyncssh.ChannelOpenError as exc:
             process.stderr.write(f"ERROR: {exc.reason}\r\n".encode())
             process.exit(1)

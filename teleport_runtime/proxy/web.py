@@ -13,11 +13,13 @@ auth API):
   rotation, as the rotation watch last told the proxy), so a client can check them against a CA
   pin, and a client that verified this proxy keeps its trusted host CAs current (tsh_trust).
 - ``GET /webapi/find`` (public): cluster name, version and where the proxy's services are
-  (``proxy.ssh_addr``, ``proxy.web_addr``, ``proxy.listener_mode``: in ``multiplex`` mode SSH is
-  on the web address); the first part of the ping answer, without the CAs.
+  (``proxy.ssh_addr``, ``proxy.web_addr``, ``proxy.tunnel_addr``, ``proxy.listener_mode``: in
+  ``multiplex`` mode SSH and tunnels are on the web address).
 - ``POST /webapi/login`` (public): password + OTP, forwarded to the auth service with the
   client's IP; answers the signed SSH and X.509 certificates.
 - ``GET /webapi/signup/{token}``, ``POST /webapi/signup`` (public): invitation sign-up.
+- ``GET /webapi/connect/auth`` (public, websocket, rate limited per source): raw bytes to an
+  auth server, for nodes that join through the proxy (:mod:`teleport_runtime.proxy.tunnel`).
 - ``GET /webapi/nodes`` (user certificate): the nodes some login of the user may reach.
 - ``GET /webapi/recordings[?since=]``, ``GET /webapi/recordings/{session_id}`` (JSON, the
   asciicast in ``data_b64``), ``GET /webapi/sessions/active`` (user certificate): passed to the
@@ -41,11 +43,14 @@ from aiohttp import web
 
 from teleport_runtime.api import routes
 from teleport_runtime.api.client import Forwarded
+from teleport_runtime.api.names import CONNECT_AUTH_PATH
 from teleport_runtime.api.types import LoginRequest, SignupRequest
 from teleport_runtime.ca import TLSIdentity, issuing_ca_matches, parse_tls_identity
 from teleport_runtime.errors import AccessDenied, BadParameter, TeleportError
 from teleport_runtime.httpjson import error_response, internal_error_response, json_route, read_object
 from teleport_runtime.identity import Identity, load_cert_chain
+from teleport_runtime.proxy.tunnel import CONNECT_BURST, CONNECT_RATE, relay_websocket_to_auth
+from teleport_runtime.ratelimit import TokenBuckets
 from teleport_runtime.rbac import RoleSet, parse_role
 from teleport_runtime.recording.asciicast import check_session_id
 from teleport_runtime.urlpath import check_path_param, check_url_token
@@ -81,11 +86,11 @@ class ProxyWeb:
         self._active_ssl: ssl.SSLContext | None = None
         #: The listener's context: the current identity is swapped in per handshake (SNI callback).
         self.listener_ssl: ssl.SSLContext | None = None
+        self._connect_limit = TokenBuckets(rate=CONNECT_RATE, burst=CONNECT_BURST, what="joins through the proxy")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=1024 * 1024)
         app.router.add_get("/webapi/ping", json_route(self.ping))
-        app.router.add_get("/webapi/find", json_route(self.find))
         app.router.add_post("/webapi/login", json_route(self.login))
         app.router.add_get("/webapi/signup/{token}", json_route(self.get_signup))
         app.router.add_post("/webapi/signup", json_route(self.signup))
@@ -93,6 +98,8 @@ class ProxyWeb:
         app.router.add_get("/webapi/recordings", json_route(self.recordings))
         app.router.add_get("/webapi/recordings/{session_id}", json_route(self.recording))
         app.router.add_get("/webapi/sessions/active", json_route(self.active_sessions))
+        app.router.add_get("/webapi/find", json_route(self.find))
+        app.router.add_get(CONNECT_AUTH_PATH, self.connect_auth)
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -183,7 +190,14 @@ class ProxyWeb:
         return self.service.ping_info(request.host)
 
     async def find(self, request: web.Request) -> dict[str, Any]:
+        """Public: the cluster and where its proxy listens (SSH, web, reverse tunnels): what an
+        agent given this address asks to learn it is a proxy and where to dial its tunnel."""
         return self.service.find_info(request.host)
+
+    async def connect_auth(self, request: web.Request) -> web.StreamResponse:
+        """Public: joining through the proxy (proxy/tunnel.py ``relay_websocket_to_auth``)."""
+        return await relay_websocket_to_auth(
+            request, list(self.service.client.addresses), self._connect_limit, self.service.audit)
 
     async def login(self, request: web.Request) -> Any:
         body = await read_object(request)

@@ -28,7 +28,7 @@ from teleport_runtime.api.names import ALPN_REVERSE_TUNNEL
 from teleport_runtime.proxy import multiplex
 from teleport_runtime.proxy.multiplex import Multiplexer, Unidentified, client_hello_alpn
 from teleport_runtime.sshserver import StartupLimits
-from tests.conftest import Cluster, Node, require_binary, run_tsh, sign_up_and_log_in, wait_for
+from tests.conftest import TELEPORT, Cluster, Node, require_binary, run_tsh, sign_up_and_log_in, wait_for
 
 CLUSTER = "mux.test"
 PASSWORD = "correct horse battery staple"
@@ -246,7 +246,8 @@ def test_multiplex_listens_on_the_web_port_only(mux_env: Env) -> None:
 
 def test_find_and_ping_give_the_web_address_for_ssh(mux_env: Env) -> None:
     find = get_json(mux_env.web, "/webapi/find")
-    assert find["proxy"] == {"ssh_addr": mux_env.web, "web_addr": mux_env.web, "listener_mode": "multiplex"}
+    assert find["proxy"] == {"ssh_addr": mux_env.web, "web_addr": mux_env.web, "tunnel_addr": mux_env.web,
+                             "listener_mode": "multiplex"}
     assert get_json(mux_env.web, "/webapi/ping")["proxy"]["ssh_addr"] == mux_env.web
     assert mux_env.tsh("status", check=True).returncode == 0
 
@@ -270,6 +271,31 @@ def test_openssh_with_tsh_config_through_the_one_port(mux_env: Env) -> None:
     result = subprocess.run([*base, "-J", f"root@{mux_env.proxy.ip}:{web_port}", f"root@node1.{CLUSTER}", "echo jump"],
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert (result.returncode, result.stdout) == (0, "jump\n"), result.stderr
+
+
+def test_a_tunnel_node_joins_and_is_reached_through_the_one_port(mux_env: Env) -> None:
+    """A node given only the proxy's web address joins through it, holds its reverse tunnel on
+    that same port (TLS with the tunnel ALPN) and is reached with tsh ssh; no other proxy port."""
+    cluster = mux_env.cluster
+    token = cluster.add_token("node")["token"]
+    node = cluster.start_node(
+        "tnode",
+        [TELEPORT, "start", "--roles=node", f"--token={token}", f"--ca-pin={cluster.pin()}",
+         f"--auth-server={mux_env.web}"],
+    )
+    assert get_json(mux_env.web, "/webapi/find")["proxy"]["tunnel_addr"] == mux_env.web
+
+    def listed() -> bool:
+        out = mux_env.tsh("ls", "--format=json")
+        return out.returncode == 0 and "tnode" in {n["hostname"] for n in json.loads(out.stdout)}
+
+    wait_for(listed, 60, what="tsh ls to show the tunnel node")
+    result = mux_env.tsh("ssh", "root@tnode", "echo through the tunnel")
+    assert (result.returncode, result.stdout) == (0, "through the tunnel\n"), result.stderr + node.log()[-3000:]
+    assert mux_env.proxy.daemon is not None
+    _, web_port = proxy_ports(mux_env.proxy)
+    assert web_port in listening_ports(mux_env.proxy.daemon.pid)
+    assert len(listening_ports(mux_env.proxy.daemon.pid)) == 2  # the web port and the diag port
 
 
 def test_garbage_on_the_one_port_is_dropped_with_a_log_line(mux_env: Env) -> None:
