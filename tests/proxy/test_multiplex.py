@@ -25,6 +25,8 @@ import pytest
 import yaml
 
 from teleport_runtime.api.names import ALPN_REVERSE_TUNNEL
+from teleport_runtime.config import config_from_dict
+from teleport_runtime.errors import ConfigError
 from teleport_runtime.proxy import multiplex
 from teleport_runtime.proxy.multiplex import Multiplexer, Unidentified, client_hello_alpn
 from teleport_runtime.sshserver import StartupLimits
@@ -32,6 +34,18 @@ from tests.conftest import TELEPORT, Cluster, Node, require_binary, run_tsh, sig
 
 CLUSTER = "mux.test"
 PASSWORD = "correct horse battery staple"
+
+
+# ---------------------------------------------------------------------- the setting
+
+
+def test_proxy_listener_mode_setting() -> None:
+    auth = {"enabled": True, "cluster_name": "example.com"}
+    assert config_from_dict({"auth_service": auth}, check=False).auth.proxy_listener_mode == "separate"
+    cfg = config_from_dict({"auth_service": {**auth, "proxy_listener_mode": "multiplex"}}, check=False)
+    assert cfg.auth.proxy_listener_mode == "multiplex"
+    with pytest.raises(ConfigError, match=r"proxy_listener_mode.*'one-port'.*expected one of separate, multiplex"):
+        config_from_dict({"auth_service": {**auth, "proxy_listener_mode": "one-port"}}, check=False)
 
 
 # ---------------------------------------------------------------------- ClientHello parsing
