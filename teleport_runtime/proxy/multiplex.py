@@ -227,6 +227,8 @@ class Multiplexer:
             self._dropped(where, f"sent nothing identifiable within {IDENTIFY_TIMEOUT:g}s")
         except (OSError, ssl.SSLError) as exc:
             self._dropped(where, f"{type(exc).__name__}: {exc}")
+        except Exception:  # a bug here must cost one connection, not the listener
+            log.exception("multiplexed web port: internal error serving a connection from %s", where)
         finally:
             self.gate.release(sock)
             self._pending.pop(sock, None)
