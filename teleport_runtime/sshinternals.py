@@ -60,7 +60,7 @@ class HostKeyRecorder:
     def __init__(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.host = host
         self.port = port
-        #: SSH inside TLS (a proxy's multiplexed web port: the context offers the tunnel ALPN).
+        #: TLS under the SSH connection (a tunnel on the proxy's one port, told apart by ALPN).
         self.ssl_context = ssl_context
         self.key_data: bytes | None = None
 
@@ -78,11 +78,10 @@ class HostKeyRecorder:
             conn.validate_server_host_key = recording
             return conn
 
-        if self.ssl_context is not None:
-            return await loop.create_connection(
-                factory, self.host, self.port, ssl=self.ssl_context, server_hostname=self.host
-            )
-        return await loop.create_connection(factory, self.host, self.port)
+        if self.ssl_context is None:
+            return await loop.create_connection(factory, self.host, self.port)
+        return await loop.create_connection(factory, self.host, self.port, ssl=self.ssl_context,
+                                            server_hostname=self.host)
 
 
 class ServerConnection(asyncssh.SSHServerConnection):

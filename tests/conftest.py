@@ -279,7 +279,7 @@ class Cluster:
             [TELEPORT, "start", "--roles=proxy", f"--token={token}", f"--ca-pin={self.pin()}",
              f"--auth-server={self.addr}"],
             config={"proxy_service": {"enabled": True, "listen_addr": f"{ip}:{ssh_port}",
-                                      "web_listen_addr": web}},
+                                      "web_listen_addr": web, "tunnel_listen_addr": f"{ip}:{free_port(ip)}"}},
             listen_ip=ip,
         )
         return proxy, web

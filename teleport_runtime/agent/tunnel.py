@@ -15,10 +15,12 @@
   (``join.sock``). The TLS runs end to end between the node and an auth server: the CA pin is
   checked as on a direct join, whatever certificate the proxy's web port presents.
 - **The tunnels.** :class:`TunnelAgent` dials the proxy's tunnel address (from ``/webapi/find``,
-  verified against the cluster's host CAs), checks the proxy's SSH host certificate (signed by a
-  host CA the node trusts, role ``Proxy``, this cluster: another cluster's proxy is refused),
-  authenticates with the node's host certificate, asks for its forwarding, and hands each channel
-  the proxy opens to the node's SSH server through a socketpair. Keep-alives every 30 s; a lost
+  verified against the cluster's host CAs; when it is the proxy's web address, the proxy runs in
+  one-port mode and the SSH runs inside TLS with ALPN ``teleport-reversetunnel``), checks the
+  proxy's SSH host certificate (signed by a host CA the node trusts, role ``Proxy``, this
+  cluster: another cluster's proxy is refused), authenticates with the node's host certificate,
+  asks for its forwarding, and hands each channel the proxy opens to the node's SSH server
+  through a socketpair. Keep-alives every 30 s; a lost
   tunnel is dialled again with back-off and jitter (:mod:`teleport_runtime.backoff`).
 - **Several proxies** behind one load balancer: the node learns the proxies from the auth API
   (``GET /v1/proxies``: their host UUIDs) and keeps dialling the one tunnel address until it holds
@@ -359,8 +361,8 @@ class TunnelAgent:
         self.connected = asyncio.Event()
         self._changed = asyncio.Event()
         self._tunnel_addr: HostPort | None = None
-        #: TLS around the tunnel's SSH when the proxy multiplexes it on its web port.
-        self._tunnel_tls: ssl.SSLContext | None = None
+        #: The proxy announced its web address for tunnels (one-port mode): TLS with ALPN.
+        self._tunnel_tls = False
         self._task: asyncio.Task[None] | None = None
         self._channels: set[asyncio.Task[Any]] = set()
 
@@ -428,13 +430,18 @@ class TunnelAgent:
                 raise ConnectionProblem(f"the proxy at {self.proxy} does not say where its reverse tunnels are "
                                         "(is it a proxy of this cluster, and does it run?)")
             self._tunnel_addr = parse_host_port(text, PROXY_TUNNEL_PORT, "tunnel_addr")
-            self._tunnel_tls = None
-            if (found or {}).get("listener_mode") == "multiplex":
-                # One port: the proxy tells a tunnel from its other services by this ALPN.
-                self._tunnel_tls = trusting_ssl_context(list(self.identity().ca_certs))
-                self._tunnel_tls.check_hostname = False
-                self._tunnel_tls.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+            self._tunnel_tls = text == str((found or {}).get("web_addr") or "")
         return self._tunnel_addr
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """TLS for a tunnel on the proxy's web port (one-port mode): the proxy's certificate
+        checked against the cluster's host CAs, ALPN naming the reverse tunnel."""
+        if not self._tunnel_tls:
+            return None
+        context = trusting_ssl_context(list(self.identity().ca_certs))
+        context.check_hostname = False  # the chain is checked; the name may be a balancer's
+        context.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+        return context
 
     async def _dial(self) -> str | None:
         """One tunnel to whichever proxy answers the tunnel address; its UUID, or None when it
@@ -443,7 +450,7 @@ class TunnelAgent:
         identity = self.identity()
         key = asyncssh.import_private_key(identity.ssh_key)
         cert = asyncssh.import_certificate(identity.ssh_cert)
-        recorder = HostKeyRecorder(addr.host, addr.port, self._tunnel_tls)
+        recorder = HostKeyRecorder(addr.host, addr.port, self._tls_context())
         conn = await asyncio.wait_for(asyncssh.connect(
             addr.host, addr.port, tunnel=recorder, username=self.host_uuid, client_keys=[(key, cert)], known_hosts=None,
             server_host_key_algs=list(PROXY_HOST_KEY_ALGS), agent_path=None, config=None,

@@ -103,7 +103,7 @@ class FakeCluster:
             "command_labels": {}, "roles": [role],
             "rotation": {"host": {"phase": "standby", "id": ""}, "user": {"phase": "standby", "id": ""}},
             "version": "0.1.0", "web_addr": "", "ssh_addr": "", "last_heartbeat": "2030-01-01T00:00:00+00:00",
-            "expires": "2030-01-01T00:10:00+00:00", "labels": {},
+            "expires": "2030-01-01T00:10:00+00:00", "labels": {}, "tunnel": False,
         }
         record.update(fields)
         return record

@@ -140,6 +140,7 @@ class LocalCluster:
         cfg.proxy.enabled = True
         cfg.proxy.listen_addr = HostPort(ip, 0)
         cfg.proxy.web_listen_addr = HostPort(ip, 0)
+        cfg.proxy.tunnel_listen_addr = HostPort(ip, 0)
         cfg.auth_servers = [self.addr]
         proxy = ProxyService(cfg, identity, self.client(identity))
         await proxy.start()

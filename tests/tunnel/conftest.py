@@ -66,7 +66,7 @@ class TunnelEnv:
         return next((n for n in self.cluster.nodes() if n["hostname"] == name), None)
 
     def wait_registered(self, name: str) -> dict[str, Any]:
-        wait_for(lambda: self.node_record(name) is not None, 60, f"node {name} registered")
+        wait_for(lambda: self.node_record(name) is not None, 60, what=f"node {name} registered")
         record = self.node_record(name)
         assert record is not None
         return record

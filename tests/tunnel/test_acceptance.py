@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from teleport_runtime.api.names import TUNNEL_ADDR_LABEL
-from tests.conftest import require_binary
+from tests.conftest import require_binary, wait_for
 from tests.tunnel.conftest import TunnelEnv, tcp_listeners
 
 CLUSTER = "tunnel.test"
@@ -47,3 +47,9 @@ def test_a_node_joins_through_the_proxy_binds_no_port_and_is_reached(tunnel_env:
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert (result.returncode, result.stdout.strip()) == (0, socket.gethostname()), result.stderr
+
+    # `tctl nodes rm`: its certificate is locked, the proxies stop routing to it and close its tunnel
+    env.cluster.tctl("nodes", "rm", "tnode1")
+    wait_for(lambda: "closing the tunnel of node" in proxy.node.log(), 30, what="the proxy to drop the tunnel")
+    out = env.tsh("ssh", "root@tnode1", "echo", "removed")
+    assert out.returncode != 0 and "not registered" in out.stderr, out.stdout + out.stderr

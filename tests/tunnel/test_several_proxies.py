@@ -19,7 +19,7 @@ def test_a_tunnel_node_is_reachable_from_every_proxy_and_survives_one_stopping(t
     try:
         node = env.start_tunnel_node("tnode1", first.web)
         env.wait_registered("tnode1")
-        wait_for(lambda: node.log().count("is up (") >= 2, 60, "a tunnel to each proxy")
+        wait_for(lambda: node.log().count("is up (") >= 2, 60, what="a tunnel to each proxy")
         env.login()
 
         for proxy in (first, second):

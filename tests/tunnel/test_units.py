@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,12 +17,13 @@ import asyncssh
 import pytest
 
 from teleport_runtime.agent.tunnel import check_proxy_host_key
-from teleport_runtime.api.names import TUNNEL_AUTH_TARGET, TUNNEL_NODE_HOST, TUNNEL_NODE_PORT
+from teleport_runtime.api.names import ALPN_REVERSE_TUNNEL, TUNNEL_AUTH_TARGET, TUNNEL_NODE_HOST, TUNNEL_NODE_PORT
 from teleport_runtime.ca import generate_host_ssh_cert, generate_ssh_keypair
 from teleport_runtime.ca.authority import generate_ca_keypair
 from teleport_runtime.config import HostPort
 from teleport_runtime.errors import AccessDenied
 from teleport_runtime.proxy.tunnel import TunnelServer
+from teleport_runtime.sshinternals import HostKeyRecorder
 from teleport_runtime.sshserver import StartupLimits
 
 CLUSTER = "tunnel.test"
@@ -147,3 +150,69 @@ def test_the_node_refuses_a_proxy_of_another_cluster_or_a_non_proxy() -> None:
         check_proxy_host_key(blob(node_cert), [ca.ssh_public_key], CLUSTER)
     with pytest.raises(AccessDenied, match="plain host key"):
         check_proxy_host_key(proxy_cert.key.public_data, [ca.ssh_public_key], CLUSTER)
+
+
+def test_the_asyncssh_internals_the_tunnels_use_are_still_there() -> None:
+    """sshinternals: HostKeyRecorder wraps validate_server_host_key(key_data), stream_session
+    builds asyncssh.stream's session, verify_userauth_signature reads _session_id."""
+    import inspect
+
+    from asyncssh.stream import SSHTCPStreamSession
+
+    params = list(inspect.signature(asyncssh.SSHClientConnection.validate_server_host_key).parameters)
+    assert params == ["self", "key_data"]
+    assert list(inspect.signature(SSHTCPStreamSession.__init__).parameters)[1:2] == ["session_factory"]
+    assert "_session_id" in inspect.getsource(asyncssh.SSHServerConnection.validate_public_key)
+
+
+def _self_signed_tls(tmp: Any) -> ssl.SSLContext:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
+            .sign(key, hashes.SHA256()))
+    (tmp / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp / "c.pem", tmp / "k.pem")
+    ctx.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+    return ctx
+
+
+async def test_a_tunnel_handed_over_by_the_one_port_listener_inside_tls(env: Env, tmp_path: Any) -> None:
+    """``serve_socket``: what the proxy's one-port mode calls with a connection it told apart as a
+    tunnel (TLS with the tunnel's ALPN); the node dials it as HostKeyRecorder does with TLS."""
+    server_tls = _self_signed_tls(tmp_path)
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+
+    async def accept_one() -> None:
+        sock, _ = await loop.sock_accept(listener)
+        await env.server.serve_socket(sock, server_tls)
+
+    accepting = asyncio.ensure_future(accept_one())
+    client_tls = ssl.create_default_context()
+    client_tls.check_hostname = False
+    client_tls.verify_mode = ssl.CERT_NONE
+    client_tls.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+    key, cert, node_id = host_identity(env.ca, "Node")
+    recorder = HostKeyRecorder("127.0.0.1", port, client_tls)
+    async with await asyncssh.connect("127.0.0.1", port, tunnel=recorder, username="x", client_keys=[(key, cert)],
+                                      known_hosts=None, agent_path=None, config=None) as conn:
+        assert check_proxy_host_key(recorder.key_data, [env.ca.ssh_public_key], CLUSTER) == env.proxy_id
+        await conn.create_server(lambda *_: None, TUNNEL_NODE_HOST, TUNNEL_NODE_PORT)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert env.server.has(node_id)
+    await accepting
+    listener.close()
