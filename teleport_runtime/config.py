@@ -47,6 +47,9 @@ SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
 RECORDING_MODES = ("node", "node-sync", "off")
+#: ``auth_service.proxy_listener_mode``: ``separate`` (SSH, web and tunnel on their own ports) or
+#: ``multiplex`` (all on the web port, told apart by first bytes and TLS ALPN: proxy/multiplex.py).
+PROXY_LISTENER_MODES = ("separate", "multiplex")
 #: Shortest static join token: a static token never expires, so it must not be guessable.
 MIN_STATIC_TOKEN = 16
 LABEL_KEY = re.compile(r"[a-zA-Z0-9/.\-_]+")
@@ -60,6 +63,7 @@ _KNOWN_KEYS: dict[str, set[str]] = {
     "auth_service": {
         "enabled", "listen_addr", "cluster_name", "public_addr", "tokens",
         "session_recording", "presence_ttl", "ca_key_encryption_key_file",
+        "proxy_listener_mode",
     },
     "ssh_service": {"enabled", "listen_addr", "public_addr", "labels", "commands", "enhanced_recording"},
     "proxy_service": {
@@ -139,6 +143,8 @@ class AuthConfig:
     presence_ttl: timedelta = DEFAULT_PRESENCE_TTL
     #: The key-encryption key for the CA private keys in the backend (teleport_runtime/ca/keywrap.py).
     ca_key_encryption_key_file: Path | None = None
+    #: The cluster's proxy listener mode (one of PROXY_LISTENER_MODES); proxies ask for it.
+    proxy_listener_mode: str = "separate"
 
 
 @dataclass
@@ -452,6 +458,15 @@ def config_from_dict(
                 f"{mode!r}: expected one of {', '.join(RECORDING_MODES)}",
             )
         cfg.auth.session_recording = mode
+        listener_mode = r.string(
+            auth.get("proxy_listener_mode", "separate"), "auth_service.proxy_listener_mode", "multiplex"
+        )
+        if listener_mode not in PROXY_LISTENER_MODES:
+            raise r.fail(
+                "auth_service.proxy_listener_mode",
+                f"{listener_mode!r}: expected one of {', '.join(PROXY_LISTENER_MODES)}",
+            )
+        cfg.auth.proxy_listener_mode = listener_mode
         if "presence_ttl" in auth:
             cfg.auth.presence_ttl = r.duration(auth["presence_ttl"], "auth_service.presence_ttl")
         if auth.get("ca_key_encryption_key_file"):
@@ -677,6 +692,7 @@ auth_service:
   session_recording: node         # node | node-sync | off
   presence_ttl: 10m
   # ca_key_encryption_key_file: /etc/teleport/ca-kek  # seals the CA keys in the backend; same file on every auth server
+  proxy_listener_mode: separate   # separate | multiplex (SSH, tunnels and HTTPS all on the web port)
 
 ssh_service:
   enabled: true

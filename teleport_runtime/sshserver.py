@@ -22,7 +22,7 @@ import contextlib
 import logging
 import struct
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Hashable, Iterable, MutableMapping
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Any, cast
@@ -211,7 +211,7 @@ class StartupLimits:
     grace_time: float = LOGIN_GRACE_TIME
 
 
-def _source(peer: Any) -> str:
+def source_address(peer: Any) -> str:
     """The source address of a peer name, IPv4-mapped IPv6 addresses as IPv4."""
     host = str(peer[0]) if peer else "?"
     with contextlib.suppress(ValueError):
@@ -227,7 +227,7 @@ class StartupGate:
     def __init__(self, name: str, limits: StartupLimits | None = None) -> None:
         self.name = name
         self.limits = limits or StartupLimits()
-        self._pending: dict[GatedServerConnection, str] = {}
+        self._pending: dict[Hashable, str] = {}
         self._per_source: dict[str, int] = {}
         self._dropped = 0
         self._last_drop_log = 0.0
@@ -236,7 +236,7 @@ class StartupGate:
         """Unauthenticated connections held (from ``source``, or in all)."""
         return len(self._pending) if source is None else self._per_source.get(source, 0)
 
-    def admit(self, conn: GatedServerConnection, source: str) -> bool:
+    def admit(self, conn: Hashable, source: str) -> bool:
         """Count ``conn`` as unauthenticated, or refuse it (False) when a limit is reached."""
         if self._per_source.get(source, 0) >= self.limits.per_source:
             self._drop(source, f"{self.limits.per_source} connections from this address (the per-source limit)")
@@ -248,7 +248,7 @@ class StartupGate:
         self._per_source[source] = self._per_source.get(source, 0) + 1
         return True
 
-    def release(self, conn: GatedServerConnection) -> None:
+    def release(self, conn: Hashable) -> None:
         """``conn`` authenticated or closed: it no longer counts."""
         source = self._pending.pop(conn, None)
         if source is None:
@@ -305,7 +305,7 @@ class GatedServerConnection(ServerConnection):
         self._grace_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._gate.admit(self, _source(transport.get_extra_info("peername"))):
+        if not self._gate.admit(self, source_address(transport.get_extra_info("peername"))):
             cast(asyncio.Transport, transport).abort()  # a stream transport: TCP
             return
         self._grace_timer = asyncio.get_running_loop().call_later(
@@ -331,7 +331,7 @@ class GatedServerConnection(ServerConnection):
         self._grace_timer = None
         _LOG.info(
             "%s: closed a connection from %s: not authenticated within %gs",
-            self._gate.name, _source(self.get_extra_info("peername")), self._gate.limits.grace_time,
+            self._gate.name, source_address(self.get_extra_info("peername")), self._gate.limits.grace_time,
         )
         self.connection_lost(asyncssh.ConnectionLost("Login grace time expired"))
 

@@ -205,6 +205,9 @@ class AuthClient:
     async def status(self) -> t.ClusterStatus:
         return t.ClusterStatus.from_json(await self._json(r.STATUS, r.STATUS.path))
 
+    async def networking(self) -> t.ClusterNetworking:
+        return t.ClusterNetworking.from_json(await self._json(r.NETWORKING, r.NETWORKING.path))
+
     # ------------------------------------------------------------------ CA rotation
 
     async def rotate(self, ca_type: str, request: t.RotateRequest) -> t.RotationView:

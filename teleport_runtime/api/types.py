@@ -211,6 +211,15 @@ class ClusterStatus(Message):
     version: str
     ca_pins: tuple[str, ...]
     cas: tuple[CAStatus, ...]
+    proxy_listener_mode: str = "separate"
+
+
+@dataclass(frozen=True)
+class ClusterNetworking(Message):
+    """The cluster's networking settings the proxies follow (``GET`` networking, agents and
+    admins): ``proxy_listener_mode`` is ``separate`` or ``multiplex`` (config.PROXY_LISTENER_MODES)."""
+
+    proxy_listener_mode: str = "separate"
 
 
 # ---------------------------------------------------------------------- tokens

@@ -166,6 +166,7 @@ class AuthAPI:
             (r.REMOVE_NODE, self.remove_node),
             (r.PROXIES, self.list_proxies),
             (r.STATUS, self.status),
+            (r.NETWORKING, self.networking),
             (r.TOKENS, self.list_tokens),
             (r.CREATE_TOKEN, self.create_token),
             (r.DELETE_TOKEN, self.delete_token),
@@ -384,6 +385,9 @@ class AuthAPI:
 
     async def status(self, request: web.Request) -> dict[str, Any]:
         return await self.auth.status()
+
+    async def networking(self, request: web.Request) -> t.ClusterNetworking:
+        return t.ClusterNetworking(proxy_listener_mode=self.auth.config.proxy_listener_mode)
 
     async def list_tokens(self, request: web.Request) -> list[dict[str, Any]]:
         return [token.to_dict() for token in await self.auth.tokens.list()]

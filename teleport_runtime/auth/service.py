@@ -723,6 +723,7 @@ class AuthService:
             "version": __version__,
             "ca_pins": await self.ca_pins(),
             "cas": cas,
+            "proxy_listener_mode": self.config.proxy_listener_mode,
         }
 
 

@@ -6,6 +6,11 @@
   (:mod:`teleport_runtime.proxy.web`).
 - Reverse tunnels from nodes on ``proxy_service.tunnel_listen_addr`` (3024)
   (:mod:`teleport_runtime.proxy.tunnel`); the SSH routing reaches tunnel nodes through them.
+- One-port mode (the cluster's ``auth_service.proxy_listener_mode: multiplex``, asked of the
+  auth API at start): SSH, reverse tunnels and HTTPS all on the web port
+  (:mod:`teleport_runtime.proxy.multiplex`), the SSH and tunnel ports not listening; clients and
+  tunnel nodes learn the addresses (the web address then) from ``/webapi/ping`` and
+  ``/webapi/find``.
 - A heartbeat as a Proxy (with its CA rotation phases), so the auth API lists it among the proxies.
 
 Cluster state comes from the auth API only, with the proxy's identity: the node list (cached by
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from typing import Any
@@ -28,13 +34,16 @@ from teleport_runtime.agent.heartbeat import Heartbeat
 from teleport_runtime.agent.join import identity_dir
 from teleport_runtime.agent.rotation import RotationSync
 from teleport_runtime.api.client import AuthClient
+from teleport_runtime.api.names import ALPN_REVERSE_TUNNEL
 from teleport_runtime.api.types import AuditEvent
 from teleport_runtime.ca import parse_tls_identity
-from teleport_runtime.config import Config, HostPort
-from teleport_runtime.errors import TeleportError
+from teleport_runtime.config import PROXY_LISTENER_MODES, Config, HostPort
+from teleport_runtime.durable import write_private
+from teleport_runtime.errors import BadParameter, NotFound, TeleportError
 from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
+from teleport_runtime.proxy.multiplex import Multiplexer
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
 from teleport_runtime.proxy.tunnel import TunnelServer
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
@@ -44,6 +53,11 @@ log = logging.getLogger("teleport.proxy")
 
 #: How long the role list is reused for ``/webapi/nodes``.
 ROLE_CACHE_SECONDS = 5.0
+#: Bound on asking the auth service for the listener mode at start.
+NETWORKING_TIMEOUT = 10.0
+#: The listener mode last learned from the auth service (in the data dir), used when the auth
+#: service cannot be asked at start.
+LISTENER_MODE_FILE = "proxy_listener_mode"
 
 
 class ProxyService:
@@ -94,13 +108,17 @@ class ProxyService:
         self.ssh.tunnels = self.tunnel
         self.directory.on_refresh = self.tunnel.drop_unlisted
         self.web = ProxyWeb(self)
+        #: ``separate`` or ``multiplex`` (known once :meth:`start` asked the auth service).
+        self.listener_mode = "separate"
+        self.mux: Multiplexer | None = None
+        self._tunnel_ssl: ssl.SSLContext | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
     @property
     def ssh_port(self) -> int | None:
-        return self.ssh.port
+        return self.web.port if self.mux is not None else self.ssh.port
 
     @property
     def web_port(self) -> int | None:
@@ -111,12 +129,24 @@ class ProxyService:
         listen, beat."""
         await self.rotation.start()
         await self.directory.start()
+        self.listener_mode = await self._listener_mode()
         listen = self.cfg.proxy.listen_addr
-        await self.ssh.start(listen.host, listen.port)
         web_listen = self.cfg.proxy.web_listen_addr
-        await self.web.start(web_listen.host, web_listen.port)
-        tunnel_listen = self.cfg.proxy.tunnel_listen_addr
-        await self.tunnel.start(tunnel_listen.host, tunnel_listen.port)
+        if self.listener_mode == "multiplex":
+            await self.web.setup()
+            runner, web_ssl = self.web.runner, self.web.listener_ssl
+            assert runner is not None and runner.server is not None and web_ssl is not None
+            self.mux = Multiplexer(
+                ssh=self.ssh.new_connection, web=runner.server, web_ssl=web_ssl,
+                tunnel=self._serve_tunnel,
+            )
+            self.web.port = await self.mux.start(web_listen.host, web_listen.port)
+            listen = web_listen
+        else:
+            await self.ssh.start(listen.host, listen.port)
+            await self.web.start(web_listen.host, web_listen.port)
+            tunnel_listen = self.cfg.proxy.tunnel_listen_addr
+            await self.tunnel.start(tunnel_listen.host, tunnel_listen.port)
         self.heartbeat.start()
         log.info(
             "proxy service ready: cluster %s, SSH on %s, web on %s",
@@ -127,6 +157,8 @@ class ProxyService:
     async def stop(self) -> None:
         await self.rotation.stop()
         await self.heartbeat.stop()
+        if self.mux is not None:
+            await self.mux.stop()
         await self.web.stop()
         await self.tunnel.stop()
         await self.ssh.stop()
@@ -134,11 +166,56 @@ class ProxyService:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
 
+    async def _listener_mode(self) -> str:
+        """The cluster's proxy listener mode, from the auth service (remembered in the data
+        dir); the remembered one when the auth service cannot answer now; ``separate`` from an
+        auth service that predates the setting."""
+        remembered = self.cfg.data_dir / LISTENER_MODE_FILE
+        try:
+            async with asyncio.timeout(NETWORKING_TIMEOUT):
+                mode = (await self.client.networking()).proxy_listener_mode
+        except NotFound:
+            mode = "separate"
+        except (TeleportError, TimeoutError) as exc:
+            try:
+                mode = remembered.read_text().strip()
+            except OSError:
+                mode = "separate"
+            log.warning(
+                "cannot ask the auth service for the proxy listener mode (%s); using %s",
+                exc.message if isinstance(exc, TeleportError) else "timed out", mode,
+            )
+        if mode not in PROXY_LISTENER_MODES:
+            raise BadParameter(
+                f"the cluster's proxy_listener_mode is {mode!r}, which this proxy ({__version__}) "
+                f"does not know ({', '.join(PROXY_LISTENER_MODES)}): upgrade the proxy"
+            )
+        try:
+            if not remembered.exists() or remembered.read_text().strip() != mode:
+                write_private(remembered, mode + "\n")
+        except OSError as exc:
+            log.warning("cannot remember the proxy listener mode in %s: %s", remembered, exc.strerror)
+        return mode
+
+    async def _serve_tunnel(self, sock: socket.socket) -> None:
+        """A reverse tunnel connection the multiplexed port told apart (TLS not started yet)."""
+        await self.tunnel.serve_socket(sock, self._tunnel_ssl_context())
+
+    def _tunnel_ssl_context(self) -> ssl.SSLContext:
+        """TLS of tunnels on the multiplexed port: the proxy's identity, the tunnel ALPN, no
+        client certificate asked for (the node authenticates inside, with its SSH host
+        certificate). Rebuilt after the identity changes."""
+        if self._tunnel_ssl is None:
+            self._tunnel_ssl = server_ssl_context(self.identity, [])
+            self._tunnel_ssl.set_alpn_protocols([ALPN_REVERSE_TUNNEL])
+        return self._tunnel_ssl
+
     def update_identity(self, identity: Identity) -> None:
         """Serve a new identity (SSH host cert, web TLS cert) to new connections."""
         self.identity = identity
         self.ssh.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
         self.tunnel.update_host_key(*load_host_credentials(identity.ssh_key, identity.ssh_cert))
+        self._tunnel_ssl = None
         self.web.reload_tls()
 
     # ------------------------------------------------------------------ what the proxy says
@@ -157,7 +234,10 @@ class ProxyService:
         }
 
     def ssh_addr(self, request_host: str | None = None) -> str:
-        """The proxy SSH address clients dial (see :meth:`_advertised`)."""
+        """The proxy SSH address clients dial (see :meth:`_advertised`): the web address in the
+        one-port mode."""
+        if self.mux is not None:
+            return self.web_addr(request_host)
         proxy = self.cfg.proxy
         return self._advertised(proxy.ssh_public_addr, proxy.listen_addr, self.ssh_port, request_host)
 
@@ -168,7 +248,9 @@ class ProxyService:
 
     def tunnel_addr(self, request_host: str | None = None) -> str:
         """The reverse tunnel address nodes dial (``tunnel_public_addr``, a load balancer's
-        when proxies share one; see :meth:`_advertised`)."""
+        when proxies share one; see :meth:`_advertised`): the web address in the one-port mode."""
+        if self.mux is not None:
+            return self.web_addr(request_host)
         proxy = self.cfg.proxy
         return self._advertised(proxy.tunnel_public_addr, proxy.tunnel_listen_addr, self.tunnel.port, request_host)
 
@@ -182,17 +264,27 @@ class ProxyService:
             fallbacks=[split_host(request_host or "")],
         ))
 
+    def find_info(self, request_host: str | None = None) -> dict[str, Any]:
+        """``/webapi/find``: where the proxy's services are (``listener_mode: multiplex``: SSH on
+        the web address too)."""
+        return {
+            "cluster": self.cluster,
+            "proxy": {**self._addresses(request_host), "tunnel_addr": self.tunnel_addr(request_host),
+                      "listener_mode": self.listener_mode},
+            "version": __version__,
+        }
+
+    def _addresses(self, request_host: str | None) -> dict[str, str]:
+        return {"ssh_addr": self.ssh_addr(request_host), "web_addr": self.web_addr(request_host)}
+
     def ping_info(self, request_host: str | None = None) -> dict[str, Any]:
         return {
             "cluster": self.cluster,
-            "proxy": {
-                "ssh_addr": self.ssh_addr(request_host),
-                "web_addr": self.web_addr(request_host),
-            },
+            "proxy": self._addresses(request_host),
+            "version": __version__,
             "auth": {"second_factor": "otp", "type": "local"},
             "host_ca_certs": self.host_ca_certs(),
             "host_ca_keys": self.host_ca_keys(),
-            "version": __version__,
         }
 
     # ------------------------------------------------------------------ trust

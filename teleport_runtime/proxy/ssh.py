@@ -264,15 +264,18 @@ class ProxySSHServer:
             max_pktsize=SSH_MAX_PACKET + SSH_PACKET_FRAMING,
         )
 
-    def _new_connection(self) -> _ProxyServerConnection:
-        assert self._conn_options is not None
+    def new_connection(self) -> _ProxyServerConnection:
+        """The protocol of one accepted connection (the listener's factory; the one-port mode
+        hands it the connections that start with ``SSH-``)."""
+        if self._conn_options is None:
+            self._conn_options = self._options()
         return _ProxyServerConnection(asyncio.get_running_loop(), self._conn_options, self.startup_gate)
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (port 0: any free port); returns the bound port."""
         self._conn_options = self._options()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_connection, host or None, port, reuse_address=True)
+        self._server = await loop.create_server(self.new_connection, host or None, port, reuse_address=True)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("proxy SSH listening on %s:%s", host, self.port)
         return self.port

@@ -12,10 +12,12 @@ auth API):
   the cluster trusts now (``host_ca_certs`` X.509, ``host_ca_keys`` SSH; both CAs during a host CA
   rotation, as the rotation watch last told the proxy), so a client can check them against a CA
   pin, and a client that verified this proxy keeps its trusted host CAs current (tsh_trust).
+- ``GET /webapi/find`` (public): cluster name, version and where the proxy's services are
+  (``proxy.ssh_addr``, ``proxy.web_addr``, ``proxy.tunnel_addr``, ``proxy.listener_mode``: in
+  ``multiplex`` mode SSH and tunnels are on the web address).
 - ``POST /webapi/login`` (public): password + OTP, forwarded to the auth service with the
   client's IP; answers the signed SSH and X.509 certificates.
 - ``GET /webapi/signup/{token}``, ``POST /webapi/signup`` (public): invitation sign-up.
-- ``GET /webapi/find`` (public): the cluster and the proxy's SSH, web and reverse tunnel addresses.
 - ``GET /webapi/connect/auth`` (public, websocket, rate limited per source): raw bytes to an
   auth server, for nodes that join through the proxy (:mod:`teleport_runtime.proxy.tunnel`).
 - ``GET /webapi/nodes`` (user certificate): the nodes some login of the user may reach.
@@ -84,6 +86,8 @@ class ProxyWeb:
         self.port: int | None = None
         self._active_ssl: ssl.SSLContext | None = None
         self.webui = WebUI(service)
+        #: The listener's context: the current identity is swapped in per handshake (SNI callback).
+        self.listener_ssl: ssl.SSLContext | None = None
         self._connect_limit = TokenBuckets(rate=CONNECT_RATE, burst=CONNECT_BURST, what="joins through the proxy")
 
     def app(self) -> web.Application:
@@ -102,16 +106,23 @@ class ProxyWeb:
         return app
 
     async def start(self, host: str, port: int) -> int:
-        self._active_ssl = self.service.web_ssl_context()
-        outer = self.service.web_ssl_context()
-        outer.sni_callback = self._select_context
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host or None, port, ssl_context=outer, reuse_address=True)
+        await self.setup()
+        assert self.runner is not None and self.listener_ssl is not None
+        site = web.TCPSite(self.runner, host or None, port, ssl_context=self.listener_ssl, reuse_address=True)
         await site.start()
         self.port = int(self.runner.addresses[0][1])
         log.info("proxy web API listening on %s:%s", host, self.port)
         return self.port
+
+    async def setup(self) -> None:
+        """The application and its TLS, without a listener of its own: :meth:`start` adds one,
+        the one-port mode (proxy/multiplex.py) hands it TLS connections (``runner.server`` is the
+        protocol factory, ``listener_ssl`` the context)."""
+        self._active_ssl = self.service.web_ssl_context()
+        self.listener_ssl = self.service.web_ssl_context()
+        self.listener_ssl.sni_callback = self._select_context
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self.runner.setup()
 
     def reload_tls(self) -> None:
         """New connections use the current identity and user CA trust."""
@@ -184,9 +195,7 @@ class ProxyWeb:
     async def find(self, request: web.Request) -> dict[str, Any]:
         """Public: the cluster and where its proxy listens (SSH, web, reverse tunnels): what an
         agent given this address asks to learn it is a proxy and where to dial its tunnel."""
-        info = self.service.ping_info(request.host)
-        proxy = {**info["proxy"], "tunnel_addr": self.service.tunnel_addr(request.host)}
-        return {"cluster": info["cluster"], "proxy": proxy, "version": info["version"]}
+        return self.service.find_info(request.host)
 
     async def connect_auth(self, request: web.Request) -> web.StreamResponse:
         """Public: joining through the proxy (proxy/tunnel.py ``relay_websocket_to_auth``)."""
