@@ -5,8 +5,13 @@
 sessions in progress. The recording mode is the cluster's (``auth_service.session_recording``):
 pass it as a string or as a callable read at each session start (such as the last value the
 auth service sent, see :class:`ModeCache`). In ``node-sync`` each session's recording is also
-streamed to the auth service (:mod:`.stream`) and the session ends when that fails. A later
-``proxy`` mode (the proxy records) would make nodes record nothing, as ``off`` does here.
+streamed to the auth service (:mod:`.stream`) and the session ends when that fails.
+
+The proxy records with this same class (:mod:`teleport_runtime.proxy.recording_proxy`) the
+sessions it terminates; ``proxy``/``proxy-sync`` record like ``node``/``node-sync`` wherever the
+session is terminated. A node service keeps recording its own sessions in the proxy modes: the
+proxy relays those end to end (it terminates SSH only for OpenSSH nodes), so a node that stopped
+would leave them unrecorded.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("teleport.recording")
 
 #: The cluster's recording modes.
-MODES = ("node", "node-sync", "off")
+MODES = ("node", "node-sync", "proxy", "proxy-sync", "off")
+#: How each mode records where the session is terminated.
+_EFFECTIVE = {"proxy": "node", "proxy-sync": "node-sync"}
 
 
 def spool_dir(data_dir: Path) -> Path:
@@ -160,7 +167,7 @@ class NodeRecording:
         if mode not in MODES:
             log.warning("unknown session recording mode %r; recording at the node", mode)
             return "node"
-        return mode
+        return _EFFECTIVE.get(mode, mode)
 
     async def start(self) -> list[dict[str, Any]]:
         """Start uploading (resuming what the spool holds) and reporting sessions.
