@@ -58,7 +58,7 @@ class Env:
                            password_file=self.root / "password", otp_file=self.root / f"otp-{name}")
 
     def create(self, resource: dict[str, Any], *flags: str) -> subprocess.CompletedProcess[str]:
-        path = self.root / f"{resource['metadata']['name']}.yaml"
+        path = self.root / f"resource-{len(list(self.root.glob('resource-*')))}.yaml"
         path.write_text(yaml.safe_dump(resource))
         return self.cluster.tctl("create", *flags, str(path), check=False)
 
