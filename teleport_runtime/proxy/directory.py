@@ -67,13 +67,16 @@ class NodeRecord:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The ``/webapi/nodes`` form; ``sub_kind`` only for an OpenSSH node (absent: teleport)."""
+        out: dict[str, Any] = {
             "id": self.id,
             "hostname": self.hostname,
             "addr": str(self.addr),
             "labels": dict(self.labels),
-            "sub_kind": self.sub_kind,
         }
+        if self.sub_kind != "teleport":
+            out["sub_kind"] = self.sub_kind
+        return out
 
 
 def _normalize_host(text: str) -> str:
