@@ -1,10 +1,11 @@
-"""The proxy terminating SSH for OpenSSH nodes, and recording what goes through.
+"""The proxy terminating SSH, and recording what goes through.
 
-An OpenSSH node (``sub_kind: openssh``, registered with ``tctl create``) runs a stock sshd: it
-knows nothing of roles and cannot record. The proxy therefore never relays bytes to it end to end
-(whatever ``session_recording`` says): the client's SSH connection for such a node ends here, in
-an SSH server run on one end of a socket pair whose other end the jump channel (``direct-tcpip``
-or the ``proxy:`` subsystem, :mod:`teleport_runtime.proxy.ssh`) is relayed to. So:
+The proxy terminates the client's SSH connection (instead of relaying its bytes end to end) for
+OpenSSH nodes always (a stock sshd knows nothing of roles and cannot record, so this is how they
+are reached whatever ``session_recording`` says), and for every node in the proxy recording
+modes (``proxy``, ``proxy-sync``). The client's connection for the node ends here, in an SSH
+server run on one end of a socket pair whose other end the jump channel (``direct-tcpip`` or the
+``proxy:`` subsystem, :mod:`teleport_runtime.proxy.ssh`) is relayed to. So:
 
 1. The client sees a host certificate naming the node (its name, hostname, their
    ``.<cluster>`` forms and its address host), signed by the host CA and issued by the auth
@@ -13,9 +14,12 @@ or the ``proxy:`` subsystem, :mod:`teleport_runtime.proxy.ssh`) is relayed to. S
 2. The client logs in with its user certificate (a trusted user CA, valid now, listing the
    login). The user's roles (``node_labels``, ``logins``) are checked here, before anything is
    dialled; a refusal is told in an authentication banner and audited (``auth.rejected``).
-3. The proxy opens its own SSH connection to the node's registered address with a certificate
-   the auth service issues for this one session (``/v1/certs/proxy/session``: the user's own
-   certificate is sent along and checked again, the roles are checked again; the only principal
+3. The proxy opens its own SSH connection to the node's registered address. To a node service
+   host (proxy mode) it logs in with the user's forwarded agent (``tsh ssh -A``, ``ssh -A``),
+   which the node checks as usual; without one the session is refused saying so. To an OpenSSH
+   node it logs in with a certificate the auth service issues for this one session
+   (``/v1/certs/proxy/session``: the user's own certificate is sent along and checked again, the
+   roles are checked again; the only principal
    is the login, it lives 2 minutes, ``source-address`` is the proxy's addresses; its key is made
    here and never leaves this process's memory). The node must present a host certificate from
    the cluster's host CA naming its address host, hostname or name, valid now; otherwise the
@@ -24,15 +28,14 @@ or the ``proxy:`` subsystem, :mod:`teleport_runtime.proxy.ssh`) is relayed to. S
    signals, exit status) and local port forwarding (``-L``, direct-tcpip) are relayed; PTY
    sessions are recorded (asciicast) with the node's recording code
    (:class:`~teleport_runtime.recording.node.NodeRecording` over the proxy's own spool
-   ``<data_dir>/log/upload/sessions``), uploaded and audited (``session.upload``) as a node's
+   ``<data_dir>/log/upload/proxy-sessions``), uploaded and audited (``session.upload``) as a node's
    are, kept on disk and retried when the upload fails. ``proxy-sync`` / ``node-sync`` stream
    the recording to the auth service and end the session when that fails; ``off`` records
    nothing. Audit events: ``session.start``, ``session.end``, ``port``, ``auth.rejected`` with
    ``target_node`` and ``target_addr``.
 
-Not done here: remote forwarding (``-R``) and agent forwarding to OpenSSH nodes are refused;
-sessions to nodes running the node service are relayed end to end as before (they record
-themselves, also in the proxy modes).
+Not done here: remote forwarding (``-R``) is refused, and the user's agent is not forwarded on
+to the node. In the node modes, sessions to node service hosts are relayed end to end as before.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ UPSTREAM_TIMEOUT = 15.0
 CHUNK = 64 * 1024
 
 Audit = Callable[..., None]
+#: The modes in which the proxy terminates (and records) every session.
+PROXY_MODES = ("proxy", "proxy-sync")
 
 
 def _cert_line(key_data: bytes) -> str:
@@ -83,6 +88,13 @@ class UpstreamRefused(TeleportError):
 
     code = "upstream_refused"
     status = 502
+
+
+class AgentRequired(TeleportError):
+    """Proxy recording mode needs the user's forwarded agent to reach a node service host."""
+
+    code = "agent_required"
+    status = 400
 
 
 class _TrustedUserCAs:
@@ -127,6 +139,7 @@ class RecordingProxy:
         roles: Callable[[list[str]], Awaitable[list[Role]]],
         recording: NodeRecording | None,
         audit: Audit,
+        mode: Callable[[], str] = lambda: "node",
     ) -> None:
         self.client = client
         self.cluster = cluster
@@ -135,7 +148,12 @@ class RecordingProxy:
         self.roles = roles
         self.recording = recording
         self.audit = audit
+        self.mode = mode
         self.connections: set[_Terminated] = set()
+
+    def terminates(self, node: NodeRecord) -> bool:
+        """OpenSSH nodes always; every node in the proxy recording modes."""
+        return node.sub_kind == "openssh" or self.mode() in PROXY_MODES
 
     async def dial(self, node: NodeRecord, user: str, remote_addr: str) -> socket.socket:
         """A socket whose peer is an SSH server speaking for ``node``: relay the client's
@@ -150,7 +168,7 @@ class RecordingProxy:
             server_version="Teleport-Proxy",
             process_factory=self._session,
             allow_scp=False,
-            agent_forwarding=False,
+            agent_forwarding=True,  # the user's agent logs the proxy in to node service hosts
             keepalive_interval=60,
             max_pktsize=SSH_MAX_PACKET + SSH_PACKET_FRAMING,
         )
@@ -167,14 +185,25 @@ class RecordingProxy:
 
     # ------------------------------------------------------------------ upstream
 
-    async def connect_upstream(self, node: NodeRecord, login: str, user_cert: str) -> asyncssh.SSHClientConnection:
-        """The proxy's own SSH connection to ``node`` as ``login`` with a per-session
-        certificate; UpstreamRefused naming the node and the fix otherwise."""
+    async def session_keys(self, node: NodeRecord, login: str, user_cert: str) -> list[Any]:
+        """A key and the auth service's certificate for one session to an OpenSSH node."""
         key_pem, public = generate_ssh_keypair()
         answer = await self.client.sign_session(
             SessionCertRequest(user_ssh_cert=user_cert, login=login, node=node.id, ssh_public_key=public))
-        key = asyncssh.import_private_key(key_pem)
-        cert = asyncssh.import_certificate(answer.ssh_cert)
+        return [(asyncssh.import_private_key(key_pem), asyncssh.import_certificate(answer.ssh_cert))]
+
+    async def agent_keys(self, node: NodeRecord, agent_path: str) -> tuple[asyncssh.SSHAgentClient, list[Any]]:
+        """The keys in the user's forwarded agent (for a node service host in proxy mode)."""
+        try:
+            agent = await asyncssh.connect_agent(agent_path)
+            return agent, list(await agent.get_keys())
+        except (OSError, asyncssh.Error) as exc:
+            raise UpstreamRefused(f"cannot use your forwarded agent to log in to {node.hostname}: {exc}") from None
+
+    async def connect_upstream(self, node: NodeRecord, login: str, keys: list[Any]) -> asyncssh.SSHClientConnection:
+        """The proxy's own SSH connection to ``node`` as ``login`` with ``keys``; UpstreamRefused
+        naming the node and the fix otherwise."""
+        what = "OpenSSH node" if node.sub_kind == "openssh" else "node"
         cas = [asyncssh.import_public_key(k) for k in self.host_ca_keys()]
         names = list(dict.fromkeys([node.addr.host, node.hostname, node.id]))
         last = ""
@@ -182,7 +211,7 @@ class RecordingProxy:
             try:
                 async with asyncio.timeout(UPSTREAM_TIMEOUT):
                     return await asyncssh.connect(
-                        node.addr.host, node.addr.port, username=login, client_keys=[(key, cert)],
+                        node.addr.host, node.addr.port, username=login, client_keys=keys,
                         known_hosts=([], cas, []), host_key_alias=alias, agent_path=None,
                         preferred_auth="publickey", config=None, keepalive_interval=60,
                     )
@@ -192,20 +221,23 @@ class RecordingProxy:
                     continue  # the certificate may name the node another way
                 break
             except asyncssh.PermissionDenied:
+                fix = ("its sshd must trust the cluster's user CA (TrustedUserCAKeys from `tctl auth export "
+                       f"--type=user`) and allow {login!r} (AuthorizedPrincipalsFile, if set, must list it)"
+                       if node.sub_kind == "openssh" else
+                       "your forwarded agent must hold your Teleport key and certificate (`ssh-add` the key "
+                       "`tsh login` wrote) and your roles must allow the login there")
                 raise UpstreamRefused(
-                    f"OpenSSH node {node.hostname} ({node.addr}) refused the login {login!r}: its sshd must "
-                    "trust the cluster's user CA (TrustedUserCAKeys from `tctl auth export --type=user`) and "
-                    f"allow {login!r} (AuthorizedPrincipalsFile, if set, must list it)"
+                    f"{what} {node.hostname} ({node.addr}) refused the login {login!r}: {fix}"
                 ) from None
             except (OSError, TimeoutError, asyncssh.Error) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
                     getattr(exc, "reason", "") or "timed out")
                 raise UpstreamRefused(
-                    f"OpenSSH node {node.hostname} is registered at {node.addr} but cannot be reached from "
+                    f"{what} {node.hostname} is registered at {node.addr} but cannot be reached from "
                     f"the proxy: {reason}"
                 ) from None
         raise UpstreamRefused(
-            f"OpenSSH node {node.hostname} ({node.addr}) did not present a valid host certificate from "
+            f"{what} {node.hostname} ({node.addr}) did not present a valid host certificate from "
             f"cluster {self.cluster}'s host CA ({last}): sign its host key with `tctl auth sign "
             f"--host={node.hostname},{node.addr.host} --out=/etc/ssh/teleport_host_key` and set HostKey and "
             "HostCertificate in its sshd_config (or rerun the openssh_node role), then reload sshd"
@@ -215,9 +247,17 @@ class RecordingProxy:
 
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         owner = process.channel.get_connection().get_owner()
-        if not isinstance(owner, _Terminated) or owner.upstream is None:
+        if not isinstance(owner, _Terminated):
             process.exit(1)
             return
+        if owner.upstream is None:
+            try:
+                await owner.connect_with_agent(process.channel.get_agent_path)
+            except TeleportError as exc:
+                owner._audit("auth.rejected", reason=exc.message)
+                process.stderr.write(f"teleport: {exc.message}\r\n".encode())
+                process.exit(1)
+                return
         await owner.relay_session(process)
 
 
@@ -233,6 +273,7 @@ class _Terminated(asyncssh.SSHServer):
         self.info: UserCertInfo | None = None
         self.login = ""
         self.user_cert = ""
+        self._connecting = asyncio.Lock()
 
     # --- asyncssh.SSHServer
 
@@ -266,9 +307,15 @@ class _Terminated(asyncssh.SSHServer):
     async def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
                                    orig_port: int) -> asyncssh.SSHTCPSession[bytes]:
         """``-L``: the node's sshd opens the connection (its own AllowTcpForwarding applies)."""
-        if self.upstream is None or self.info is None or not self.info.permit_port_forwarding:
+        if self.info is None or not self.info.permit_port_forwarding:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                                             "port forwarding is not permitted by your roles")
+        if self.upstream is None:  # a node service host in proxy mode: needs the agent of a session
+            try:
+                await self.connect_with_agent(lambda: self.conn.get_agent_path() if self.conn else None)
+            except TeleportError as exc:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
+            assert self.upstream is not None
         try:
             reader, writer = await self.upstream.open_connection(dest_host, dest_port, encoding=None)
         except asyncssh.ChannelOpenError as exc:
@@ -308,8 +355,11 @@ class _Terminated(asyncssh.SSHServer):
             RoleSet(roles, self.info.traits).check_access_to_node(login, self.node.labels)
         except TeleportError as exc:
             return self._refuse(f"access to {login}@{self.node.hostname} denied: {exc.message}")
+        if self.node.sub_kind != "openssh":
+            return True  # logged in with the user's forwarded agent at the first session
         try:
-            self.upstream = await self.proxy.connect_upstream(self.node, login, self.user_cert)
+            keys = await self.proxy.session_keys(self.node, login, self.user_cert)
+            self.upstream = await self.proxy.connect_upstream(self.node, login, keys)
         except TeleportError as exc:
             return self._refuse(exc.message)
         log.info("[user=%s login=%s target=%s] terminated for OpenSSH node at %s", self.info.username, login,
@@ -317,6 +367,29 @@ class _Terminated(asyncssh.SSHServer):
         return True
 
     # --- sessions
+
+    async def connect_with_agent(self, agent_path: Callable[[], str | None]) -> None:
+        """Proxy recording mode, a node service host: log in with the user's forwarded agent."""
+        async with self._connecting:
+            if self.upstream is not None:
+                return
+            path = agent_path()
+            for _ in range(20):  # the agent request is answered just before the session's
+                if path:
+                    break
+                await asyncio.sleep(0.025)
+                path = agent_path()
+            if not path:
+                raise AgentRequired(
+                    f"this cluster records sessions at the proxy (session_recording: {self.proxy.mode()}): "
+                    f"the proxy logs in to {self.node.hostname} with your forwarded agent, and you forwarded "
+                    "none: connect with `tsh ssh -A` or `ssh -A` (with your Teleport key in the agent)"
+                )
+            agent, keys = await self.proxy.agent_keys(self.node, path)
+            try:
+                self.upstream = await self.proxy.connect_upstream(self.node, self.login, keys)
+            finally:
+                agent.close()
 
     async def relay_session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         assert self.upstream is not None and self.info is not None

@@ -79,12 +79,13 @@ class ProxyService:
         # proxy's own (a node service in the same process has its own).
         self.recording_mode = ModeCache(cfg.data_dir / "cache" / "proxy_session_recording")
         self.recording = NodeRecording(
-            cfg.data_dir / "log" / "upload" / "proxy-sessions", client, track_sessions=False,
+            cfg.data_dir / "log" / "upload" / "proxy-sessions", client, track_sessions=False, at="proxy",
             mode=lambda: self.recording_mode.update(self.heartbeat.answer.session_recording),
         )
         self.terminator = RecordingProxy(
             client=client, cluster=self.cluster, trusted_user_ca_keys=self.user_ca_keys,
             host_ca_keys=self.host_ca_keys, roles=self.roles, recording=self.recording, audit=self.audit,
+            mode=lambda: self.recording_mode.update(self.heartbeat.answer.session_recording),
         )
         self.ssh = ProxySSHServer(
             host_key=host_key,

@@ -12,6 +12,10 @@ SSH username they send: the proxy only routes, the node authorizes the login. Tw
   on one side and asyncio stream back-pressure on the other.
 
 Anything else (a shell, a command) is refused with a message saying how to reach a node.
+
+For OpenSSH nodes, and for every node in proxy recording mode, either way through ends at the
+proxy's terminating SSH server instead (:mod:`teleport_runtime.proxy.recording_proxy`), which
+checks the user's roles itself, records and opens its own connection to the node.
 """
 
 from __future__ import annotations
@@ -309,13 +313,14 @@ class ProxySSHServer:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
 
     async def dial_args(self, conn: _ProxyConnection, node: NodeRecord) -> dict[str, Any]:
-        """Where a jump channel to ``node`` goes: its address, or for an OpenSSH node a socket to
-        the proxy's terminating SSH server (:mod:`teleport_runtime.proxy.recording_proxy`)."""
-        if node.sub_kind != "openssh":
+        """Where a jump channel to ``node`` goes: its address, or a socket to the proxy's
+        terminating SSH server for an OpenSSH node and, in proxy recording mode, for every node
+        (:mod:`teleport_runtime.proxy.recording_proxy`)."""
+        if self.terminator is None or not self.terminator.terminates(node):
+            if node.sub_kind == "openssh":
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                                f"{node.hostname} is an OpenSSH node: this proxy cannot reach it")
             return {"host": node.addr.host, "port": node.addr.port}
-        if self.terminator is None:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
-                                            f"{node.hostname} is an OpenSSH node: this proxy cannot reach it")
         try:
             return {"sock": await self.terminator.dial(node, conn.user, conn.peer)}
         except TeleportError as exc:
