@@ -62,7 +62,7 @@ from teleport_runtime.errors import TeleportError
 from teleport_runtime.proxy.directory import NodeRecord
 from teleport_runtime.rbac import Role, RoleSet
 from teleport_runtime.recording.node import NodeRecording
-from teleport_runtime.sshinternals import ServerConnection
+from teleport_runtime.sshinternals import RelayServerProcess, ServerConnection
 from teleport_runtime.sshserver import cert_only_options
 
 log = logging.getLogger("teleport.proxy.recording")
@@ -166,7 +166,6 @@ class RecordingProxy:
             server_factory=lambda: _Terminated(self, node, remote_addr),
             server_host_keys=[(host_key, asyncssh.import_certificate(host_cert))],
             server_version="Teleport-Proxy",
-            process_factory=self._session,
             allow_scp=False,
             agent_forwarding=True,  # the user's agent logs the proxy in to node service hosts
             keepalive_interval=60,
@@ -294,6 +293,9 @@ class _Terminated(asyncssh.SSHServer):
         assert self.conn is not None
         self.conn.set_authorized_keys(_TrustedUserCAs(self.proxy.trusted_user_ca_keys()))  # type: ignore[arg-type]
         return True
+
+    def session_requested(self) -> RelayServerProcess:
+        return RelayServerProcess(self.proxy._session)  # every subsystem, sftp too, goes to the node
 
     def password_auth_supported(self) -> bool:
         return False

@@ -161,6 +161,44 @@ def test_tsh_ssh_and_openssh_reach_it_through_the_proxy(env: Env) -> None:
     assert ssh.stdout.strip() == "via-openssh"
 
 
+def test_scp_sftp_and_port_forwarding_behave_as_through_a_node(env: Env) -> None:
+    config = env.root / "ssh_config"
+    target = f"sshd1.{CLUSTER}"
+    payload = env.root / "payload.txt"
+    payload.write_text("scp-through-the-proxy\n")
+    dest = env.root / "copied.txt"
+    scp = subprocess.run(["scp", "-F", str(config), "-o", "BatchMode=yes", str(payload), f"root@{target}:{dest}"],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert scp.returncode == 0, scp.stderr
+    assert dest.read_text() == payload.read_text()  # the sshd runs on this host
+    batch = env.root / "sftp-batch"
+    batch.write_text(f"get {dest} {env.root / 'fetched.txt'}\n")
+    sftp = subprocess.run(["sftp", "-F", str(config), "-o", "BatchMode=yes", "-b", str(batch), f"root@{target}"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert sftp.returncode == 0, sftp.stderr
+    assert (env.root / "fetched.txt").read_text() == payload.read_text()
+    # -L: a local port forwarded through the node to the node's own sshd
+    nodes = {n["hostname"]: n for n in json.loads(env.tsh("alice", "ls", "--format=json").stdout)}
+    sshd_port = nodes["sshd1"]["addr"].rsplit(":", 1)[1]
+    local = free_port()
+    forward = subprocess.Popen(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-N",
+         "-L", f"127.0.0.1:{local}:127.0.0.1:{sshd_port}", f"root@{target}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def banner() -> str:
+            try:
+                with socket.create_connection(("127.0.0.1", local), timeout=5) as sock:
+                    return sock.recv(64).decode(errors="replace")
+            except OSError:
+                return ""
+
+        assert wait_for(banner, what="the forwarded port").startswith("SSH-2.0-OpenSSH")
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+
+
 def test_a_pty_session_is_recorded_by_the_proxy_and_plays(env: Env) -> None:
     result = env.tsh("alice", "ssh", "-t", "root@sshd1", "echo hello-from-openssh")
     assert result.returncode == 0, result.stderr
