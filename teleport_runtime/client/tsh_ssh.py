@@ -134,6 +134,10 @@ async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHCli
         raise ConnectionProblem(f"cannot connect to the proxy at {profile.ssh_addr}: {_describe(exc)}") from None
 
 
+#: How the proxy's refusals start when it terminates SSH for a node (proxy/recording_proxy.py).
+PROXY_BANNER = "teleport proxy: "
+
+
 class _BannerClient(asyncssh.SSHClient):
     """Keeps the authentication banner: a proxy terminating SSH for an OpenSSH node explains a
     refusal (roles, the node's host certificate) in one."""
@@ -176,8 +180,8 @@ async def connect_node(
             f"{host!r} ({exc.reason}); connect by the node's name or UUID as `tsh ls` shows it"
         ) from None
     except asyncssh.PermissionDenied:
-        if client.banner.strip():
-            said = client.banner.strip().removeprefix("teleport: ")
+        if client.banner.startswith(PROXY_BANNER):  # the proxy terminating SSH says why
+            said = client.banner.strip().removeprefix(PROXY_BANNER)
             raise AccessDenied(f"access denied to {login}@{host}: {said}") from None
         logins = cert_logins(creds)
         hint = (

@@ -337,7 +337,7 @@ class _Terminated(asyncssh.SSHServer):
         self._audit("auth.rejected", reason=reason)
         if self.conn is not None:
             with contextlib.suppress(Exception):
-                self.conn.send_auth_banner(f"teleport: {reason}\r\n")
+                self.conn.send_auth_banner(f"teleport proxy: {reason}\r\n")
         return False
 
     async def authorize(self, login: str, key_data: bytes) -> bool:
