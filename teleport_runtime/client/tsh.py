@@ -502,7 +502,7 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
         await refresh.outcome()
     if fmt == "json":
         echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {},
-                    "sub_kind": n.get("sub_kind") or "teleport"} for n in nodes])
+                    **({"sub_kind": n["sub_kind"]} if n.get("sub_kind") else {})} for n in nodes])
         return
     kinds = any(n.get("sub_kind") == "openssh" for n in nodes)  # the Kind column only when it tells
     rows = [
