@@ -46,7 +46,7 @@ SSH_MAX_PACKET = 64 * 1024
 SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
-RECORDING_MODES = ("node", "node-sync", "off")
+RECORDING_MODES = ("node", "node-sync", "proxy", "proxy-sync", "off")
 #: ``auth_service.proxy_listener_mode``: ``separate`` (SSH, web and tunnel on their own ports) or
 #: ``multiplex`` (all on the web port, told apart by first bytes and TLS ALPN: proxy/multiplex.py).
 PROXY_LISTENER_MODES = ("separate", "multiplex")
@@ -689,7 +689,7 @@ auth_service:
   listen_addr: 0.0.0.0:3025
   # cluster_name: example.com     # default: this host's hostname; cannot change later
   # tokens: ["proxy,node:a-long-random-secret-value", "auth:/path/to/tokenfile"]  # 16+ characters
-  session_recording: node         # node | node-sync | off
+  session_recording: node         # node | node-sync | proxy | proxy-sync | off
   presence_ttl: 10m
   # ca_key_encryption_key_file: /etc/teleport/ca-kek  # seals the CA keys in the backend; same file on every auth server
   proxy_listener_mode: separate   # separate | multiplex (SSH, tunnels and HTTPS all on the web port)

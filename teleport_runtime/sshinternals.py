@@ -11,16 +11,18 @@ expected, so an upgrade that moves one fails there, by name, rather than in a se
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
 from asyncssh.kex import get_kex_algs as _get_kex_algs
 from asyncssh.packet import String
-from asyncssh.stream import SSHTCPStreamSession
+from asyncssh.stream import SSHReader, SSHTCPStreamSession, SSHWriter
 
 __all__ = [
-    "HOOKS", "BufferingForwarder", "HostKeyRecorder", "ServerConnection", "stream_session",
+    "HOOKS", "BufferingForwarder", "HostKeyRecorder", "RelayServerProcess", "ServerConnection", "stream_session",
     "supported_kex_algs", "verify_userauth_signature",
 ]
 
@@ -154,3 +156,27 @@ class BufferingForwarder(asyncssh.SSHForwarder):
             super().write(data)
         if self._pending_eof:
             super().write_eof()
+
+
+class RelayServerProcess(asyncssh.SSHServerProcess[bytes]):
+    """A server session whose every request, the ``sftp`` subsystem included, goes to one process
+    handler: the proxy terminating SSH for a node relays subsystems to the node. asyncssh answers
+    ``sftp`` itself when given an sftp server and refuses it otherwise; there is no public way to
+    hand it to the process factory. Built by ``SSHServer.session_requested``; its constructor
+    ``(process_factory, sftp_factory, sftp_version, allow_scp)`` and ``session_started`` (the
+    reader and writers of the channel, then the factory) are asyncssh's internals."""
+
+    def __init__(self, handler: Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]]) -> None:
+        super().__init__(handler, None, 3, False)
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        chan = self._chan
+        stdin: SSHReader[bytes] = SSHReader(self, chan)
+        stdout: SSHWriter[bytes] = SSHWriter(self, chan)
+        stderr: SSHWriter[bytes] = SSHWriter(self, chan, asyncssh.EXTENDED_DATA_STDERR)
+        handler = self._session_factory(stdin, stdout, stderr)  # type: ignore[misc]
+        if inspect.isawaitable(handler) and self._conn is not None:
+            self._conn.create_task(handler, stdin.logger)

@@ -40,3 +40,13 @@ def test_the_forwarder_keeps_the_fields_the_buffering_forwarder_reads() -> None:
 
 def test_the_kex_list_holds_the_classic_exchanges() -> None:
     assert b"curve25519-sha256" in supported_kex_algs()
+
+
+def test_the_server_process_is_built_and_started_as_the_relay_process_expects() -> None:
+    params = list(inspect.signature(asyncssh.SSHServerProcess.__init__).parameters)
+    assert params[1:5] == ["process_factory", "sftp_factory", "sftp_version", "allow_scp"]
+    from asyncssh.stream import SSHReader, SSHServerStreamSession, SSHWriter
+
+    assert "_session_factory" in inspect.getsource(SSHServerStreamSession.__init__)
+    assert list(inspect.signature(SSHWriter.__init__).parameters)[1:4] == ["session", "chan", "datatype"]
+    assert list(inspect.signature(SSHReader.__init__).parameters)[1:3] == ["session", "chan"]

@@ -502,13 +502,16 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
         await refresh.outcome()
     if fmt == "json":
         echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {},
-                    "tunnel": bool(n.get("tunnel"))} for n in nodes])
+                    **({"tunnel": True} if n.get("tunnel") else {}),
+                    **({"sub_kind": n["sub_kind"]} if n.get("sub_kind") else {})} for n in nodes])
         return
+    kinds = any(n.get("sub_kind") == "openssh" for n in nodes)  # the Kind column only when it tells
     rows = [
-        [n["hostname"], node_address(n), ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
+        [n["hostname"], node_address(n), *([n.get("sub_kind") or "teleport"] if kinds else []),
+         ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
         for n in nodes
     ]
-    click.echo(table(["Node Name", "Address", "Labels"], rows))
+    click.echo(table(["Node Name", "Address", *(["Kind"] if kinds else []), "Labels"], rows))
 
 
 @cli.command()

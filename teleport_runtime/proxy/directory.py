@@ -55,6 +55,8 @@ class NodeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     last_heartbeat: str = ""
     tunnel: bool = False
+    #: ``openssh``: a registered sshd the proxy reaches by terminating SSH (proxy/recording_proxy.py).
+    sub_kind: str = "teleport"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeRecord:
@@ -68,9 +70,12 @@ class NodeRecord:
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             last_heartbeat=str(data.get("last_heartbeat") or ""),
             tunnel=tunnel,
+            sub_kind=str(data.get("sub_kind") or "teleport"),
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``/webapi/nodes`` form; ``tunnel`` only for a tunnel node, ``sub_kind`` only for an
+        OpenSSH node (absent: a joined node reached at its address)."""
         out: dict[str, Any] = {
             "id": self.id,
             "hostname": self.hostname,
@@ -79,6 +84,8 @@ class NodeRecord:
         }
         if self.tunnel:  # said only of tunnel nodes (the listing's form is older than tunnels)
             out["tunnel"] = True
+        if self.sub_kind != "teleport":
+            out["sub_kind"] = self.sub_kind
         return out
 
 

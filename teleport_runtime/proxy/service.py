@@ -1,7 +1,8 @@
 """The proxy service: every client reaches the cluster through it.
 
 - SSH on ``proxy_service.listen_addr`` (3023): the jump hop to registered nodes
-  (:mod:`teleport_runtime.proxy.ssh`).
+  (:mod:`teleport_runtime.proxy.ssh`); for OpenSSH nodes the proxy terminates SSH, logs in
+  itself and records (:mod:`teleport_runtime.proxy.recording_proxy`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
 - Reverse tunnels from nodes on ``proxy_service.tunnel_listen_addr`` (3024)
@@ -44,10 +45,12 @@ from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
 from teleport_runtime.proxy.multiplex import Multiplexer
+from teleport_runtime.proxy.recording_proxy import RecordingProxy
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
 from teleport_runtime.proxy.tunnel import TunnelServer
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
 from teleport_runtime.rbac import Role
+from teleport_runtime.recording.node import ModeCache, NodeRecording
 
 log = logging.getLogger("teleport.proxy")
 
@@ -89,6 +92,18 @@ class ProxyService:
         self._cas: dict[str, Any] | None = None
         self._roles: tuple[float, list[dict[str, Any]]] | None = None
         host_key, host_cert = load_host_credentials(identity.ssh_key, identity.ssh_cert)
+        # Sessions the proxy terminates (OpenSSH nodes) are recorded here, in a spool of the
+        # proxy's own (a node service in the same process has its own).
+        self.recording_mode = ModeCache(cfg.data_dir / "cache" / "proxy_session_recording")
+        self.recording = NodeRecording(
+            cfg.data_dir / "log" / "upload" / "proxy-sessions", client, track_sessions=False, at="proxy",
+            mode=lambda: self.recording_mode.update(self.heartbeat.answer.session_recording),
+        )
+        self.terminator = RecordingProxy(
+            client=client, cluster=self.cluster, trusted_user_ca_keys=self.user_ca_keys,
+            host_ca_keys=self.host_ca_keys, roles=self.roles, recording=self.recording, audit=self.audit,
+            mode=lambda: self.recording_mode.update(self.heartbeat.answer.session_recording),
+        )
         self.ssh = ProxySSHServer(
             host_key=host_key,
             host_cert=host_cert,
@@ -96,6 +111,7 @@ class ProxyService:
             directory=self.directory,
             cluster=self.cluster,
             audit=self.audit,
+            terminator=self.terminator,
         )
         self.tunnel = TunnelServer(
             host_key=host_key,
@@ -106,6 +122,7 @@ class ProxyService:
             audit=self.audit,
         )
         self.ssh.tunnels = self.tunnel
+        self.terminator.tunnel_for = lambda node: self.tunnel.through(node.id, ("", 0))
         self.directory.on_refresh = self.tunnel.drop_unlisted
         self.web = ProxyWeb(self)
         #: ``separate`` or ``multiplex`` (known once :meth:`start` asked the auth service).
@@ -130,6 +147,7 @@ class ProxyService:
         await self.rotation.start()
         await self.directory.start()
         self.listener_mode = await self._listener_mode()
+        await self.recording.start()
         listen = self.cfg.proxy.listen_addr
         web_listen = self.cfg.proxy.web_listen_addr
         if self.listener_mode == "multiplex":
@@ -162,6 +180,8 @@ class ProxyService:
         await self.web.stop()
         await self.tunnel.stop()
         await self.ssh.stop()
+        await self.terminator.close()
+        await self.recording.stop()
         await self.directory.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)

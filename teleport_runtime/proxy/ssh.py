@@ -12,6 +12,10 @@ SSH username they send: the proxy only routes, the node authorizes the login. Tw
   on one side and asyncio stream back-pressure on the other.
 
 Anything else (a shell, a command) is refused with a message saying how to reach a node.
+
+For OpenSSH nodes, and for every node in proxy recording mode, either way through ends at the
+proxy's terminating SSH server instead (:mod:`teleport_runtime.proxy.recording_proxy`), which
+checks the user's roles itself, records and opens its own connection to the node.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
 from teleport_runtime.netaddr import format_host_port, is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
+from teleport_runtime.proxy.recording_proxy import RecordingProxy
 from teleport_runtime.proxy.tunnel import TunnelServer
 from teleport_runtime.relay import pipe_both
 from teleport_runtime.sshinternals import BufferingForwarder, stream_session
@@ -204,12 +209,12 @@ class _ProxyConnection(asyncssh.SSHServer):
         """direct-tcpip: resolve to a registered node; asyncssh's forwarder protocol then relays
         the bytes between the channel and the node's registered address."""
         node = await self.server.route(self, dest_host, dest_port, "direct-tcpip")
-        if node.tunnel:
+        if node.tunnel and not self.server.terminates(node):
             return await self.server.tunnel_relay(self, node)
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 _, node_side = await asyncio.get_running_loop().create_connection(
-                    BufferingForwarder, node.addr.host, node.addr.port
+                    BufferingForwarder, **await self.server.dial_args(self, node)
                 )
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
@@ -235,6 +240,7 @@ class ProxySSHServer:
         cluster: str,
         audit: Audit,
         startup_limits: StartupLimits | None = None,
+        terminator: RecordingProxy | None = None,
     ) -> None:
         self.host_key = host_key
         self.host_cert = host_cert
@@ -250,6 +256,9 @@ class ProxySSHServer:
         self.conn_ids = itertools.count(1)
         #: The reverse tunnels nodes in tunnel mode hold to this proxy (set by the service).
         self.tunnels: TunnelServer | None = None
+        #: Terminates SSH for OpenSSH nodes (they are never relayed end to end) and, in proxy
+        #: recording mode, for every node.
+        self.terminator = terminator
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return cert_only_options(
@@ -316,8 +325,8 @@ class ProxySSHServer:
     async def dial(self, conn: _ProxyConnection, node: NodeRecord) -> tuple[Any, Any]:
         """(reader, writer) to the node's SSH server: a TCP connection to its registered
         address, or a channel through its reverse tunnel."""
-        if not node.tunnel:
-            return await asyncio.open_connection(node.addr.host, node.addr.port, limit=CHUNK)
+        if not node.tunnel or self.terminates(node):
+            return await asyncio.open_connection(**await self.dial_args(conn, node), limit=CHUNK)
         if self.tunnels is None:
             raise OSError(f"node {node.hostname} is reached through a reverse tunnel and this proxy serves none")
         peer = conn.conn.get_extra_info("peername") if conn.conn is not None else None
@@ -342,6 +351,27 @@ class ProxySSHServer:
             await pipe_both(client_reader, client_writer, reader, writer)
 
         return stream_session(relay)
+
+    def terminates(self, node: NodeRecord) -> bool:
+        """Whether this proxy terminates SSH for ``node`` (then the terminator reaches it, through
+        its tunnel when it has one) rather than relaying the client's bytes end to end."""
+        return self.terminator is not None and self.terminator.terminates(node)
+
+    async def dial_args(self, conn: _ProxyConnection, node: NodeRecord) -> dict[str, Any]:
+        """Where a jump channel to ``node`` goes: its address, or a socket to the proxy's
+        terminating SSH server for an OpenSSH node and, in proxy recording mode, for every node
+        (:mod:`teleport_runtime.proxy.recording_proxy`)."""
+        if not self.terminates(node):
+            if node.sub_kind == "openssh":
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                                f"{node.hostname} is an OpenSSH node: this proxy cannot reach it")
+            return {"host": node.addr.host, "port": node.addr.port}
+        assert self.terminator is not None  # terminates() said so
+        try:
+            return {"sock": await self.terminator.dial(node, conn.user, conn.peer)}
+        except TeleportError as exc:
+            conn.log.warning("cannot terminate SSH for OpenSSH node %s: %s", node.hostname, exc.message)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
 
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""

@@ -336,6 +336,35 @@ class TunnelServer:
             return reader, writer
         raise ConnectionProblem(f"node {node_id}'s tunnel does not answer: {'; '.join(problems)}")
 
+    def through(self, node_id: str, orig: tuple[str, int]) -> ThroughTunnel:
+        """What ``asyncssh.connect(tunnel=...)`` takes to reach the node's SSH server through
+        its newest tunnel (the proxy's own connection when it terminates SSH for the node)."""
+        return ThroughTunnel(self, node_id, orig)
+
+
+class ThroughTunnel:
+    """A node's SSH server through its reverse tunnel, as asyncssh's ``tunnel=`` object."""
+
+    def __init__(self, server: TunnelServer, node_id: str, orig: tuple[str, int]) -> None:
+        self.server = server
+        self.node_id = node_id
+        self.orig = orig
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], _host: str, _port: int
+    ) -> tuple[Any, Any]:
+        held = list(self.server.tunnels.get(self.node_id, []))
+        if not held or held[-1].conn is None:
+            # OSError: the caller reports it as a node that cannot be reached.
+            raise ConnectionRefusedError(
+                f"node {self.node_id} has no reverse tunnel to this proxy (yet): try again in a few seconds"
+            )
+        conn = held[-1].conn
+        return await conn.create_connection(
+            session_factory, TUNNEL_NODE_HOST, TUNNEL_NODE_PORT, self.orig[0], self.orig[1],
+            window=SSH_WINDOW, max_pktsize=SSH_MAX_PACKET + SSH_PACKET_FRAMING,
+        )
+
 
 # ---------------------------------------------------------------------- joining through the proxy
 
