@@ -553,7 +553,9 @@ class AuthService:
         and its address host."""
         check_ssh_public_key(ssh_public_key)
         node = await self._registered_node(node_name)
-        names = [node.hostname, f"{node.hostname}.{self.cluster_name}", parse_host_port(node.addr, 22).host]
+        names = [node.hostname, f"{node.hostname}.{self.cluster_name}"]
+        if node.addr:  # a tunnel node has none
+            names.append(parse_host_port(node.addr, 22).host)
         host = await self.get_ca(CAType.HOST)
         return generate_host_ssh_cert(
             host.active, ssh_public_key, host_uuid=node.id, nodename=node.id, cluster_name=self.cluster_name,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cluster, Node, require_binary, sign_up_and_log_in, wait_for
+from tests.conftest import TELEPORT, Cluster, Node, require_binary, sign_up_and_log_in, wait_for
 
 BIN = Path(sys.executable).parent
 TSH = str(BIN / "tsh")
@@ -30,6 +30,7 @@ class Env:
     cluster: Cluster
     node: Node
     agent: dict[str, str]
+    web: str
 
     def tsh(self, *args: str, agent: bool = False) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TELEPORT") and k != "SSH_AUTH_SOCK"}
@@ -61,7 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         cert = next((root / "tsh-alice" / "keys").rglob("*-cert.pub"))
         key = cert.with_name(cert.name.removesuffix("-cert.pub"))
         subprocess.run(["ssh-add", str(key)], env={**os.environ, **agent}, capture_output=True, check=True)
-        env = Env(root, cluster, node, agent)
+        env = Env(root, cluster, node, agent, web)
 
         def listed() -> bool:
             out = env.tsh("ls", "--format=json")
@@ -99,3 +100,32 @@ def test_with_the_agent_the_proxy_logs_in_records_and_the_node_does_not(env: Env
     assert len(recorded()) == 1  # the node recorded nothing
     spool = env.node.data_dir / "log" / "upload" / "sessions"
     assert not list(spool.glob("*.cast")) if spool.exists() else True
+
+
+def test_a_tunnel_node_is_terminated_and_recorded_through_its_tunnel(env: Env) -> None:
+    """A node that joined through the proxy and binds no port: in proxy recording mode the proxy
+    logs in to it through the node's reverse tunnel, and records."""
+    token = env.cluster.add_token(roles="node", ttl="10m")["token"]
+    env.cluster.start_node(
+        "tnode1",
+        [TELEPORT, "start", "--roles=node", f"--token={token}", f"--ca-pin={env.cluster.pin()}",
+         f"--auth-server={env.web}"],
+    )
+
+    def tunnel_listed() -> bool:
+        out = env.tsh("ls", "--format=json")
+        return out.returncode == 0 and any(n["hostname"] == "tnode1" and n.get("tunnel")
+                                           for n in json.loads(out.stdout))
+
+    wait_for(tunnel_listed, what="tsh ls to show tnode1 as a tunnel node")
+    result = env.tsh("ssh", "-A", "-t", "root@tnode1", "echo through-the-tunnel", agent=True)
+    assert result.returncode == 0, result.stderr
+    assert "through-the-tunnel" in result.stdout
+
+    def recorded() -> list[dict[str, Any]]:
+        out = env.tsh("recordings", "ls", "--format=json")
+        return [r for r in json.loads(out.stdout or "[]") if r.get("node") == "tnode1"] if out.returncode == 0 else []
+
+    record = wait_for(recorded, what="the proxy's recording of the tunnel node's session")[-1]
+    played = env.tsh("play", record["session_id"], "--speed=50x", "--skip-idle-time")
+    assert "through-the-tunnel" in played.stdout
