@@ -35,13 +35,18 @@ class TunnelEnv:
     proxies: list[Proxy] = field(default_factory=list)
     home: Path = Path()
 
-    def start_proxy(self, name: str, tunnel_public: str | None = None) -> Proxy:
+    def start_proxy(self, name: str, tunnel_public: str | None = None, *, public: str | None = None,
+                    ssh_public: str | None = None) -> Proxy:
         ip = next_loopback_ip()
         ssh, web, tunnel = (f"{ip}:{free_port(ip)}" for _ in range(3))
         proxy_cfg: dict[str, Any] = {"enabled": True, "listen_addr": ssh, "web_listen_addr": web,
                                      "tunnel_listen_addr": tunnel}
         if tunnel_public:
             proxy_cfg["tunnel_public_addr"] = tunnel_public
+        if public:
+            proxy_cfg["public_addr"] = public
+        if ssh_public:
+            proxy_cfg["ssh_public_addr"] = ssh_public
         token = self.cluster.add_token("proxy")["token"]
         node = self.cluster.start_node(
             name,
@@ -71,11 +76,11 @@ class TunnelEnv:
         assert record is not None
         return record
 
-    def login(self, roles: str = "access", logins: str = "root") -> None:
-        """Sign up alice and log in through the first proxy (profile in ``home``)."""
+    def login(self, roles: str = "access", logins: str = "root", web: str | None = None) -> None:
+        """Sign up alice and log in through ``web`` (default: the first proxy; profile in ``home``)."""
         self.home = self.root / "tsh-home"
-        sign_up_and_log_in(self.cluster, self.proxies[0].web, "alice", roles=roles, logins=logins, home=self.home,
-                           password_file=self.root / "password", otp_file=self.root / "otp")
+        sign_up_and_log_in(self.cluster, web or self.proxies[0].web, "alice", roles=roles, logins=logins,
+                           home=self.home, password_file=self.root / "password", otp_file=self.root / "otp")
 
     def login_through(self, proxy: Proxy) -> None:
         """Log alice in again through ``proxy`` (its profile becomes the current one)."""
@@ -99,11 +104,12 @@ def tcp_listeners(pid: int) -> list[Any]:
 class RoundRobin:
     """A tiny layer-4 round-robin forwarder on loopback (a load balancer in front of proxies)."""
 
-    def __init__(self, backends: list[str]) -> None:
+    def __init__(self, backends: list[str], ip: str | None = None) -> None:
         self.backends = backends
-        self.ip = next_loopback_ip()
+        self.ip = ip or next_loopback_ip()
         self.sock = socket.create_server((self.ip, 0))
-        self.addr = f"{self.ip}:{self.sock.getsockname()[1]}"
+        self.port = int(self.sock.getsockname()[1])
+        self.addr = f"{self.ip}:{self.port}"
         self.next = 0
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
