@@ -84,7 +84,8 @@ HOST_CERT_TTL = timedelta(days=3650)
 USER_CERT_TTL = timedelta(hours=12)
 ADMIN_CERT_TTL = timedelta(days=365)
 JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
-_CLUSTER_NAME_KEY = "/cluster_configuration/name"
+CLUSTER_CONFIG_PREFIX = "/cluster_configuration/"
+_CLUSTER_NAME_KEY = f"{CLUSTER_CONFIG_PREFIX}name"
 _RESOURCE_NAMES = {"session": "session recordings and sessions", "event": "the audit log"}
 
 
