@@ -612,10 +612,12 @@ def backup_create(ctx: Context, filename: Path, with_audit: bool) -> None:
 
 @backup.command("restore")
 @click.argument("filename", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Replace what the storage holds (stop every auth server on it first).")
 @click.pass_obj
-def backup_restore(ctx: Context, filename: Path) -> None:
-    """Restore FILENAME into the config's storage, which must be empty: start the auth server
-    afterwards; the CA pin and every node's identity stay valid."""
+def backup_restore(ctx: Context, filename: Path, force: bool) -> None:
+    """Restore FILENAME into the config's storage, which must be empty (or --force): start the
+    auth server afterwards; the CA pin and every node's identity stay valid."""
     try:
         snap = snapshot.read(filename)
     except TeleportError as exc:
@@ -623,7 +625,7 @@ def backup_restore(ctx: Context, filename: Path) -> None:
         sys.exit(1)
 
     async def put(backend: Backend) -> int:
-        return await snapshot.restore(backend, snap)
+        return await snapshot.restore(backend, snap, replace=force)
 
     count = _run_on_backend(ctx, put)
     click.echo(f"restored {count} items from {filename} (taken {snap.created.isoformat()}); "
