@@ -4,8 +4,8 @@ that reads can be answered while a networked backend (PostgreSQL) does not answe
 The copy is only a fallback: while the database answers, every read goes to it. A prefix counts as
 *complete* once it was read in full after the copy started following the events; from then on
 the copy can say both what is there and what is not (NotFound). Each key remembers the revision
-it was last seen at (deletions too), so a full read and the events that overlap it merge in
-revision order whatever order they arrive in.
+it was last seen at (deletions too, until every prefix is read), so a full read and the events
+that overlap it merge in revision order whatever order they arrive in.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class Mirror:
             self._deleted.pop(item.key, None)
         else:
             self._items.pop(item.key, None)
-            self._deleted[item.key] = item.revision
+            if not self.complete:  # only a full read still to merge can bring back an older value
+                self._deleted[item.key] = item.revision
 
     def load(self, prefix: str, items: list[Item], read_at: int) -> None:
         """Everything under ``prefix`` as one read found it at revision ``read_at``; the events
@@ -60,6 +61,8 @@ class Mirror:
             if self._items[key].revision <= read_at:
                 del self._items[key]
         self._complete.add(prefix)
+        if self.complete:
+            self._deleted.clear()  # from now on events come in revision order only
 
     def forget(self) -> None:
         """Events were lost (pruned before they were delivered): nothing here can be trusted until
