@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import authscale, concurrency, enhanced, fleet, latency, login, profiling, report, throughput, tunnel
+from bench import authscale, concurrency, enhanced, fleet, ha, latency, login, profiling, report, throughput, tunnel
 from bench import openssh as openssh_nodes
 from bench.env import OpenSSH, OurCluster, Processes, load_average, raise_nofile
 from bench.figures import Figure
 
-SECTIONS = ("latency", "throughput", "concurrency", "authscale", "login", "enhanced", "tunnel", "openssh", "fleet")
+SECTIONS = ("latency", "throughput", "concurrency", "authscale", "login", "enhanced", "tunnel", "openssh", "ha",
+            "fleet")
 #: Run unless --only says otherwise; the fleet section needs podman and runs with --fleet.
 DEFAULT_SECTIONS = SECTIONS[:-1]
 MiB = 1024 * 1024
@@ -35,12 +36,15 @@ QUICK = {"latency_runs": 20, "throughput_bytes": 128 * MiB, "throughput_runs": 2
          "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500, "fleet_nodes": [1],
          "login_runs": 10, "enhanced_runs": 10, "enhanced_bytes": 64 * MiB,
          "tunnel_runs": 10, "tunnel_bytes": 64 * MiB, "tunnel_nodes": [20], "openssh_runs": 10,
-         "openssh_bytes": 64 * MiB}
+         "openssh_bytes": 64 * MiB,
+         # the HA target's spread logic at a small size: 1200 nodes, 500 connections per auth -> 3 auths
+         "ha_nodes": 1000, "ha_joins": 150, "ha_target": 1200, "ha_open_files": 1500}
 FULL = {"latency_runs": 30, "throughput_bytes": 1024 * MiB, "throughput_runs": 3, "sessions": [100, 1000, 5000],
         "latency_under_load_runs": 7, "nodes": [10000, 50000], "heartbeat_seconds": 60, "joins": 2000,
         "fleet_nodes": [1, 3, 6], "login_runs": 30, "enhanced_runs": 20, "enhanced_bytes": 256 * MiB,
         "tunnel_runs": 30, "tunnel_bytes": 256 * MiB, "tunnel_nodes": [1000], "openssh_runs": 20,
-        "openssh_bytes": 256 * MiB}
+        "openssh_bytes": 256 * MiB,
+        "ha_nodes": 5000, "ha_joins": 600, "ha_target": 50000, "ha_open_files": ha.AUTH_OPEN_FILES}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     details: dict[str, Any] = {}
     failed: list[str] = []
-    ssh_sections = [s for s in sections if s not in ("authscale", "fleet")]
+    ssh_sections = [s for s in sections if s not in ("authscale", "ha", "fleet")]
     stem = datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
     profile_dir = None
     if args.profile:
@@ -138,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif section == "authscale":
                     got = authscale.run(root / "scale", params["nodes"], params["heartbeat_seconds"],
                                         params["joins"], args.workers, profile_dir)
+                elif section == "ha":
+                    got = ha.run(root / "ha", params["ha_nodes"], params["heartbeat_seconds"], params["ha_joins"],
+                                 args.workers, params["ha_target"], params["ha_open_files"])
                 elif section == "login":
                     got = login.run(ours, params["login_runs"])
                 elif section == "enhanced":

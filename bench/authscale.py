@@ -376,7 +376,7 @@ def open_files_limit(pid: int) -> int:
 # ---------------------------------------------------------------------------- join
 
 
-async def _joins(cluster: Cluster, token: str, count: int) -> dict[str, Any]:
+async def _joins(cluster: Cluster, token: str, count: int, prefix: str = "join") -> dict[str, Any]:
     ca_certs = [c.encode() for c in (await _public_cas(cluster))]
     keys = [(generate_ssh_keypair()[1], generate_tls_keypair()[1]) for _ in range(count)]
     # Joins are rate limited per source address (auth/api.py JOIN_BURST): spread them over
@@ -393,7 +393,7 @@ async def _joins(cluster: Cluster, token: str, count: int) -> dict[str, Any]:
     async def join(i: int) -> None:
         ssh_public, tls_public = keys[i]
         body = {
-            "token": token, "role": "node", "host_uuid": str(uuidlib.uuid4()), "nodename": f"join-{i}",
+            "token": token, "role": "node", "host_uuid": str(uuidlib.uuid4()), "nodename": f"{prefix}-{i}",
             "ssh_public_key": ssh_public, "tls_public_key": tls_public.decode(),
             "addresses": [sources[i % JOIN_SOURCES]],
         }

@@ -23,6 +23,8 @@ from teleport_runtime.names import check_host_name, ip_literal
 from teleport_runtime.netaddr import HostPort, is_wildcard, parse_host_port
 
 _KINDS = {"Node": "/nodes/", "Proxy": "/proxies/"}
+#: Where heartbeats are stored (nodes, proxies).
+PRESENCE_PREFIXES = tuple(_KINDS.values())
 #: How long a heartbeat waits for others to share its write (seconds).
 FLUSH_WINDOW = 0.005
 

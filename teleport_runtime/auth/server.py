@@ -21,7 +21,10 @@ from typing import Any
 
 from teleport_runtime.auth.api import AuthAPI
 from teleport_runtime.auth.audit import AuditLog
-from teleport_runtime.auth.service import AuthService
+from teleport_runtime.auth.hosts import HOSTS_PREFIX, LOCKS_PREFIX
+from teleport_runtime.auth.presence import PRESENCE_PREFIXES
+from teleport_runtime.auth.service import AUTHORITIES_PREFIX, CLUSTER_CONFIG_PREFIX, AuthService
+from teleport_runtime.auth.users import ROLES
 from teleport_runtime.backend import (
     DEFAULT_SWEEP_INTERVAL,
     Backend,
@@ -40,6 +43,14 @@ log = logging.getLogger("teleport.auth.server")
 ROTATION_TICK_SECONDS = 60.0
 #: A join token the auth server makes for the agents of its own process lives this long.
 LOCAL_JOIN_TTL = timedelta(minutes=1)
+#: What the auth server answers from memory while a shared database does not answer: the CAs
+#: and cluster name (status, the CA watch, verifying clients), roles, host bindings and locks
+#: (checking a host's certificate) and presence (`tctl nodes ls`). Users, tokens and the audit
+#: log are not kept: logins, joins and sign-ups write anyway, and are refused until it is back.
+CACHED_PREFIXES = (
+    AUTHORITIES_PREFIX, CLUSTER_CONFIG_PREFIX, ROLES, HOSTS_PREFIX, LOCKS_PREFIX,
+    *PRESENCE_PREFIXES,
+)
 
 
 class AuthServer:
@@ -119,6 +130,7 @@ class AuthServer:
             await self._audit_backend.open()
             self._service.audit = AuditLog(self._audit_backend)
         await self._service.init()
+        await self._backend.cache_reads(list(CACHED_PREFIXES))
         self._api = AuthAPI(self._service)
         listen = self.config.listen_addr
         self.port = await self._api.start(listen.host, listen.port, self.names)

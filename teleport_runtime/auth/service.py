@@ -65,7 +65,7 @@ from teleport_runtime.ca import (
     new_cert_authority,
     parse_user_ssh_cert,
 )
-from teleport_runtime.ca.keywrap import CACodec, load_kek
+from teleport_runtime.ca.keywrap import CACodec
 from teleport_runtime.config import AuthConfig
 from teleport_runtime.durations import parse_duration
 from teleport_runtime.errors import (
@@ -93,7 +93,8 @@ TARGET_HOST_CERT_TTL = timedelta(minutes=10)
 SESSION_CERT_TTL = timedelta(minutes=2)
 ADMIN_CERT_TTL = timedelta(days=365)
 JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
-_CLUSTER_NAME_KEY = "/cluster_configuration/name"
+CLUSTER_CONFIG_PREFIX = "/cluster_configuration/"
+_CLUSTER_NAME_KEY = f"{CLUSTER_CONFIG_PREFIX}name"
 _RESOURCE_NAMES = {"session": "session recordings and sessions", "event": "the audit log"}
 
 
@@ -158,7 +159,7 @@ class AuthService:
         made with ``create`` (fails on an existing key) and whoever loses that race loads what the
         winner stored, so the cluster and its CAs are created exactly once."""
         kek_file = self.config.ca_key_encryption_key_file
-        self.ca_codec = CACodec(load_kek(kek_file) if kek_file is not None else None)
+        self.ca_codec = CACodec.from_file(kek_file) if kek_file is not None else CACodec()
         self.rotation.codec = self.ca_codec
         wanted = self.config.cluster_name or socket.gethostname()
         try:
@@ -815,6 +816,30 @@ class AuthService:
             "cas": cas,
             "proxy_listener_mode": self.config.proxy_listener_mode,
         }
+
+
+async def reseal_cas(backend: Backend, codec: CACodec) -> list[str]:
+    """Re-write every CA record whose private keys are plain or sealed with another key than
+    ``codec``'s sealing key (``tctl auth rekey``); ``codec`` must open what is stored. Each
+    record is replaced by compare-and-swap, read again when an auth server changed it meanwhile
+    (a rotation step), so nothing a server wrote is overwritten. Returns the keys re-written."""
+    done: list[str] = []
+    for ca_type in (CAType.HOST, CAType.USER):
+        key = _ca_key(ca_type)
+        for _attempt in range(10):
+            item = await backend.get(key)
+            if not codec.sealed_with_other(item.value):
+                break
+            ca = codec.decode(key, item.value)
+            try:
+                await backend.compare_and_swap(item, Item(key=key, value=codec.encode(key, ca)))
+                done.append(key)
+                break
+            except CompareFailed:
+                continue
+        else:
+            raise CompareFailed(f"{key} kept changing while it was re-sealed: run the command again")
+    return done
 
 
 def _printable(text: str) -> str:

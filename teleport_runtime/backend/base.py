@@ -393,6 +393,11 @@ class Backend(abc.ABC):
         self._watchers.add(watcher)
         return watcher
 
+    async def cache_reads(self, prefixes: list[str]) -> None:
+        """Keep a copy of the items under ``prefixes`` to answer reads from while the storage
+        does not answer. Local storage (SQLite) is never unreachable on its own: nothing to do."""
+        return None
+
     def _wants(self, key: str) -> bool:
         """True if some watcher would receive an event for ``key``."""
         return any(w.matches(key) for w in self._watchers)

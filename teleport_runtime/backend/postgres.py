@@ -25,7 +25,9 @@ SQLite backend does.
 
 Errors: a database that stops answering at runtime makes every call raise
 :class:`~teleport_runtime.errors.ServiceUnavailable` (HTTP 503) until it is back; the pool then
-reconnects by itself. Problems found when the backend is first opened (bad conn string, server not
+reconnects by itself. Reads under the prefixes given to :meth:`PostgresBackend.cache_reads` are
+answered meanwhile from a copy in memory that follows the events (:mod:`.mirror`); writes are
+refused. Problems found when the backend is first opened (bad conn string, server not
 reachable, missing database or role, a schema from a newer version) raise
 :class:`~teleport_runtime.errors.ConfigError` naming the configuration key and the fix.
 """
@@ -61,8 +63,10 @@ from teleport_runtime.backend.base import (
     check_item,
     check_key,
     from_micros,
+    prefix_end,
     to_micros,
 )
+from teleport_runtime.backend.mirror import Mirror
 from teleport_runtime.errors import (
     AlreadyExists,
     BadParameter,
@@ -329,6 +333,11 @@ class PostgresBackend(Backend):
         self._idle_since: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
             weakref.WeakKeyDictionary()
         )
+        #: What reads fall back on while the database does not answer (see cache_reads).
+        self._mirror: Mirror | None = None
+        #: Set when a call found the database not answering, cleared by the next call that got
+        #: an answer: meanwhile reads the mirror can answer do not wait for the pool's timeout.
+        self.unavailable = False
 
     # -- connection --------------------------------------------------------------------------
 
@@ -399,8 +408,13 @@ class PostgresBackend(Backend):
             raise self._unavailable(exc) from None
         except psycopg.Error as exc:
             raise self._wrap(exc) from None
+        self.unavailable = False
 
     def _unavailable(self, exc: Exception) -> ServiceUnavailable:
+        if not self.unavailable:
+            log.warning("postgresql backend %s is not answering: reads from the cached copy, writes refused",
+                        self.target)
+        self.unavailable = True
         text = " ".join(str(exc).split()) or type(exc).__name__
         return ServiceUnavailable(
             f"the PostgreSQL backend {self.target} is not answering ({text}); changes are refused "
@@ -440,13 +454,64 @@ class PostgresBackend(Backend):
         self._check_open()
         await self.open()
         async with self._dispatch_lock:
-            if self._watchers:
-                await self._catch_up_locked(None)
+            if self._following:
+                # While the database is down the new watcher starts where the others are: the
+                # listener delivers what was committed meanwhile once it answers again.
+                with contextlib.suppress(ServiceUnavailable):
+                    await self._catch_up_locked(None)
             else:
                 self._delivered = await self._current_revision()
             watcher = await super().new_watcher(prefixes)
         self._ensure_listener()
         return watcher
+
+    @property
+    def _following(self) -> bool:
+        """True while something follows the events (a watcher or the mirror): ``_delivered``
+        is then the last revision handed to them."""
+        return bool(self._watchers) or self._mirror is not None
+
+    async def cache_reads(self, prefixes: list[str]) -> None:
+        """Keep a copy of the items under ``prefixes`` in memory, following the events, and
+        answer reads under them from it while the database does not answer (writes are still
+        refused). Reads the prefixes in full once now; again after events were lost."""
+        self._check_open()
+        await self.open()
+        async with self._dispatch_lock:
+            if self._following:
+                await self._catch_up_locked(None)
+            else:
+                self._delivered = await self._current_revision()
+            self._mirror = Mirror(prefixes)
+        self._ensure_listener()
+        await self._load_mirror()
+
+    async def _load_mirror(self) -> None:
+        mirror = self._mirror
+        if mirror is None:
+            return
+        for prefix in mirror.prefixes:
+            async with self._connection() as conn, conn.transaction():
+                # One snapshot for the revision and the items: the mirror merges the read with
+                # the events that overlap it by revision.
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                cur = await conn.execute(_SQL_REVISION)
+                row = await cur.fetchone()
+                read_at = int(row[0]) if row else 0
+                cur = await conn.execute(_SQL_RANGE, (prefix, prefix_end(prefix), to_micros(self.now()), None))
+                rows = await cur.fetchall()
+            mirror.load(prefix, [Item(r[0], bytes(r[1]), _expires(r[2]), int(r[3])) for r in rows], read_at)
+
+    def _emit(self, event: Event) -> None:
+        if self._mirror is not None:
+            self._mirror.apply(event)
+        super()._emit(event)
+
+    def _mirrored(self) -> Mirror | None:
+        """The mirror, when reads should be answered from it now (the database is down)."""
+        if self.unavailable and not self._closed:
+            return self._mirror
+        return None
 
     async def _current_revision(self) -> int:
         async with self._connection() as conn:
@@ -458,7 +523,7 @@ class PostgresBackend(Backend):
         """Deliver a local commit's events in revision order, first any earlier revisions (other
         servers' commits) not delivered yet."""
         async with self._dispatch_lock:
-            if not self._watchers:
+            if not self._following:
                 return
             first, last = events[0].item.revision, events[-1].item.revision
             if last <= self._delivered:
@@ -481,13 +546,13 @@ class PostgresBackend(Backend):
             await self._catch_up_locked(upto)
 
     async def _catch_up_locked(self, upto: int | None) -> None:
-        if not self._watchers:
+        if not self._following:
             return
         if upto is None:
             # Read before the events: every revision up to it is committed (commit order is
             # revision order), so a revision missing from the event table was pruned.
             upto = await self._current_revision()
-        while self._watchers and self._delivered < upto:
+        while self._following and self._delivered < upto:
             async with self._connection() as conn:
                 cur = await conn.execute(_SQL_EVENTS, (self._delivered, upto, CATCH_UP_BATCH))
                 rows = await cur.fetchall()
@@ -508,6 +573,9 @@ class PostgresBackend(Backend):
             watcher._overflowed = True
             watcher._finish()
         self._watchers.clear()
+        self._delivered = found - 1
+        if self._mirror is not None:
+            self._mirror.forget()  # read again in full by the listener
 
     def _ensure_listener(self) -> None:
         if self._closed:
@@ -532,6 +600,8 @@ class PostgresBackend(Backend):
                 self.listener_pid = conn.info.backend_pid
                 await conn.execute(f"LISTEN {CHANNEL}")
                 await self.catch_up()
+                if self._mirror is not None and not self._mirror.complete:
+                    await self._load_mirror()
                 while not self._closed:
                     # Catch-ups run while the generator waits at a yield; notifications that
                     # arrive meanwhile are buffered and mostly found already delivered.
@@ -543,6 +613,8 @@ class PostgresBackend(Backend):
                         if upto > self._delivered:
                             await self.catch_up()
                     await self.catch_up()
+                    if self._mirror is not None and not self._mirror.complete:
+                        await self._load_mirror()
             except (psycopg.Error, ServiceUnavailable) as exc:
                 if not self._closed:
                     log.warning("postgresql backend: watch connection to %s lost (%s); resynchronising",
@@ -559,10 +631,19 @@ class PostgresBackend(Backend):
         """The live item at ``key``; NotFound if missing or expired."""
         check_key(key)
         self._ensure_sweeper()
+        known = self._mirror_get(key, self._mirrored())
+        if known is not False:
+            return self._found(key, known)
         now = to_micros(self.now())
-        async with self._connection() as conn:
-            cur = await conn.execute(_SQL_GET, (key, now))
-            row = await cur.fetchone()
+        try:
+            async with self._connection() as conn:
+                cur = await conn.execute(_SQL_GET, (key, now))
+                row = await cur.fetchone()
+        except ServiceUnavailable:
+            known = self._mirror_get(key, self._mirror)
+            if known is False:
+                raise
+            return self._found(key, known)
         if row is None:
             raise NotFound(f"key {key!r} is not found")
         return Item(key, bytes(row[0]), _expires(row[1]), int(row[2]))
@@ -575,15 +656,36 @@ class PostgresBackend(Backend):
         self._ensure_sweeper()
         if end_key is not None and end_key <= start_key:
             return []
+        mirror = self._mirrored()
+        known = mirror.range(start_key, end_key, limit, self.now()) if mirror is not None else None
+        if known is not None:
+            return known
         now = to_micros(self.now())
         sql_limit = limit or None
-        async with self._connection() as conn:
-            if end_key is None:
-                cur = await conn.execute(_SQL_RANGE_OPEN, (start_key, now, sql_limit))
-            else:
-                cur = await conn.execute(_SQL_RANGE, (start_key, end_key, now, sql_limit))
-            rows = await cur.fetchall()
+        try:
+            async with self._connection() as conn:
+                if end_key is None:
+                    cur = await conn.execute(_SQL_RANGE_OPEN, (start_key, now, sql_limit))
+                else:
+                    cur = await conn.execute(_SQL_RANGE, (start_key, end_key, now, sql_limit))
+                rows = await cur.fetchall()
+        except ServiceUnavailable:
+            known = self._mirror.range(start_key, end_key, limit, self.now()) if self._mirror else None
+            if known is None or self._closed:
+                raise
+            return known
         return [Item(row[0], bytes(row[1]), _expires(row[2]), int(row[3])) for row in rows]
+
+    def _mirror_get(self, key: str, mirror: Mirror | None) -> Item | bool | None:
+        if mirror is None or self._closed:
+            return False
+        return mirror.get(key, self.now())
+
+    @staticmethod
+    def _found(key: str, item: Item | bool | None) -> Item:
+        if not isinstance(item, Item):
+            raise NotFound(f"key {key!r} is not found")
+        return item
 
     # -- writes ------------------------------------------------------------------------------
 

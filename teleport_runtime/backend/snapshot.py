@@ -159,18 +159,24 @@ def read(path: Path) -> Snapshot:
     return decode(data, str(path))
 
 
-async def restore(backend: Backend, snapshot: Snapshot, *, now: datetime | None = None) -> int:
+async def restore(backend: Backend, snapshot: Snapshot, *, now: datetime | None = None,
+                  replace: bool = False) -> int:
     """Write ``snapshot`` into ``backend``, which must be empty (AlreadyExists naming what it
-    holds otherwise); return how many items were written (expired ones are skipped)."""
+    holds otherwise); return how many items were written (expired ones are skipped).
+    ``replace``: delete everything the backend holds first (every auth server on it must be
+    stopped: the delete and the write are two steps)."""
     existing = await backend.get_range("", None, limit=1)
-    if existing:
+    if existing and not replace:
         raise AlreadyExists(
             f"the target backend is not empty (it holds {existing[0].key} and maybe more): restore only "
             "into a new, empty database or data dir, before any auth server has started on it; a "
-            "restore never merges into a cluster's state"
+            "restore never merges into a cluster's state (to replace it, stop every auth server on it "
+            "and pass --force)"
         )
     now = now or utc_now()
     live = [item for item in snapshot.items if item.expires is None or item.expires > now]
+    if existing:
+        await backend.delete_range("", None)
     await backend.put_many(list(_sorted(live)))
     return len(live)
 

@@ -9,6 +9,12 @@ A sealed field is the text ``teleport-kek:v1:<kek id>:<base64(nonce || ciphertex
 associated data binds it to the backend key of its CA record and the field's name, so a sealed
 value moved to another record or field does not open. ``<kek id>`` (the first 8 bytes of the
 KEK's SHA-256, hex) names which KEK a record needs without revealing it.
+
+Re-keying: the file may hold several keys, one per line. The first seals; every line opens. The
+auth server reads the file again when it changes (and when it meets a record sealed with a key it
+does not hold), so a key added to the file on every auth server is usable without a restart;
+``tctl auth rekey --new-key-file`` then re-seals every CA under the new key (see
+:func:`~teleport_runtime.auth.service.reseal_cas`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +47,14 @@ _MAKE_ONE = ("create one with `head -c 32 /dev/urandom | base64 > FILE && chmod 
 
 
 def load_kek(path: str | os.PathLike[str]) -> bytes:
-    """Read a KEK file: 32 bytes, written base64 (or hex) on one line. Refuses a file others may
-    read (the KEK is worth as much as the CA keys) and anything that is not 32 bytes."""
+    """The sealing key of a KEK file (its first line); see :func:`load_keks`."""
+    return load_keks(path)[0]
+
+
+def load_keks(path: str | os.PathLike[str]) -> list[bytes]:
+    """Read a KEK file: 32-byte keys, each written base64 (or hex) on its own line, the one that
+    seals first. Refuses a file others may read (the KEK is worth as much as the CA keys) and any
+    line that is not a 32-byte key."""
     file = Path(path)
     try:
         info = file.stat()
@@ -53,17 +66,26 @@ def load_kek(path: str | os.PathLike[str]) -> bytes:
             f"{KEK_CONFIG_KEY}: {file} may be read by other users (mode {stat.S_IMODE(info.st_mode):o}): "
             f"run `chmod 600 {file}`"
         )
-    key: bytes | None = None
-    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
-        key = bytes.fromhex(text)
-    else:
-        try:
-            key = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            key = None
-    if key is None or len(key) != KEK_BYTES:
+    keys: list[bytes] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        key: bytes | None = None
+        if re.fullmatch(r"[0-9a-fA-F]{64}", line):
+            key = bytes.fromhex(line)
+        else:
+            try:
+                key = base64.b64decode(line, validate=True)
+            except (binascii.Error, ValueError):
+                key = None
+        if key is None or len(key) != KEK_BYTES:
+            raise ConfigError(f"{KEK_CONFIG_KEY}: line {number} of {file} is not a 32-byte key in base64 "
+                              f"or hex: {_MAKE_ONE}")
+        keys.append(key)
+    if not keys:
         raise ConfigError(f"{KEK_CONFIG_KEY}: {file} does not hold a 32-byte key in base64 or hex: {_MAKE_ONE}")
-    return key
+    return keys
 
 
 def kek_id(kek: bytes) -> str:
@@ -74,13 +96,52 @@ class CACodec:
     """Encodes CA records for the backend and decodes them, sealing private keys when a KEK is
     set. Without a KEK records are stored as before (plain PEM)."""
 
-    def __init__(self, kek: bytes | None = None) -> None:
-        if kek is not None and len(kek) != KEK_BYTES:
-            raise ConfigError(f"{KEK_CONFIG_KEY}: the key must be {KEK_BYTES} bytes")
-        self._aead = AESGCM(kek) if kek is not None else None
-        self.kek_id = kek_id(kek) if kek is not None else ""
+    def __init__(self, kek: bytes | None = None, *, older: Sequence[bytes] = (),
+                 path: str | os.PathLike[str] | None = None) -> None:
+        self._path = Path(path) if path is not None else None
+        self._stamp: tuple[int, int, int] | None = None
+        self._set_keys([kek, *older] if kek is not None else list(older))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> CACodec:
+        """A codec with the keys of a KEK file, read again whenever the file changes."""
+        keys = load_keks(path)
+        codec = cls(keys[0], older=keys[1:], path=path)
+        codec._stamp = codec._file_stamp()
+        return codec
+
+    def _set_keys(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            if len(key) != KEK_BYTES:
+                raise ConfigError(f"{KEK_CONFIG_KEY}: the key must be {KEK_BYTES} bytes")
+        self._aead = AESGCM(keys[0]) if keys else None
+        self.kek_id = kek_id(keys[0]) if keys else ""
+        self._openers = {kek_id(key): AESGCM(key) for key in keys}
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = self._path.stat() if self._path is not None else None
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size) if info is not None else None
+
+    def refresh(self, force: bool = False) -> None:
+        """Read the KEK file again if it changed (a key added or made the sealing one)."""
+        if self._path is None:
+            return
+        stamp = self._file_stamp()
+        if stamp is not None and (force or stamp != self._stamp):
+            keys = load_keks(self._path)
+            self._set_keys(keys)
+            self._stamp = stamp
+
+    @property
+    def key_ids(self) -> list[str]:
+        """The ids of every key this codec opens with, the sealing one first."""
+        return list(self._openers)
 
     def encode(self, key: str, ca: CertAuthority) -> bytes:
+        self.refresh()
         record = ca.to_dict(True)
         if self._aead is not None:
             for pair in _pairs(record):
@@ -90,6 +151,7 @@ class CACodec:
         return json.dumps(record).encode()
 
     def decode(self, key: str, value: bytes) -> CertAuthority:
+        self.refresh()
         record = json.loads(value)
         if isinstance(record, dict):
             record = copy.deepcopy(record)
@@ -111,6 +173,19 @@ class CACodec:
             for pair in _pairs(record) for name in _SECRET_FIELDS
         )
 
+    def sealed_with_other(self, value: bytes) -> bool:
+        """True when the stored record holds a private key that is plain or sealed with another
+        key than this codec's sealing key (what ``tctl auth rekey`` re-writes)."""
+        record = json.loads(value)
+        for pair in _pairs(record):
+            for name in _SECRET_FIELDS:
+                text = pair.get(name)
+                if isinstance(text, str) and text:
+                    match = _SEALED.fullmatch(text)
+                    if match is None or match.group(1) != self.kek_id:
+                        return True
+        return False
+
     def _seal(self, key: str, field: str, text: str) -> str:
         assert self._aead is not None
         nonce = os.urandom(12)
@@ -122,21 +197,24 @@ class CACodec:
         if match is None:
             raise ConfigError(f"the CA record {key} holds a damaged sealed key ({field}): restore it from a backup")
         wanted = match.group(1)
+        if wanted not in self._openers:
+            self.refresh(force=True)  # another auth server may already seal with a key just added
         if self._aead is None:
             raise ConfigError(
                 f"the CA private keys in the backend are encrypted (key-encryption key {wanted}) but "
                 f"{KEK_CONFIG_KEY} is not set on this auth server: set it to the file the other auth "
                 "servers of this cluster use"
             )
-        if wanted != self.kek_id:
+        opener = self._openers.get(wanted)
+        if opener is None:
             raise ConfigError(
                 f"the CA private keys in the backend are encrypted with key-encryption key {wanted}, "
-                f"but {KEK_CONFIG_KEY} holds key {self.kek_id}: give this auth server the same file "
-                "as the other auth servers of this cluster"
+                f"but {KEK_CONFIG_KEY} holds key {', '.join(self._openers)}: give this auth server the same "
+                "file as the other auth servers of this cluster"
             )
         raw = base64.b64decode(match.group(2))
         try:
-            return self._aead.decrypt(raw[:12], raw[12:], _aad(key, field)).decode()
+            return opener.decrypt(raw[:12], raw[12:], _aad(key, field)).decode()
         except (InvalidTag, ValueError):
             raise ConfigError(
                 f"the CA record {key} ({field}) does not decrypt with the configured key-encryption key: "

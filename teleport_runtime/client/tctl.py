@@ -646,10 +646,12 @@ def backup_create(ctx: Context, filename: Path, with_audit: bool) -> None:
 
 @backup.command("restore")
 @click.argument("filename", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Replace what the storage holds (stop every auth server on it first).")
 @click.pass_obj
-def backup_restore(ctx: Context, filename: Path) -> None:
-    """Restore FILENAME into the config's storage, which must be empty: start the auth server
-    afterwards; the CA pin and every node's identity stay valid."""
+def backup_restore(ctx: Context, filename: Path, force: bool) -> None:
+    """Restore FILENAME into the config's storage, which must be empty (or --force): start the
+    auth server afterwards; the CA pin and every node's identity stay valid."""
     from teleport_runtime.backend import snapshot
 
     try:
@@ -659,11 +661,53 @@ def backup_restore(ctx: Context, filename: Path) -> None:
         sys.exit(1)
 
     async def put(backend: Backend) -> int:
-        return await snapshot.restore(backend, snap)
+        return await snapshot.restore(backend, snap, replace=force)
 
     count = _run_on_backend(ctx, put)
     click.echo(f"restored {count} items from {filename} (taken {snap.created.isoformat()}); "
                "start the auth service now")
+
+
+@auth.command("rekey")
+@click.option("--new-key-file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The new key-encryption key (its first line seals).")
+@click.pass_obj
+def auth_rekey(ctx: Context, new_key_file: Path) -> None:
+    """Re-seal every CA private key under a new key-encryption key while the cluster runs (on an
+    auth host, with its config). First add the new key as a line of the configured key file on
+    every auth server: they then open both keys."""
+    from teleport_runtime.auth.service import reseal_cas
+    from teleport_runtime.ca.keywrap import KEK_CONFIG_KEY, CACodec, kek_id, load_kek, load_keks
+
+    try:
+        cfg = configuration.load(ctx.config_path)
+        current = cfg.auth.ca_key_encryption_key_file
+        if current is None:
+            raise ConfigError(
+                f"{KEK_CONFIG_KEY} is not set in {cfg.source}: set it to the new key file on every auth server "
+                "and restart them (the first one started seals the CA keys); rekey is for a cluster that has one"
+            )
+        new = load_kek(new_key_file)
+        configured = load_keks(current)
+        if kek_id(new) not in {kek_id(k) for k in configured}:
+            raise ConfigError(
+                f"the new key {kek_id(new)} is not in {current} ({KEK_CONFIG_KEY}): add it as a line of that file "
+                f"on every auth server first (`cat {new_key_file} >> {current}`), so that they open records "
+                "sealed with it, then run this again"
+            )
+    except TeleportError as exc:
+        click.echo(f"ERROR: {exc.message}", err=True)
+        sys.exit(1)
+    codec = CACodec(new, older=configured)
+
+    async def reseal(backend: Backend) -> list[str]:
+        return await reseal_cas(backend, codec)
+
+    done = _run_on_backend(ctx, reseal)
+    click.echo(f"re-sealed {len(done)} CA record(s) ({', '.join(done) or 'none needed it'}) under "
+               f"key-encryption key {kek_id(new)}")
+    click.echo(f"Next: make it the first line of {current} on every auth server, run this command again "
+               "(for a CA an auth server wrote meanwhile), then remove the old key's line.")
 
 
 def _audit_details(event: dict[str, Any]) -> str:

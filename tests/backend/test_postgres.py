@@ -285,8 +285,8 @@ def _teleport_start(tmp_path, storage: dict) -> subprocess.CompletedProcess[str]
                           timeout=120, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("case", ["unreachable", "missing database", "missing role", "newer schema",
-                                  "audit database missing"])
+@pytest.mark.parametrize("case", ["wrong conn string", "unreachable", "missing database", "missing role",
+                                  "newer schema", "audit database missing"])
 def test_teleport_start_exits_with_one_line(pg_server, tmp_path, case):
     bad = _bad_conn_strings(pg_server)
     storage: dict = {"type": "postgresql"}
@@ -297,6 +297,10 @@ def test_teleport_start_exits_with_one_line(pg_server, tmp_path, case):
         pg_server.sql("CREATE TABLE teleport_kv_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);"
                       "INSERT INTO teleport_kv_meta VALUES ('schema_version', 7), ('revision', 0)", database)
         fix = "upgrade teleport"
+    elif case == "wrong conn string":
+        storage["conn_string"] = pg_server.conn_string("postgres") + "?bogus_option=1"
+        fix = "libpq form"
+        key = f"{tmp_path / 'teleport.yaml'}: {key}"  # found while the config is read: its file first
     elif case == "audit database missing":
         storage["conn_string"] = pg_server.conn_string(pg_server.create_database())
         storage["audit_events_uri"] = [pg_server.conn_string("no_audit_db")]
