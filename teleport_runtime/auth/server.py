@@ -22,6 +22,7 @@ from typing import Any
 from teleport_runtime.auth.api import AuthAPI
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.hosts import HOSTS_PREFIX, LOCKS_PREFIX
+from teleport_runtime.auth.openssh_nodes import PREFIX as OPENSSH_NODES_PREFIX
 from teleport_runtime.auth.presence import PRESENCE_PREFIXES
 from teleport_runtime.auth.service import AUTHORITIES_PREFIX, CLUSTER_CONFIG_PREFIX, AuthService
 from teleport_runtime.auth.users import ROLES
@@ -45,11 +46,12 @@ ROTATION_TICK_SECONDS = 60.0
 LOCAL_JOIN_TTL = timedelta(minutes=1)
 #: What the auth server answers from memory while a shared database does not answer: the CAs
 #: and cluster name (status, the CA watch, verifying clients), roles, host bindings and locks
-#: (checking a host's certificate) and presence (`tctl nodes ls`). Users, tokens and the audit
+#: (checking a host's certificate), presence and the OpenSSH node resources (`tctl nodes ls`,
+#: the proxies' routing). Users, tokens and the audit
 #: log are not kept: logins, joins and sign-ups write anyway, and are refused until it is back.
 CACHED_PREFIXES = (
     AUTHORITIES_PREFIX, CLUSTER_CONFIG_PREFIX, ROLES, HOSTS_PREFIX, LOCKS_PREFIX,
-    *PRESENCE_PREFIXES,
+    *PRESENCE_PREFIXES, OPENSSH_NODES_PREFIX,
 )
 
 

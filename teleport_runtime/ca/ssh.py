@@ -155,7 +155,10 @@ def _cert_line(cert: SSHCertificate) -> str:
 
 
 def _load_cert(cert_line: str | bytes) -> SSHCertificate:
-    raw = cert_line.encode("ascii") if isinstance(cert_line, str) else bytes(cert_line)
+    try:
+        raw = cert_line.encode("ascii") if isinstance(cert_line, str) else bytes(cert_line)
+    except UnicodeEncodeError:
+        raise BadParameter("invalid SSH certificate: not an OpenSSH certificate line (non-ASCII text)") from None
     try:
         identity = serialization.load_ssh_public_identity(raw.strip())
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

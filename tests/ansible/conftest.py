@@ -103,7 +103,7 @@ class FakeCluster:
             "command_labels": {}, "roles": [role],
             "rotation": {"host": {"phase": "standby", "id": ""}, "user": {"phase": "standby", "id": ""}},
             "version": "0.1.0", "web_addr": "", "ssh_addr": "", "last_heartbeat": "2030-01-01T00:00:00+00:00",
-            "expires": "2030-01-01T00:10:00+00:00", "labels": {}, "tunnel": False,
+            "expires": "2030-01-01T00:10:00+00:00", "labels": {}, "tunnel": False, "sub_kind": "teleport",
         }
         record.update(fields)
         return record
@@ -123,7 +123,7 @@ class FakeCluster:
 
     def status(self, words):
         return {"cluster": "example.test", "version": "0.1.0", "ca_pins": list(self.pins),
-                "cas": json.loads(json.dumps(self.cas))}
+                "cas": json.loads(json.dumps(self.cas)), "proxy_listener_mode": "separate"}
 
     def ca(self, ca_type: str) -> dict:
         return next(ca for ca in self.cas if ca["type"] == ca_type)

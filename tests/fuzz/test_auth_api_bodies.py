@@ -41,6 +41,9 @@ KEYS: dict[str, list[str]] = {
     "/v1/authorities/{type}/rotate": ["mode", "phase", "grace_period"],
     "/v1/sessions/active": ["id", "session_id", "user", "login", "started", "remote_addr"],
     "/v1/sessions/active/{session_id}/keepalive": [],
+    "/v1/nodes": ["resource", "force"],
+    "/v1/certs/proxy/host": ["node", "ssh_public_key"],
+    "/v1/certs/proxy/session": ["user_ssh_cert", "login", "node", "ssh_public_key"],
 }
 _SSH_KEY = generate_ssh_keypair()[1]
 _TLS_KEY = generate_tls_keypair()[1].decode()
@@ -68,6 +71,12 @@ VALID: dict[str, dict[str, Any]] = {
     "/v1/authorities/{type}/rotate": {"mode": "manual", "phase": "init", "grace_period": "30h"},
     "/v1/sessions/active": {"id": "0b7f6bd5-6a9e-4f8e-9d3a-2f0c2d6b1c11", "user": "bob", "login": "root"},
     "/v1/sessions/active/{session_id}/keepalive": {},
+    "/v1/nodes": {"resource": {"kind": "node", "sub_kind": "openssh", "version": "v2",
+                               "metadata": {"name": "fuzzed", "labels": {"env": "prod"}},
+                               "spec": {"addr": "192.0.2.10:22", "hostname": "fuzzed"}}, "force": True},
+    "/v1/certs/proxy/host": {"node": "fuzzed", "ssh_public_key": _SSH_KEY},
+    "/v1/certs/proxy/session": {"user_ssh_cert": "ssh-ed25519-cert-v01@openssh.com AAAA", "login": "root",
+                                "node": "fuzzed", "ssh_public_key": _SSH_KEY},
 }
 
 

@@ -30,8 +30,10 @@ def test_a_node_joins_through_the_proxy_binds_no_port_and_is_reached(tunnel_env:
     assert TUNNEL_ADDR_LABEL in listed.stdout, listed.stdout
 
     env.login()
-    out = env.tsh("ls")
-    assert out.returncode == 0 and "tnode1" in out.stdout and TUNNEL_ADDR_LABEL in out.stdout, out.stdout + out.stderr
+    # the proxy's node list follows the auth service's within its refresh interval
+    out = wait_for(lambda: (o := env.tsh("ls")).returncode == 0 and "tnode1" in o.stdout and o, 30,
+                   what="tsh ls to show tnode1")
+    assert TUNNEL_ADDR_LABEL in out.stdout, out.stdout + out.stderr
     as_json = json.loads(env.tsh("ls", "--format=json").stdout)
     assert [n.get("tunnel") for n in as_json if n["hostname"] == "tnode1"] == [True]
 
