@@ -239,6 +239,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._task.add_done_callback(self._run_done)
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
+        self._unregister()  # also when the session failed: no join finds it, no watch outlives it
         if not task.cancelled() and task.exception() is not None:
             self._ctx.log.error("session %s failed", self.session_id, exc_info=task.exception())
             if self._chan is not None and not self._closed:
@@ -455,9 +456,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         else:
             await self._outputs_done.wait()
         self._close_io()
-        self._ctx.active.pop(self.session_id, None)
-        for watcher in list(self._watchers):
-            watcher._end_watch(f"the session {self.session_id} ended")
+        self._unregister()
         exit_status = status if status >= 0 else None
         signame = signal.Signals(-status).name[3:] if status < 0 else None
         log.info("session %s: %s ended (status %s)", self.session_id, self._kind, status)
@@ -524,6 +523,13 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._ctx.log.info("joined session %s of %s to watch it", session_id, target._ctx.user)
         self._emit("session.join", owner=target._ctx.user, owner_login=target._ctx.login, mode="observer")
         self._watch_output(bytes(target._replay))
+
+    def _unregister(self) -> None:
+        """The session is over: no longer joinable, and its watches end."""
+        if self._ctx.active.get(self.session_id) is self:
+            del self._ctx.active[self.session_id]
+        for watcher in list(self._watchers):
+            watcher._end_watch(f"the session {self.session_id} ended")
 
     def _refuse_join(self, session_id: str, reason: str) -> None:
         self._ctx.log.warning("join of session %r refused: %s", session_id, reason)
