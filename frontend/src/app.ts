@@ -304,11 +304,15 @@ function terminalPage(): void {
   const node = params.get("node") ?? "";
   const login = params.get("login") ?? "";
   const name = params.get("name") || node;
-  const status = h("p", { role: "status", "data-testid": "terminal-status", text: `Connecting to ${login}@${name}…` });
+  // Watching a session in progress (observer mode): read-only; the proxy and the node drop input.
+  const join = params.get("join") ?? "";
+  const what = join ? `session ${join} on ${name} (read-only)` : `${login}@${name}`;
+  const status = h("p", { role: "status", "data-testid": "terminal-status", text: `Connecting to ${what}…` });
   const box = h("div", { class: "terminal", "data-testid": "terminal" });
-  page(`Terminal: ${login}@${name}`, status, box);
+  if (join) box.setAttribute("data-readonly", "true");
+  page(join ? `Watching: ${what}` : `Terminal: ${what}`, status, box);
 
-  const term = new Terminal({ cursorBlink: true, convertEol: false, scrollback: 5000 });
+  const term = new Terminal({ cursorBlink: !join, disableStdin: !!join, convertEol: false, scrollback: 5000 });
   const fit = new FitAddon();
   term.loadAddon(fit);
   term.loadAddon(new WebLinksAddon());
@@ -316,12 +320,14 @@ function terminalPage(): void {
   fit.fit();
   term.focus();
 
-  const q = new URLSearchParams({ node, login, cols: String(term.cols), rows: String(term.rows) });
+  const q = new URLSearchParams(
+    join ? { node, join } : { node, login, cols: String(term.cols), rows: String(term.rows) },
+  );
   const ws = new WebSocket(`wss://${location.host}/web/api/terminal?${q}`);
   ws.binaryType = "arraybuffer";
   let ended = false;
   ws.onopen = () => {
-    status.textContent = `Connected to ${login}@${name}`;
+    status.textContent = join ? `Watching ${what}` : `Connected to ${what}`;
   };
   ws.onmessage = (ev) => {
     if (typeof ev.data === "string") {
@@ -382,12 +388,25 @@ async function sessionsPage(): Promise<void> {
   try {
     const rows = await api<Record<string, unknown>[]>("GET", "/web/api/sessions");
     main.append(
-      tablePage("Sessions in progress", ["User", "Login", "Node", "Since"], rows, "session-row", (r) => [
-        String(r.user ?? ""),
-        String(r.login ?? ""),
-        String(r.node ?? r.server_hostname ?? r.server_id ?? ""),
-        String(r.started ?? ""),
-      ]),
+      tablePage("Sessions in progress", ["User", "Login", "Node", "Since", "Watch"], rows, "session-row", (r) => {
+        const node = String(r.node ?? r.nodename ?? r.server_hostname ?? r.server_id ?? "");
+        const watch = h("button", {
+          type: "button",
+          "data-testid": "session-join",
+          text: "Join",
+          "aria-label": `Join (watch, read-only) the session of ${String(r.user ?? "")} on ${node}`,
+        });
+        watch.addEventListener("click", () =>
+          go(
+            `/web/terminal?${new URLSearchParams({
+              join: String(r.id ?? r.session_id ?? ""),
+              node: String(r.host_uuid ?? r.server_id ?? node),
+              name: node,
+            })}`,
+          ),
+        );
+        return [String(r.user ?? ""), String(r.login ?? ""), node, String(r.started ?? ""), watch];
+      }),
     );
   } catch (err) {
     showError(error, err);

@@ -58,6 +58,8 @@ EVENT_CODES = {
     "session.rejected": "T1006W",
     "access.denied": "T1007W",
     "session.start": "T2000I",
+    "session.join": "T2001I",
+    "session.leave": "T2003I",
     "session.end": "T2004I",
     "session.upload": "T2005I",
     "session.recording_failed": "T2006E",
@@ -105,6 +107,7 @@ def event_code(event: dict[str, Any]) -> str:
 AGENT_EVENTS: dict[str, frozenset[str]] = {
     "Node": frozenset({
         "session.start", "session.end", "session.rejected", "session.recording_failed",
+        "session.join", "session.leave",
         "exec", "subsystem", "port",
         "auth.rejected", "port.rejected", "agent.rejected", "subsystem.rejected",
         "audit.dropped",

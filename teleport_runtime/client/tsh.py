@@ -739,6 +739,64 @@ async def sessions_ls(fmt: str) -> None:
         click.echo(sessions_table(active))
 
 
+@cli.command()
+@click.option("-l", "--login", help="Your OS login on the node (default: the session's login if your "
+                                    "certificate allows it, else your certificate's first login).")
+@click.option("--node", help="The session's node (name or UUID), when your roles may not list sessions.")
+@click.argument("session_id")
+@run
+async def join(login: str | None, node: str | None, session_id: str) -> None:
+    """Watch a session in progress (SESSION_ID as `tsh sessions ls` shows it): its recent screen,
+    then its output as it happens; what you type is not sent. Ctrl-C or ~. leaves.
+
+    \b
+    The session's own user may join it, and users whose roles may read sessions (auditor)."""
+    from teleport_runtime.client.tsh_recordings import list_sessions
+    from teleport_runtime.recording.asciicast import check_session_id
+
+    check_session_id(session_id)
+    profile = _active_profile()
+    session: dict[str, Any] = {}
+    if node is None:
+        active = await list_sessions(_user_web_client(profile))
+        session = next((s for s in active if session_id in (s.get("id"), s.get("session_id"))), {})
+        if not session:
+            raise NotFound(f"no session {session_id} is in progress; see `tsh sessions ls`")
+        node = str(session.get("host_uuid") or session.get("server_id") or "")
+        if not node:
+            raise NotFound(f"the session {session_id} names no node; give it with --node")
+    refresh = _start_refresh(profile)
+    try:
+        from teleport_runtime.client.tsh_ssh import (
+            NODE_PORT,
+            Credentials,
+            cert_logins,
+            close_all,
+            connect_node,
+            connect_proxy,
+            join_session,
+        )
+
+        creds = Credentials.load(profile)
+        refresh.on_learned = creds.trust_host_cas
+        logins = cert_logins(creds)
+        if login is None:
+            login = session.get("login") if session.get("login") in logins else (logins[0] if logins else None)
+        if not login:
+            raise BadParameter("your certificate allows no login on nodes; joining needs one: give it with -l")
+        target = node
+        proxy = conn = None
+        try:
+            proxy = await refresh.verified(lambda: connect_proxy(profile, creds))
+            conn = await refresh.verified(lambda: connect_node(proxy, profile, creds, login, target, NODE_PORT))
+            code = await join_session(conn, session_id)
+        finally:
+            await close_all(conn, proxy)
+    finally:
+        await refresh.outcome()
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: usage mistakes and stray errors become one ``ERROR:`` line and exit 1 too.
     The process ends as soon as the command is done (:func:`_exit_now`)."""

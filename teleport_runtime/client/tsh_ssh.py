@@ -426,6 +426,75 @@ async def run_command(
     return _exit_code(process)
 
 
+#: Keys that leave a watch: Ctrl-C, or ``~.`` at the start of a line (OpenSSH's escape).
+_LEAVE_KEYS = (b"\x03",)
+
+
+def _wants_leave(data: bytes, after_newline: bool) -> bool:
+    if any(key in data for key in _LEAVE_KEYS):
+        return True
+    text = (b"\r" if after_newline else b"") + data
+    return any(text.find(nl + b"~.") >= 0 for nl in (b"\r", b"\n"))
+
+
+async def join_session(conn: asyncssh.SSHClientConnection, session_id: str) -> int:
+    """Watch session ``session_id`` on the node of ``conn`` (observer mode): its recent screen,
+    then its live output, until it ends or Ctrl-C / ``~.`` leaves. Keystrokes are read only to
+    find those; the node drops anything a watcher sends."""
+    from teleport_runtime.node.session import JOIN_ENV, JOIN_SUBSYSTEM
+
+    loop = asyncio.get_running_loop()
+    local_tty = os.isatty(0)
+    try:
+        process = await conn.create_process(
+            subsystem=JOIN_SUBSYSTEM,
+            env={JOIN_ENV: session_id},
+            encoding=None,
+        )
+    except asyncssh.ChannelOpenError as exc:
+        raise ConnectionProblem(f"the node refused the join: {exc.reason}") from None
+    saved: list[Any] | None = None
+    if local_tty:
+        saved = termios.tcgetattr(0)
+        tty.setraw(0)
+    left = asyncio.Event()
+
+    async def keys() -> None:
+        pump = StdinPump(loop)
+        pump.start()
+        after_newline = True
+        while True:
+            data = await pump.queue.get()
+            if not data:
+                return  # stdin closed: keep watching
+            if _wants_leave(data, after_newline):
+                left.set()
+                return
+            after_newline = data.endswith((b"\r", b"\n"))
+
+    key_task = asyncio.ensure_future(keys())
+    async def drain() -> None:
+        await asyncio.gather(_drain_to(process.stdout, 1), _drain_to(process.stderr, 2))
+
+    output: asyncio.Future[Any] = asyncio.ensure_future(drain())
+    leave: asyncio.Future[Any] = asyncio.ensure_future(left.wait())
+    try:
+        await asyncio.wait([output, leave], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (key_task, leave):
+            task.cancel()
+        if left.is_set():
+            output.cancel()
+            process.close()
+        await asyncio.gather(key_task, leave, output, return_exceptions=True)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    if left.is_set():
+        return 0
+    await process.wait_closed()
+    return _exit_code(process)
+
+
 def _terminal_size() -> tuple[int, int, int, int] | None:
     for fd in (0, 1, 2):
         try:

@@ -33,13 +33,23 @@ from typing import Any, Protocol
 
 import asyncssh
 
+from teleport_runtime.errors import TeleportError
 from teleport_runtime.node.bpf import EnhancedRecorder, mark_session
 from teleport_runtime.node.osuser import OSUser, accepted_client_env, session_env
+from teleport_runtime.recording.asciicast import check_session_id
 
 #: The OpenSSH sftp server binary spawned for the ``sftp`` subsystem.
 DEFAULT_SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 #: How long to keep reading a PTY after its process exited (background jobs keep it open).
 PTY_DRAIN_TIMEOUT = 2.0
+#: Joining a session to watch it: the subsystem a watcher requests, with the session's ID in this
+#: environment variable (a subsystem name cannot shadow a command of the login's shell, as an
+#: exec request ``join ID`` would; the variable is the reference's ``TELEPORT_SESSION``).
+JOIN_SUBSYSTEM = "teleport-join"
+JOIN_ENV = "TELEPORT_SESSION"
+#: The recent output a watcher gets on joining (the screen so far), and watchers per session.
+REPLAY_BYTES = 64 * 1024
+MAX_WATCHERS = 10
 
 _LOG = logging.getLogger("teleport.node.session")
 
@@ -93,6 +103,10 @@ class SessionContext:
     #: BPF enhanced recording and the event classes the user's roles ask for.
     enhanced: EnhancedRecorder | None = None
     enhanced_events: frozenset[str] = frozenset()
+    #: The node's interactive sessions in progress by ID (shared by all connections), for joins.
+    active: dict[str, NodeSession] = field(default_factory=dict)
+    #: The user's roles may watch other users' sessions (``read`` on ``session``: auditor).
+    may_watch_others: bool = False
 
 
 def _set_winsize(fd: int, cols: int, rows: int, xpixel: int = 0, ypixel: int = 0) -> None:
@@ -183,6 +197,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         self._enhanced_cookie: int | None = None
+        self._replay = bytearray()
+        self._watchers: set[NodeSession] = set()
+        self._watching: NodeSession | None = None
 
     # ------------------------------------------------------------------ asyncssh callbacks
 
@@ -203,6 +220,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem == JOIN_SUBSYSTEM:
+            self._kind = "join"
+            return True
         if subsystem != "sftp":
             self._ctx.log.info("subsystem %r refused: only sftp is supported", subsystem)
             self._emit("subsystem.rejected", name=subsystem, reason="unsupported subsystem")
@@ -212,16 +232,22 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def session_started(self) -> None:
+        if self._kind == "join":
+            self._join()
+            return
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._task.add_done_callback(self._run_done)
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
+        self._unregister()  # also when the session failed: no join finds it, no watch outlives it
         if not task.cancelled() and task.exception() is not None:
             self._ctx.log.error("session %s failed", self.session_id, exc_info=task.exception())
             if self._chan is not None and not self._closed:
                 self._chan.close()
 
     def data_received(self, data: bytes, datatype: int | None) -> None:
+        if self._kind == "join":
+            return  # observer mode: a watcher's keystrokes never reach the session
         self._record("input", data)
         if self._stdin is None:
             if not self._closed and self._proc is None:
@@ -240,12 +266,16 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         return True  # keep the channel half open: output and the exit status follow
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._kind == "join":
+            return
         if self._master is not None:
             with contextlib.suppress(OSError):
                 _set_winsize(self._master, width, height, pixwidth, pixheight)
         self._record("resize", width, height)
 
     def signal_received(self, signal_name: str) -> None:
+        if self._kind == "join":
+            return
         signum = getattr(signal.Signals, "SIG" + signal_name, None)
         if signum is not None:
             self._ctx.log.info("signal %s from client", signal_name)
@@ -266,6 +296,9 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._kind == "join":
+            self._leave()
+            return
         if self._proc is not None and self._proc.returncode is None:
             self._kill(signal.SIGHUP)
         self._close_io()
@@ -413,6 +446,8 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         proc = self._proc
         assert proc is not None
         log.info("session %s: %s started (pid %d)", self.session_id, self._kind, proc.pid)
+        if self._master is not None:
+            self._ctx.active[self.session_id] = self
         self._emit("session.start", pid=proc.pid, **details)
         status = await proc.wait()
         if self._master is not None:
@@ -421,6 +456,7 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         else:
             await self._outputs_done.wait()
         self._close_io()
+        self._unregister()
         exit_status = status if status >= 0 else None
         signame = signal.Signals(-status).name[3:] if status < 0 else None
         log.info("session %s: %s ended (status %s)", self.session_id, self._kind, status)
@@ -455,10 +491,90 @@ class NodeSession(asyncssh.SSHServerSession[bytes]):
         if cookie is not None and self._ctx.enhanced is not None:
             self._ctx.enhanced.close_session_soon(cookie)
 
+    # ------------------------------------------------------------------ watching (joins)
+
+    def _join(self) -> None:
+        """Attach this channel as a watcher of the session its ``TELEPORT_SESSION`` names: the
+        session's own user, or a user whose roles may read sessions (auditor), may."""
+        chan = self._chan
+        assert chan is not None
+        raw = chan.get_environment().get(JOIN_ENV, "")
+        try:
+            session_id = check_session_id(raw)
+        except TeleportError as exc:
+            self._refuse_join(str(raw)[:128], exc.message)
+            return
+        target = self._ctx.active.get(session_id)
+        if target is None:
+            self._refuse_join(session_id, f"no interactive session {session_id} is in progress on this node; "
+                                          "see `tsh sessions ls` for the sessions you can join")
+            return
+        if target._ctx.user != self._ctx.user and not self._ctx.may_watch_others:
+            self._refuse_join(session_id, f"user {self._ctx.user} may not join the session of {target._ctx.user}: "
+                                          "only its own user or a role that may read sessions (such as the "
+                                          "preset auditor) may; ask an administrator for one")
+            return
+        if len(target._watchers) >= MAX_WATCHERS:
+            self._refuse_join(session_id, f"the session already has {MAX_WATCHERS} watchers; try again later")
+            return
+        self.session_id = session_id
+        self._watching = target
+        target._watchers.add(self)
+        self._ctx.log.info("joined session %s of %s to watch it", session_id, target._ctx.user)
+        self._emit("session.join", owner=target._ctx.user, owner_login=target._ctx.login, mode="observer")
+        self._watch_output(bytes(target._replay))
+
+    def _unregister(self) -> None:
+        """The session is over: no longer joinable, and its watches end."""
+        if self._ctx.active.get(self.session_id) is self:
+            del self._ctx.active[self.session_id]
+        for watcher in list(self._watchers):
+            watcher._end_watch(f"the session {self.session_id} ended")
+
+    def _refuse_join(self, session_id: str, reason: str) -> None:
+        self._ctx.log.warning("join of session %r refused: %s", session_id, reason)
+        self._ctx.emit({"event": "session.rejected", "session_id": session_id, "kind": "join", "reason": reason})
+        if self._chan is not None and not self._closed:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.write_stderr(f"teleport: cannot join: {reason}\r\n".encode())
+                self._chan.exit(1)
+
+    def _watch_output(self, data: bytes) -> None:
+        if self._closed or self._chan is None or not data:
+            return
+        try:
+            # A watcher too slow to keep up is not waited for: the session never blocks on it.
+            if self._chan.get_write_buffer_size() > 4 * REPLAY_BYTES:
+                return
+            self._chan.write(data)
+        except (OSError, asyncssh.Error):
+            self._leave()
+
+    def _leave(self) -> None:
+        target, self._watching = self._watching, None
+        if target is None:
+            return
+        target._watchers.discard(self)
+        self._emit("session.leave", owner=target._ctx.user)
+
+    def _end_watch(self, reason: str) -> None:
+        """The watched session ended: the watch ends too."""
+        self._leave()
+        if self._chan is not None and not self._closed:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.write(f"\r\nteleport: {reason}\r\n".encode())
+                self._chan.exit(0)
+
     # ------------------------------------------------------------------ plumbing
 
     def _on_output(self, data: bytes, datatype: int | None) -> None:
         self._record("output", data)
+        if self._master is not None:
+            self._replay += data
+            if len(self._replay) > REPLAY_BYTES:
+                del self._replay[: len(self._replay) - REPLAY_BYTES]
+            for watcher in list(self._watchers):
+                watcher._watch_output(data)
         if self._closed or self._chan is None:
             return
         try:

@@ -465,6 +465,8 @@ class _Conn:
             sftp_server=node.sftp_server,
             enhanced=node.enhanced if node.enhanced is not None and node.enhanced.active else None,
             enhanced_events=identity.roles.enhanced_recording(),
+            active=node._active_sessions,
+            may_watch_others=_may_watch_others(identity.roles),
         )
 
 
@@ -513,6 +515,16 @@ class _NodeConnection(GatedServerConnection):
             for item in (os.path.dirname(path), path):
                 os.chown(item, identity.os_user.uid, identity.os_user.gid)
         return True
+
+
+def _may_watch_others(roles: RoleSet) -> bool:
+    """Whether the roles may join other users' sessions: those that may read sessions (their
+    recordings), such as the preset auditor, may watch them live too."""
+    try:
+        roles.check_rule("session", "read")
+    except AccessDenied:
+        return False
+    return True
 
 
 class _ServerHandler(asyncssh.SSHServer):
@@ -643,6 +655,8 @@ class NodeSSHServer:
         self.startup_gate = StartupGate("node SSH service", startup_limits)
         self._conn_ids = itertools.count(1)
         self._connections: set[asyncssh.SSHServerConnection] = set()
+        #: Interactive sessions in progress, by ID: what a join looks up.
+        self._active_sessions: dict[str, NodeSession] = {}
         self._server: asyncio.AbstractServer | None = None
         self._audit_queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(AUDIT_QUEUE_SIZE)
         self._audit_task: asyncio.Task[None] | None = None

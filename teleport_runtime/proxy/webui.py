@@ -27,9 +27,11 @@ Routes (all JSON under ``/web/api/``, the app and its assets under ``/`` and ``/
 - ``GET /web/api/audit?since=&type=&user=``: the audit log, as the user's roles allow;
 - ``GET /web/api/terminal?node=ID&login=LOGIN&cols=C&rows=R`` (websocket): an SSH session to the
   node as the user, through this proxy's own SSH listener (the same routing, RBAC at the node,
-  recording and audit as ``tsh ssh``). Text frames from the page are JSON ``{"type": "input",
-  "data"}`` or ``{"type": "resize", "cols", "rows"}``; binary frames to the page are the terminal's
-  output; a text frame ``{"type": "end"|"error", "message"}`` says why it closed.
+  recording and audit as ``tsh ssh``). With ``join=SESSION_ID`` (``login`` optional: the first the
+  roles allow there) it watches that session instead, read-only: the node decides who may.
+  Text frames from the page are JSON ``{"type": "input", "data"}`` or ``{"type": "resize",
+  "cols", "rows"}``; binary frames to the page are the terminal's output; a text frame
+  ``{"type": "end"|"error", "message"}`` says why it closed.
 """
 
 from __future__ import annotations
@@ -383,10 +385,14 @@ class WebUI:
         session = self._session(request)
         query = request.query
         node_name, login = query.get("node", ""), query.get("login", "")
+        join = query.get("join")
         try:
             if not is_host_name(node_name):
                 raise BadParameter(f"invalid node {node_name!r}: pick a node from the list")
-            check_posix_name(login, "login")
+            if join is not None:
+                join = check_session_id(join)
+            if login or join is None:
+                check_posix_name(login, "login")
             cols, rows = _size(query.get("cols", "80"), query.get("rows", "24"))
         except BadParameter as exc:
             raise self._refuse(request, exc, session.user) from None
@@ -394,7 +400,7 @@ class WebUI:
         await ws.prepare(request)
         session.sockets.add(ws)
         try:
-            await self._run_terminal(request, session, ws, node_name, login, cols, rows)
+            await self._run_terminal(request, session, ws, node_name, login, cols, rows, join)
         finally:
             session.sockets.discard(ws)
             if not ws.closed:
@@ -402,7 +408,7 @@ class WebUI:
         return ws
 
     async def _run_terminal(self, request: web.Request, session: WebSession, ws: web.WebSocketResponse,
-                            node_name: str, login: str, cols: int, rows: int) -> None:
+                            node_name: str, login: str, cols: int, rows: int, join: str | None = None) -> None:
         async def fail(message: str) -> None:
             self.service.audit("access.denied", user=session.user, login=login, target=node_name,
                                resource=request.path, remote_addr=request.remote or "", reason=message)
@@ -413,16 +419,31 @@ class WebUI:
         except TeleportError as exc:
             await fail(exc.message)
             return
+        if not login:  # a join: the first login the user's roles allow on that node
+            role_set = RoleSet(await self.service.roles(session.roles), {"logins": session.logins})
+            allowed = [x for x in role_set.logins() if x in session.logins and _can_reach(role_set, x, node.labels)]
+            if not allowed:
+                await fail(f"your roles allow no login on {node.hostname}, which joining a session there needs")
+                return
+            login = allowed[0]
         try:
             proxy_conn, node_conn = await self._connect(session, node.id, node.addr.port, login)
         except TeleportError as exc:
             await fail(f"cannot open a session as {login} on {node.hostname}: {exc.message}")
             return
         try:
-            process = await node_conn.create_process(
-                term_type="xterm-256color", term_size=(cols, rows), encoding=None,
-            )
-            await self._pump(ws, process, session, node.hostname, login)
+            if join is not None:
+                # Observer mode (the node's protocol, node/session.py); its refusal comes on stderr.
+                from teleport_runtime.node.session import JOIN_ENV, JOIN_SUBSYSTEM
+
+                process = await node_conn.create_process(
+                    subsystem=JOIN_SUBSYSTEM, env={JOIN_ENV: join}, encoding=None, stderr=asyncssh.STDOUT,
+                )
+            else:
+                process = await node_conn.create_process(
+                    term_type="xterm-256color", term_size=(cols, rows), encoding=None,
+                )
+            await self._pump(ws, process, session, node.hostname, login, watching=join is not None)
         except (OSError, asyncssh.Error) as exc:
             await fail(f"the session on {node.hostname} failed: {_describe(exc)}")
         finally:
@@ -458,13 +479,13 @@ class WebUI:
         return proxy_conn, node_conn
 
     async def _pump(self, ws: web.WebSocketResponse, process: asyncssh.SSHClientProcess[bytes],
-                    session: WebSession, node: str, login: str) -> None:
+                    session: WebSession, node: str, login: str, watching: bool = False) -> None:
         async def downstream() -> None:
             while data := await process.stdout.read(32 * 1024):
                 await ws.send_bytes(data)
 
         down = asyncio.ensure_future(downstream())
-        up = asyncio.ensure_future(self._upstream(ws, process, session, node, login))
+        up = asyncio.ensure_future(self._upstream(ws, process, session, node, login, watching))
         # The terminal lasts no longer than the web session (and its certificate).
         await asyncio.wait({down, up}, timeout=max(0.0, session.expires - time.time()),
                            return_when=asyncio.FIRST_COMPLETED)
@@ -485,7 +506,7 @@ class WebUI:
         await asyncio.gather(down, up, return_exceptions=True)
 
     async def _upstream(self, ws: web.WebSocketResponse, process: asyncssh.SSHClientProcess[bytes],
-                        session: WebSession, node: str, login: str) -> None:
+                        session: WebSession, node: str, login: str, watching: bool = False) -> None:
         async for msg in ws:
             if msg.type == WSMsgType.ERROR:
                 reason = f"the page sent a websocket message the proxy refuses ({ws.exception()})"
@@ -498,8 +519,8 @@ class WebUI:
                 event = json.loads(msg.data)
             except ValueError:
                 continue
-            if not isinstance(event, dict):
-                continue
+            if not isinstance(event, dict) or watching:
+                continue  # a watcher's input and resizes are not sent (the node drops them too)
             if event.get("type") == "input" and isinstance(event.get("data"), str):
                 process.stdin.write(event["data"].encode())
             elif event.get("type") == "resize":

@@ -311,3 +311,49 @@ async def _websocket(env: WebUIEnv, cookies: dict[str, str], *, origin: str,
                 return ws.close_code or 0, " ".join(seen)
         except aiohttp.WSServerHandshakeError as exc:
             return exc.status, exc.message
+
+
+def test_a_watcher_joins_a_session_from_the_active_sessions_page(page: Any, browser: Any, env: WebUIEnv) -> None:
+    if "watcher" not in env.users:
+        env.add_user("watcher", "access,auditor", "root")  # may read sessions, and has a login there
+    log_in(page, env, "alice")
+    node1 = page.locator('[data-testid="node-row"][data-node-name="node1"]')
+    node1.get_by_test_id("node-login").select_option("root")
+    node1.get_by_test_id("node-connect").click()
+    page.get_by_text("Connected to root@").wait_for()
+    page.get_by_test_id("terminal").click()
+    page.keyboard.type("echo join-$((40+2))-before\n")
+    wait_for(lambda: "join-42-before" in terminal_text(page), what="alice's output")
+
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(20_000)
+    try:
+        watcher = context.new_page()
+        log_in(watcher, env, "watcher")
+        watcher.get_by_test_id("node-table").wait_for()
+        watcher.goto(env.url + "/web/sessions")
+        row = watcher.locator('[data-testid="session-row"]', has_text="alice").last
+        row.wait_for()
+        assert axe_findings(watcher) == []
+        row.get_by_test_id("session-join").click()
+        watcher.get_by_text("Watching session").wait_for()
+        # the recent screen, then the live output
+        wait_for(lambda: "join-42-before" in terminal_text(watcher), what="the replayed screen")
+        page.keyboard.type("echo join-$((6*7))-live\n")
+        wait_for(lambda: "join-42-live" in terminal_text(watcher), what="the live output")
+        assert axe_findings(watcher) == []
+        # the watcher's keystrokes do not reach alice's shell
+        watcher.get_by_test_id("terminal").click()
+        watcher.keyboard.type("echo typed-by-$((1+1))-watcher\n")
+        page.get_by_test_id("terminal").click()
+        page.keyboard.type("echo after-$((3+4))\n")
+        wait_for(lambda: "after-7" in terminal_text(watcher), what="alice's next output at the watcher")
+        assert "after-7" in terminal_text(page)
+        assert "typed-by" not in terminal_text(page) and "typed-by" not in terminal_text(watcher)
+        # the session's end ends the watch
+        page.keyboard.type("exit\n")
+        watcher.get_by_text(re.compile("session on node1 ended")).wait_for()
+        env.wait_audit("session.join", lambda e: e.get("user") == "watcher", "the watcher's join")
+        env.wait_audit("session.leave", lambda e: e.get("user") == "watcher", "the watcher's leave")
+    finally:
+        context.close()
