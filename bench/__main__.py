@@ -22,20 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from bench import authscale, concurrency, enhanced, fleet, latency, login, profiling, report, throughput
+from bench import openssh as openssh_nodes
 from bench.env import OpenSSH, OurCluster, Processes, load_average, raise_nofile
 from bench.figures import Figure
 
-SECTIONS = ("latency", "throughput", "concurrency", "authscale", "login", "enhanced", "fleet")
+SECTIONS = ("latency", "throughput", "concurrency", "authscale", "login", "enhanced", "openssh", "fleet")
 #: Run unless --only says otherwise; the fleet section needs podman and runs with --fleet.
 DEFAULT_SECTIONS = SECTIONS[:-1]
 MiB = 1024 * 1024
 
 QUICK = {"latency_runs": 20, "throughput_bytes": 128 * MiB, "throughput_runs": 2, "sessions": [100],
          "latency_under_load_runs": 5, "nodes": [2000], "heartbeat_seconds": 15, "joins": 500, "fleet_nodes": [1],
-         "login_runs": 10, "enhanced_runs": 10, "enhanced_bytes": 64 * MiB}
+         "login_runs": 10, "enhanced_runs": 10, "enhanced_bytes": 64 * MiB, "openssh_runs": 10,
+         "openssh_bytes": 64 * MiB}
 FULL = {"latency_runs": 30, "throughput_bytes": 1024 * MiB, "throughput_runs": 3, "sessions": [100, 500, 1000],
         "latency_under_load_runs": 7, "nodes": [10000, 50000], "heartbeat_seconds": 60, "joins": 2000,
-        "fleet_nodes": [1, 3, 6], "login_runs": 30, "enhanced_runs": 20, "enhanced_bytes": 256 * MiB}
+        "fleet_nodes": [1, 3, 6], "login_runs": 30, "enhanced_runs": 20, "enhanced_bytes": 256 * MiB,
+        "openssh_runs": 20, "openssh_bytes": 256 * MiB}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                     got = login.run(ours, params["login_runs"])
                 elif section == "enhanced":
                     got = enhanced.run(ours, params["enhanced_runs"], params["enhanced_bytes"])
+                elif section == "openssh":
+                    got = openssh_nodes.run(openssh, ours, params["openssh_runs"], params["openssh_bytes"], root)
                 else:
                     got = fleet.run(root / "fleet", params["fleet_nodes"])
             except Exception as exc:  # one section failing still reports the others

@@ -45,7 +45,7 @@ SSH_MAX_PACKET = 64 * 1024
 SSH_PACKET_FRAMING = 1024
 TOKEN_ROLES = ("auth", "proxy", "node")
 SERVICE_ROLES = ("auth", "proxy", "node")
-RECORDING_MODES = ("node", "node-sync", "off")
+RECORDING_MODES = ("node", "node-sync", "proxy", "proxy-sync", "off")
 #: Shortest static join token: a static token never expires, so it must not be guessable.
 MIN_STATIC_TOKEN = 16
 LABEL_KEY = re.compile(r"[a-zA-Z0-9/.\-_]+")
@@ -648,7 +648,7 @@ auth_service:
   listen_addr: 0.0.0.0:3025
   # cluster_name: example.com     # default: this host's hostname; cannot change later
   # tokens: ["proxy,node:a-long-random-secret-value", "auth:/path/to/tokenfile"]  # 16+ characters
-  session_recording: node         # node | node-sync | off
+  session_recording: node         # node | node-sync | proxy | proxy-sync | off
   presence_ttl: 10m
   # ca_key_encryption_key_file: /etc/teleport/ca-kek  # seals the CA keys in the backend; same file on every auth server
 

@@ -168,6 +168,9 @@ class AuthClient:
     async def remove_node(self, name: str) -> t.HostRemoved:
         return t.HostRemoved.from_json(await self._json(r.REMOVE_NODE, r.REMOVE_NODE.url(name=name)))
 
+    async def upsert_node(self, request: t.NodeUpsert) -> t.NodeSaved:
+        return t.NodeSaved.from_json(await self._json(r.UPSERT_NODE, r.UPSERT_NODE.path, request))
+
     async def status(self) -> t.ClusterStatus:
         return t.ClusterStatus.from_json(await self._json(r.STATUS, r.STATUS.path))
 
@@ -240,6 +243,12 @@ class AuthClient:
 
     async def sign_host(self, request: t.HostCertRequest) -> t.HostCert:
         return t.HostCert.from_json(await self._json(r.SIGN_HOST, r.SIGN_HOST.path, request))
+
+    async def sign_target_host(self, request: t.TargetHostCertRequest) -> t.HostCert:
+        return t.HostCert.from_json(await self._json(r.SIGN_TARGET_HOST, r.SIGN_TARGET_HOST.path, request))
+
+    async def sign_session(self, request: t.SessionCertRequest) -> t.SessionCert:
+        return t.SessionCert.from_json(await self._json(r.SIGN_SESSION, r.SIGN_SESSION.path, request))
 
     # ------------------------------------------------------------------ audit
 

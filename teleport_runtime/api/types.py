@@ -154,6 +154,8 @@ class NodeRecord(Message):
     expires: str = ""
     #: Static and command labels merged (command labels win), as listed.
     labels: dict[str, str] = field(default_factory=dict)
+    #: ``teleport`` (a joined node service) or ``openssh`` (a registered sshd, no heartbeat).
+    sub_kind: str = "teleport"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class HostRemoved(Message):
     nodename: str
     locked_keys: int = 0
     all_keys: bool = False
+    #: ``openssh``: a registered sshd, deleted (no certificate of ours to lock).
+    sub_kind: str = "teleport"
 
 
 @dataclass(frozen=True)
@@ -407,6 +411,68 @@ class HostCertRequest(Message):
 @dataclass(frozen=True)
 class HostCert(Message):
     ssh_cert: str
+
+
+@dataclass(frozen=True)
+class NodeUpsert(Message):
+    """``tctl create`` of an OpenSSH node resource (``kind: node``, ``sub_kind: openssh``)."""
+
+    FIELDS: ClassVar = {
+        "resource": Field("object", required=True,
+                          example="{kind: node, sub_kind: openssh, version: v2, metadata: {name}, spec: {addr}}"),
+        "force": Field("bool"),
+    }
+
+    resource: dict[str, Any]
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSaved(Message):
+    """The stored resource and ``created``, ``updated`` or ``unchanged``."""
+
+    name: str
+    result: str
+    resource: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetHostCertRequest(Message):
+    """A proxy terminating SSH for a registered node asks for a host certificate naming it."""
+
+    FIELDS: ClassVar = {
+        "node": Field("string", required=True, example='"web1"', max_len=253),
+        "ssh_public_key": _SSH_KEY,
+    }
+
+    node: str
+    ssh_public_key: str
+
+
+@dataclass(frozen=True)
+class SessionCertRequest(Message):
+    """A proxy asks for the certificate of one session to an OpenSSH node: for the user whose
+    certificate it holds (``user_ssh_cert``, checked again), one ``login``, one ``node``."""
+
+    FIELDS: ClassVar = {
+        "user_ssh_cert": Field("string", required=True, example='"ssh-ed25519-cert-v01@openssh.com AAAA..."',
+                               max_len=16384),
+        "login": Field("string", required=True, example='"root"', max_len=256),
+        "node": Field("string", required=True, example='"web1"', max_len=253),
+        "ssh_public_key": _SSH_KEY,
+    }
+
+    user_ssh_cert: str
+    login: str
+    node: str
+    ssh_public_key: str
+
+
+@dataclass(frozen=True)
+class SessionCert(Message):
+    ssh_cert: str
+    ttl_seconds: int
+    source_addresses: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------- audit, recordings, sessions

@@ -164,6 +164,7 @@ class AuthAPI:
             (r.HEARTBEAT, self.heartbeat),
             (r.NODES, self.list_nodes),
             (r.REMOVE_NODE, self.remove_node),
+            (r.UPSERT_NODE, self.upsert_node),
             (r.PROXIES, self.list_proxies),
             (r.STATUS, self.status),
             (r.TOKENS, self.list_tokens),
@@ -182,6 +183,8 @@ class AuthAPI:
             (r.SIGNUP, self.signup),
             (r.SIGN_USER, self.sign_user),
             (r.SIGN_HOST, self.sign_host),
+            (r.SIGN_TARGET_HOST, self.sign_target_host),
+            (r.SIGN_SESSION, self.sign_session),
             (r.EMIT_AUDIT, self.emit_audit),
             (r.ROTATE, self.rotate),
             (r.ROTATION, self.rotation_state),
@@ -378,6 +381,20 @@ class AuthAPI:
     async def remove_node(self, request: web.Request) -> t.HostRemoved:
         """``tctl nodes rm``: remove a host and lock its certificates."""
         return await self.auth.remove_host(request.match_info["name"])
+
+    async def upsert_node(self, request: web.Request) -> t.NodeSaved:
+        """``tctl create`` of an OpenSSH node resource."""
+        body = _body(request, t.NodeUpsert)
+        return await self.auth.upsert_openssh_node(body.resource, body.force)
+
+    async def sign_target_host(self, request: web.Request) -> t.HostCert:
+        body = _body(request, t.TargetHostCertRequest)
+        return t.HostCert(ssh_cert=await self.auth.sign_target_host(body.node, body.ssh_public_key))
+
+    async def sign_session(self, request: web.Request) -> t.SessionCert:
+        peer = request[PEER]
+        return await self.auth.sign_session(_body(request, t.SessionCertRequest), request[IDENTITY],
+                                            list(peer.names), request.remote or "")
 
     async def list_proxies(self, request: web.Request) -> list[t.NodeRecord]:
         return await self.auth.list_hosts("Proxy")

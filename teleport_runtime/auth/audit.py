@@ -110,7 +110,9 @@ AGENT_EVENTS: dict[str, frozenset[str]] = {
     }),
     # access.denied: a web request the proxy refused before it reached the auth service (a path
     # parameter that is not a valid token, name or session ID).
-    "Proxy": frozenset({"proxy.connect.rejected", "access.denied"}),
+    # The rest: sessions the proxy terminates for OpenSSH nodes (proxy/recording_proxy.py).
+    "Proxy": frozenset({"proxy.connect.rejected", "access.denied", "auth.rejected", "session.start",
+                        "session.end", "session.recording_failed", "port"}),
 }
 #: How far ahead of the auth service's clock an agent's event time may be (clock drift).
 MAX_CLOCK_SKEW = timedelta(minutes=1)

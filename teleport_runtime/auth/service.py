@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from teleport_runtime import __version__
 from teleport_runtime.api.names import API_SERVER_NAME
-from teleport_runtime.api.routes import HEARTBEAT, JOIN
+from teleport_runtime.api.routes import HEARTBEAT, JOIN, SIGN_SESSION
 from teleport_runtime.api.types import (
     AuthorityState,
     HeartbeatAnswer,
@@ -31,12 +31,16 @@ from teleport_runtime.api.types import (
     JoinRequest,
     LoginRequest,
     NodeRecord,
+    NodeSaved,
     PublicCAs,
     RotationView,
+    SessionCert,
+    SessionCertRequest,
     UserCerts,
 )
 from teleport_runtime.auth.audit import AuditLog
 from teleport_runtime.auth.hosts import Binding, HostRegistry, Lock, key_fingerprint, removed_message
+from teleport_runtime.auth.openssh_nodes import OpenSSHNodes, as_node_record
 from teleport_runtime.auth.presence import Presence
 from teleport_runtime.auth.recordings import (
     ActiveSessions,
@@ -59,6 +63,7 @@ from teleport_runtime.ca import (
     generate_tls_keypair,
     generate_user_ssh_cert,
     new_cert_authority,
+    parse_user_ssh_cert,
 )
 from teleport_runtime.ca.keywrap import CACodec, load_kek
 from teleport_runtime.config import AuthConfig
@@ -82,6 +87,10 @@ log = logging.getLogger("teleport.auth")
 
 HOST_CERT_TTL = timedelta(days=3650)
 USER_CERT_TTL = timedelta(hours=12)
+#: A proxy's host certificate for a node it terminates SSH for: used in one handshake.
+TARGET_HOST_CERT_TTL = timedelta(minutes=10)
+#: A proxy's certificate for one session to an OpenSSH node: used in one login.
+SESSION_CERT_TTL = timedelta(minutes=2)
 ADMIN_CERT_TTL = timedelta(days=365)
 JOIN_ROLES = {"node": "Node", "proxy": "Proxy"}
 _CLUSTER_NAME_KEY = "/cluster_configuration/name"
@@ -126,6 +135,7 @@ class AuthService:
         self.tokens = TokenStore(backend, config.static_tokens)
         self.presence = Presence(backend, config.presence_ttl)
         self.hosts = HostRegistry(backend)
+        self.openssh_nodes = OpenSSHNodes(backend, self.hosts.holder)
         #: Names and addresses the auth API serves at (set by the API when it listens): never
         #: signed for a host that joins from elsewhere, never a node's address.
         self.served_names: set[str] = {n.lower() for n in config.public_addr}
@@ -487,6 +497,12 @@ class AuthService:
         """``tctl nodes rm``: lock the host's certificates, forget its binding and names, delete its
         presence records. The host may join again with a new key (see ``auth/hosts.py``)."""
         target = name_or_uuid.strip()
+        openssh = await self.openssh_nodes.find(target)
+        if openssh is not None:  # a registered sshd: no certificate of ours to lock
+            await self.openssh_nodes.delete(target)
+            log.info("OpenSSH node %s removed", openssh["metadata"]["name"])
+            return HostRemoved(removed=openssh["metadata"]["name"], nodename=openssh["spec"]["hostname"],
+                               sub_kind="openssh")
         host_uuid = await self.hosts.holder(target)  # names and UUIDs are both claimed
         records = [r for role in ("Node", "Proxy") for r in await self.presence.list(role)
                    if target in (r["id"], r["hostname"])]
@@ -507,7 +523,79 @@ class AuthService:
         """Presence records of hosts that are bound: a removed host's record (a heartbeat in
         flight during `tctl nodes rm` may store one after the removal) is not listed."""
         bound = {b.uuid for b in await self.hosts.bindings()}
-        return [NodeRecord.from_json(r) for r in await self.presence.list(role) if r["id"] in bound]
+        hosts = [NodeRecord.from_json(r) for r in await self.presence.list(role) if r["id"] in bound]
+        if role == "Node":
+            hosts += [NodeRecord.from_json(as_node_record(r)) for r in await self.openssh_nodes.list()]
+        return hosts
+
+    # ------------------------------------------------------------------ OpenSSH nodes, proxy sessions
+
+    async def upsert_openssh_node(self, resource: dict[str, Any], force: bool) -> NodeSaved:
+        """``tctl create`` of an OpenSSH node (rules in ``auth/openssh_nodes.py``)."""
+        forbidden = await self.presence._forbidden(self.served_addrs)
+        stored, result = await self.openssh_nodes.upsert(resource, force=force, forbidden=forbidden)
+        name = stored["metadata"]["name"]
+        if result != "unchanged":
+            await self.audit.emit({"event": "resource.upsert", "kind": "node", "sub_kind": "openssh",
+                                   "name": name, "result": result, "addr": stored["spec"]["addr"]})
+        return NodeSaved(name=name, result=result, resource=stored)
+
+    async def _registered_node(self, target: str) -> NodeRecord:
+        """The listed node named ``target`` (name, UUID or hostname); NotFound otherwise."""
+        for node in await self.list_hosts("Node"):
+            if target.lower() in (node.id.lower(), node.hostname.lower()):
+                return node
+        raise NotFound(f"node {target!r} is not registered in cluster {self.cluster_name}: see `tctl nodes ls`")
+
+    async def sign_target_host(self, node_name: str, ssh_public_key: str) -> str:
+        """A short-lived host certificate naming a registered node, for the proxy that
+        terminates SSH for it (proxy recording mode): its name, hostname, their cluster forms
+        and its address host."""
+        check_ssh_public_key(ssh_public_key)
+        node = await self._registered_node(node_name)
+        names = [node.hostname, f"{node.hostname}.{self.cluster_name}", parse_host_port(node.addr, 22).host]
+        host = await self.get_ca(CAType.HOST)
+        return generate_host_ssh_cert(
+            host.active, ssh_public_key, host_uuid=node.id, nodename=node.id, cluster_name=self.cluster_name,
+            role="Node", extra_principals=[n for n in names if n and n != node.id], ttl=TARGET_HOST_CERT_TTL,
+        )
+
+    async def sign_session(self, request: SessionCertRequest, proxy: TLSIdentity, cert_ips: list[str],
+                           remote_ip: str) -> SessionCert:
+        """The certificate of one proxy session to an OpenSSH node. Scope: the user's certificate
+        the proxy holds must be from our user CA, valid now and list ``login``; the user's current
+        roles must allow ``login`` on the node's labels; the answer's only principal is ``login``,
+        it lives :data:`SESSION_CERT_TTL` (long enough to log in once; an SSH connection outlives
+        its certificate), carries no agent forwarding and is accepted only from the proxy's
+        addresses (``source-address``: the IPs in the proxy's certificate and the address it
+        asked from). Refusals are audited."""
+        check_ssh_public_key(request.ssh_public_key)
+        user_ca = await self.get_ca(CAType.USER)
+        try:
+            info = parse_user_ssh_cert(request.user_ssh_cert, user_ca.trusted_ssh_public_keys())
+            now = datetime.now(UTC)
+            if info.valid_after > now or (info.valid_before is not None and info.valid_before <= now):
+                raise AccessDenied("the user's certificate is not valid now: log in again with `tsh login`")
+            if request.login not in info.logins:
+                raise AccessDenied(f"the user's certificate does not list login {request.login!r}")
+            node = await self._registered_node(request.node)
+            if node.sub_kind != "openssh":
+                raise BadParameter(f"node {request.node!r} runs the node service: session certificates "
+                                   "are only for OpenSSH nodes")
+            role_set, role_names = await self.role_set(info.username)
+            role_set.check_access_to_node(request.login, node.labels)
+        except (AccessDenied, BadParameter, NotFound) as exc:
+            raise await self.refuse(exc, resource=SIGN_SESSION.path, remote_addr=remote_ip,
+                                    host_uuid=proxy.host_uuid or "", nodename=proxy.nodename or "",
+                                    role="Proxy") from None
+        sources = sorted({ip for ip in (*cert_ips, remote_ip) if ip_literal(ip)})
+        cert = generate_user_ssh_cert(
+            user_ca.active, request.ssh_public_key, username=info.username, logins=[request.login],
+            roles=role_names, ttl=SESSION_CERT_TTL, permit_port_forwarding=role_set.can_port_forward(),
+            source_addresses=sources,
+        )
+        return SessionCert(ssh_cert=cert, ttl_seconds=int(SESSION_CERT_TTL.total_seconds()),
+                           source_addresses=tuple(sources))
 
     async def heartbeat(
         self, identity: TLSIdentity, cert_names: list[str], report: HeartbeatReport, remote_ip: str

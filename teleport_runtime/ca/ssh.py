@@ -302,8 +302,12 @@ def generate_user_ssh_cert(
     permit_agent_forwarding: bool = False,
     permit_port_forwarding: bool = False,
     now: datetime | None = None,
+    source_addresses: Iterable[str] = (),
 ) -> str:
     """Sign ``user_public_key`` with the user CA ``ca``; returns the OpenSSH cert line.
+
+    ``source_addresses`` (IPs or CIDRs): the ``source-address`` critical option, so the
+    certificate is accepted only from those addresses (the proxy's per-session certificates).
 
     ``traits`` defaults to ``{"logins": logins}``. TTL policy (role caps, the 30h maximum) is
     the caller's; this only requires a positive TTL.
@@ -338,6 +342,9 @@ def generate_user_ssh_cert(
         builder = builder.add_extension(EXT_PERMIT_AGENT.encode(), b"")
     if permit_port_forwarding:
         builder = builder.add_extension(EXT_PERMIT_PORT.encode(), b"")
+    sources = _dedupe(source_addresses)
+    if sources:
+        builder = builder.add_critical_option(b"source-address", ",".join(sources).encode())
     return _cert_line(builder.sign(signer))
 
 

@@ -20,6 +20,7 @@ from teleport_runtime.api.client import AuthClient
 from teleport_runtime.api.types import (
     Deleted,
     HostCertRequest,
+    NodeUpsert,
     RoleUpsert,
     RotateRequest,
     TokenRequest,
@@ -232,6 +233,11 @@ async def nodes_add(client: AuthClient, roles: str, ttl: str | None, value: str 
 async def nodes_ls(client: AuthClient, fmt: str) -> None:
     """The nodes online in the cluster."""
     records = _json(await client.nodes())
+    if any(n.get("sub_kind") == "openssh" for n in records):  # the Kind column only when it tells
+        echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Kind", "Labels"],
+                     lambda n: (n["hostname"], n["id"], n["addr"], n.get("sub_kind", "teleport"),
+                                format_labels(n["labels"])))
+        return
     echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Labels"],
                  lambda n: (n["hostname"], n["id"], n["addr"], format_labels(n["labels"])))
 
@@ -242,8 +248,11 @@ async def nodes_ls(client: AuthClient, fmt: str) -> None:
 async def nodes_rm(client: AuthClient, name: str) -> None:
     """Remove a node or proxy (by name or UUID) and revoke its certificate: the auth service
     refuses it and proxies stop routing to it. It may join again with a new token."""
-    result = (await client.remove_node(name)).to_json()
-    click.echo(f"Host {result['nodename']} ({result['removed']}) has been removed and its certificate locked")
+    removed = await client.remove_node(name)
+    if removed.sub_kind != "openssh":
+        click.echo(f"Host {removed.nodename} ({removed.removed}) has been removed and its certificate locked")
+    else:
+        click.echo(f"Host {removed.nodename} ({removed.removed}) has been removed")
 
 
 @cli.group()
@@ -403,7 +412,7 @@ RESOURCE_FORMATS = click.Choice(["yaml", "json", "text"])
 @click.argument("filename", type=click.Path(exists=True, dir_okay=False))
 @run
 async def create(client: AuthClient, force: bool, filename: str) -> None:
-    """Create resources (roles) from a YAML file."""
+    """Create resources (roles, OpenSSH nodes) from a YAML file."""
     text = Path(filename).read_text()  # noqa: ASYNC240 - a CLI, nothing else runs on this loop
     try:
         documents = [d for d in yaml.safe_load_all(text) if d]
@@ -411,10 +420,14 @@ async def create(client: AuthClient, force: bool, filename: str) -> None:
         raise ConfigError(f"{filename}: not valid YAML: {exc}") from None
     for doc in documents:
         kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind == "node":
+            node = await client.upsert_node(NodeUpsert(resource=doc, force=force))
+            click.echo(f"node {node.name!r} has been {node.result}")
+            continue
         if kind != "role":
             raise ConfigError(
-                f"{filename}: unsupported resource kind {kind!r}: tctl create handles kind: role "
-                "(users are created with `tctl users add`)"
+                f"{filename}: unsupported resource kind {kind!r}: tctl create handles kind: role and "
+                "kind: node (sub_kind: openssh) (users are created with `tctl users add`)"
             )
         saved = await client.upsert_role(RoleUpsert(role=doc, force=force))
         click.echo(f"role {saved.name!r} has been {'updated' if saved.existed else 'created'}")
@@ -433,7 +446,7 @@ async def get(client: AuthClient, resource: str, fmt: str) -> None:
         "tokens": client.tokens, "token": client.tokens}
     if kind not in listings:
         raise ConfigError(f"unknown resource {kind!r}: expected roles, users, nodes, proxies or tokens")
-    records = _json(await listings[kind]())
+    records = [_resource_form(r) for r in _json(await listings[kind]())]
     if name:
         records = [r for r in records if name in (
             r.get("metadata", {}).get("name"), r.get("name"), r.get("hostname"), r.get("id"), r.get("token")
@@ -446,16 +459,30 @@ async def get(client: AuthClient, resource: str, fmt: str) -> None:
         click.echo(yaml.safe_dump_all(records, sort_keys=False), nl=False)
 
 
+def _resource_form(record: dict[str, Any]) -> dict[str, Any]:
+    """An OpenSSH node as the resource ``tctl create`` takes; other records as listed."""
+    if record.get("sub_kind") != "openssh":
+        return record
+    return {"kind": "node", "sub_kind": "openssh", "version": "v2",
+            "metadata": {"name": record["id"], "labels": record.get("labels") or {}},
+            "spec": {"addr": record["addr"], "hostname": record["hostname"]}}
+
+
 @cli.command()
 @click.argument("resource")
 @run
 async def rm(client: AuthClient, resource: str) -> None:
-    """Delete a resource: role/NAME, user/NAME or token/VALUE."""
+    """Delete a resource: role/NAME, user/NAME, token/VALUE or node/NAME."""
     kind, _, name = resource.partition("/")
+    if kind == "node" and name:  # a node service host is also locked, as by `tctl nodes rm`
+        result = (await client.remove_node(name)).to_json()
+        click.echo(f"node {result['removed']!r} has been deleted")
+        return
     removals: dict[str, Callable[[str], Awaitable[Deleted]]] = {
         "role": client.delete_role, "user": client.delete_user, "token": client.delete_token}
     if kind not in removals or not name:
-        raise ConfigError(f"cannot remove {resource!r}: expected role/NAME, user/NAME or token/VALUE")
+        raise ConfigError(
+            f"cannot remove {resource!r}: expected role/NAME, user/NAME, token/VALUE or node/NAME")
     await removals[kind](name)
     click.echo(f"{kind} {name!r} has been deleted")
 

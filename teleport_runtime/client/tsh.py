@@ -501,14 +501,16 @@ async def ls(labels: tuple[str, ...], fmt: str) -> None:
     finally:
         await refresh.outcome()
     if fmt == "json":
-        echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {}}
-                   for n in nodes])
+        echo_json([{"id": n["id"], "hostname": n["hostname"], "addr": n["addr"], "labels": n.get("labels") or {},
+                    "sub_kind": n.get("sub_kind") or "teleport"} for n in nodes])
         return
+    kinds = any(n.get("sub_kind") == "openssh" for n in nodes)  # the Kind column only when it tells
     rows = [
-        [n["hostname"], n["addr"], ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
+        [n["hostname"], n["addr"], *([n.get("sub_kind") or "teleport"] if kinds else []),
+         ",".join(f"{k}={v}" for k, v in sorted((n.get("labels") or {}).items()))]
         for n in nodes
     ]
-    click.echo(table(["Node Name", "Address", "Labels"], rows))
+    click.echo(table(["Node Name", "Address", *(["Kind"] if kinds else []), "Labels"], rows))
 
 
 @cli.command()

@@ -134,6 +134,17 @@ async def connect_proxy(profile: Profile, creds: Credentials) -> asyncssh.SSHCli
         raise ConnectionProblem(f"cannot connect to the proxy at {profile.ssh_addr}: {_describe(exc)}") from None
 
 
+class _BannerClient(asyncssh.SSHClient):
+    """Keeps the authentication banner: a proxy terminating SSH for an OpenSSH node explains a
+    refusal (roles, the node's host certificate) in one."""
+
+    def __init__(self) -> None:
+        self.banner = ""
+
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        self.banner += msg
+
+
 async def connect_node(
     proxy: asyncssh.SSHClientConnection,
     profile: Profile,
@@ -151,9 +162,11 @@ async def connect_node(
         agent_path = os.environ.get("SSH_AUTH_SOCK")
         if not agent_path:
             raise BadParameter("-A forwards your ssh-agent, but none is running (SSH_AUTH_SOCK is not set)")
+    client = _BannerClient()
     try:
         return await _connect(
-            host, port, login, creds, tunnel=proxy, agent_path=agent_path, agent_forwarding=agent_forwarding
+            host, port, login, creds, tunnel=proxy, agent_path=agent_path, agent_forwarding=agent_forwarding,
+            client_factory=lambda: client,
         )
     except asyncssh.ChannelOpenError as exc:
         raise ConnectionProblem(f"cannot reach {host}: {exc.reason}") from None
@@ -163,6 +176,9 @@ async def connect_node(
             f"{host!r} ({exc.reason}); connect by the node's name or UUID as `tsh ls` shows it"
         ) from None
     except asyncssh.PermissionDenied:
+        if client.banner.strip():
+            said = client.banner.strip().removeprefix("teleport: ")
+            raise AccessDenied(f"access denied to {login}@{host}: {said}") from None
         logins = cert_logins(creds)
         hint = (
             f"your certificate allows the logins {', '.join(logins)}"

@@ -51,6 +51,8 @@ class NodeRecord:
     addr: HostPort
     labels: dict[str, str] = field(default_factory=dict)
     last_heartbeat: str = ""
+    #: ``openssh``: a registered sshd the proxy reaches by terminating SSH (proxy/recording_proxy.py).
+    sub_kind: str = "teleport"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeRecord:
@@ -61,15 +63,20 @@ class NodeRecord:
             addr=addr,
             labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
             last_heartbeat=str(data.get("last_heartbeat") or ""),
+            sub_kind=str(data.get("sub_kind") or "teleport"),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The ``/webapi/nodes`` form; ``sub_kind`` only for an OpenSSH node (absent: teleport)."""
+        out: dict[str, Any] = {
             "id": self.id,
             "hostname": self.hostname,
             "addr": str(self.addr),
             "labels": dict(self.labels),
         }
+        if self.sub_kind != "teleport":
+            out["sub_kind"] = self.sub_kind
+        return out
 
 
 def _normalize_host(text: str) -> str:

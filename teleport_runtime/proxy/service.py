@@ -1,7 +1,8 @@
 """The proxy service: every client reaches the cluster through it.
 
 - SSH on ``proxy_service.listen_addr`` (3023): the jump hop to registered nodes
-  (:mod:`teleport_runtime.proxy.ssh`).
+  (:mod:`teleport_runtime.proxy.ssh`); for OpenSSH nodes the proxy terminates SSH, logs in
+  itself and records (:mod:`teleport_runtime.proxy.recording_proxy`).
 - HTTPS on ``proxy_service.web_listen_addr`` (3080): discovery, login, signup and node listing
   (:mod:`teleport_runtime.proxy.web`).
 - A heartbeat as a Proxy (with its CA rotation phases), so the auth API lists it among the proxies.
@@ -33,9 +34,11 @@ from teleport_runtime.errors import TeleportError
 from teleport_runtime.identity import Identity
 from teleport_runtime.netaddr import advertised, format_host_port, split_host
 from teleport_runtime.proxy.directory import NodeDirectory
+from teleport_runtime.proxy.recording_proxy import RecordingProxy
 from teleport_runtime.proxy.ssh import ProxySSHServer, load_host_credentials
 from teleport_runtime.proxy.web import ProxyWeb, parse_roles, server_ssl_context
 from teleport_runtime.rbac import Role
+from teleport_runtime.recording.node import ModeCache, NodeRecording
 
 log = logging.getLogger("teleport.proxy")
 
@@ -72,6 +75,18 @@ class ProxyService:
         self._cas: dict[str, Any] | None = None
         self._roles: tuple[float, list[dict[str, Any]]] | None = None
         host_key, host_cert = load_host_credentials(identity.ssh_key, identity.ssh_cert)
+        # Sessions the proxy terminates (OpenSSH nodes) are recorded here, in a spool of the
+        # proxy's own (a node service in the same process has its own).
+        self.recording_mode = ModeCache(cfg.data_dir / "cache" / "proxy_session_recording")
+        self.recording = NodeRecording(
+            cfg.data_dir / "log" / "upload" / "proxy-sessions", client, track_sessions=False, at="proxy",
+            mode=lambda: self.recording_mode.update(self.heartbeat.answer.session_recording),
+        )
+        self.terminator = RecordingProxy(
+            client=client, cluster=self.cluster, trusted_user_ca_keys=self.user_ca_keys,
+            host_ca_keys=self.host_ca_keys, roles=self.roles, recording=self.recording, audit=self.audit,
+            mode=lambda: self.recording_mode.update(self.heartbeat.answer.session_recording),
+        )
         self.ssh = ProxySSHServer(
             host_key=host_key,
             host_cert=host_cert,
@@ -79,6 +94,7 @@ class ProxyService:
             directory=self.directory,
             cluster=self.cluster,
             audit=self.audit,
+            terminator=self.terminator,
         )
         self.web = ProxyWeb(self)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,6 +114,7 @@ class ProxyService:
         listen, beat."""
         await self.rotation.start()
         await self.directory.start()
+        await self.recording.start()
         listen = self.cfg.proxy.listen_addr
         await self.ssh.start(listen.host, listen.port)
         web_listen = self.cfg.proxy.web_listen_addr
@@ -114,6 +131,8 @@ class ProxyService:
         await self.heartbeat.stop()
         await self.web.stop()
         await self.ssh.stop()
+        await self.terminator.close()
+        await self.recording.stop()
         await self.directory.stop()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)

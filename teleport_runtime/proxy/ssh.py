@@ -12,6 +12,10 @@ SSH username they send: the proxy only routes, the node authorizes the login. Tw
   on one side and asyncio stream back-pressure on the other.
 
 Anything else (a shell, a command) is refused with a message saying how to reach a node.
+
+For OpenSSH nodes, and for every node in proxy recording mode, either way through ends at the
+proxy's terminating SSH server instead (:mod:`teleport_runtime.proxy.recording_proxy`), which
+checks the user's roles itself, records and opens its own connection to the node.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from teleport_runtime.errors import TeleportError
 from teleport_runtime.names import is_host_name
 from teleport_runtime.netaddr import format_host_port, is_ipv6
 from teleport_runtime.proxy.directory import NodeDirectory, NodeRecord
+from teleport_runtime.proxy.recording_proxy import RecordingProxy
 from teleport_runtime.sshinternals import BufferingForwarder
 from teleport_runtime.sshserver import (
     ConnectionLog,
@@ -205,7 +210,7 @@ class _ProxyConnection(asyncssh.SSHServer):
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 _, node_side = await asyncio.get_running_loop().create_connection(
-                    BufferingForwarder, node.addr.host, node.addr.port
+                    BufferingForwarder, **await self.server.dial_args(self, node)
                 )
         except (OSError, TimeoutError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
@@ -231,6 +236,7 @@ class ProxySSHServer:
         cluster: str,
         audit: Audit,
         startup_limits: StartupLimits | None = None,
+        terminator: RecordingProxy | None = None,
     ) -> None:
         self.host_key = host_key
         self.host_cert = host_cert
@@ -244,6 +250,8 @@ class ProxySSHServer:
         self.port: int | None = None
         self.startup_gate = StartupGate("proxy SSH service", startup_limits)
         self.conn_ids = itertools.count(1)
+        #: Terminates SSH for OpenSSH nodes (they are never relayed end to end).
+        self.terminator = terminator
 
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         return cert_only_options(
@@ -304,6 +312,21 @@ class ProxySSHServer:
             )
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
 
+    async def dial_args(self, conn: _ProxyConnection, node: NodeRecord) -> dict[str, Any]:
+        """Where a jump channel to ``node`` goes: its address, or a socket to the proxy's
+        terminating SSH server for an OpenSSH node and, in proxy recording mode, for every node
+        (:mod:`teleport_runtime.proxy.recording_proxy`)."""
+        if self.terminator is None or not self.terminator.terminates(node):
+            if node.sub_kind == "openssh":
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                                f"{node.hostname} is an OpenSSH node: this proxy cannot reach it")
+            return {"host": node.addr.host, "port": node.addr.port}
+        try:
+            return {"sock": await self.terminator.dial(node, conn.user, conn.peer)}
+        except TeleportError as exc:
+            conn.log.warning("cannot terminate SSH for OpenSSH node %s: %s", node.hostname, exc.message)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
+
     async def _session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Sessions on the proxy: only the ``proxy:`` subsystem relays; the rest is refused."""
         conn = process.channel.get_connection().get_owner()
@@ -334,7 +357,7 @@ class ProxySSHServer:
         try:
             node = await self.route(conn, host, port, "subsystem")
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(node.addr.host, node.addr.port, limit=CHUNK),
+                asyncio.open_connection(**await self.dial_args(conn, node), limit=CHUNK),
                 DIAL_TIMEOUT,
             )
         except asyncssh.ChannelOpenError as exc:

@@ -5,8 +5,12 @@
 sessions in progress. The recording mode is the cluster's (``auth_service.session_recording``):
 pass it as a string or as a callable read at each session start (such as the last value the
 auth service sent, see :class:`ModeCache`). In ``node-sync`` each session's recording is also
-streamed to the auth service (:mod:`.stream`) and the session ends when that fails. A later
-``proxy`` mode (the proxy records) would make nodes record nothing, as ``off`` does here.
+streamed to the auth service (:mod:`.stream`) and the session ends when that fails.
+
+The proxy records with this same class (``at="proxy"``, :mod:`teleport_runtime.proxy.recording_proxy`)
+the sessions it terminates: in ``proxy``/``proxy-sync`` every session (as ``node``/``node-sync``
+record at the node), in the node modes those to OpenSSH nodes (they cannot record). A node
+records nothing in the proxy modes: the proxy terminates every session then.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("teleport.recording")
 
 #: The cluster's recording modes.
-MODES = ("node", "node-sync", "off")
+MODES = ("node", "node-sync", "proxy", "proxy-sync", "off")
+#: How each mode records, by where the session is terminated.
+_EFFECTIVE = {"node": {"proxy": "off", "proxy-sync": "off"},
+              "proxy": {"proxy": "node", "proxy-sync": "node-sync"}}
 
 
 def spool_dir(data_dir: Path) -> Path:
@@ -125,9 +132,10 @@ class NodeRecording:
         spool: the spool directory (see :func:`spool_dir`).
         client: the node's auth client (uploads, active sessions); or pass ``upload``.
         upload: the upload function (default ``make_upload(client)``).
-        mode: ``node`` | ``node-sync`` | ``off``, or a callable returning one.
+        mode: ``node`` | ``node-sync`` | ``proxy`` | ``proxy-sync`` | ``off``, or a callable returning one.
         record_input: record keystrokes too.
         track_sessions: report sessions in progress (needs ``client``).
+        at: ``node`` or ``proxy``: who terminates the sessions recorded here.
         uploader_options: passed to :class:`Uploader` (backoff, rescan interval...).
     """
 
@@ -140,6 +148,7 @@ class NodeRecording:
         mode: str | Callable[[], str] = "node",
         record_input: bool = False,
         track_sessions: bool = True,
+        at: str = "node",
         **uploader_options: Any,
     ) -> None:
         if upload is None:
@@ -148,6 +157,7 @@ class NodeRecording:
             upload = make_upload(client)
         self.spool = Path(spool)
         self._mode = mode
+        self._effective = _EFFECTIVE[at]
         self.record_input = record_input
         self.uploader = Uploader(self.spool, upload, **uploader_options)
         self.client = client
@@ -160,7 +170,7 @@ class NodeRecording:
         if mode not in MODES:
             log.warning("unknown session recording mode %r; recording at the node", mode)
             return "node"
-        return mode
+        return self._effective.get(mode, mode)
 
     async def start(self) -> list[dict[str, Any]]:
         """Start uploading (resuming what the spool holds) and reporting sessions.
