@@ -291,8 +291,8 @@ def test_one_proxy_stopped_new_sessions_go_through_the_other(client):
     proxy1 = host("ha-proxy1")
     proxy1.run("systemctl stop teleport")
     try:
-        for _ in range(4):  # several new sessions: each would hit the stopped proxy at some point
-            eventually(lambda: all(client.ssh_ok(n) for n in NODES + (OPENSSH,)), "tsh ssh with ha-proxy1 stopped")
+        for attempt in range(4):  # several new sessions: each would hit the stopped proxy at some point
+            eventually(lambda: all(client.ssh_ok(n) for n in NODES + (OPENSSH,)), f"tsh ssh with ha-proxy1 stopped (session {attempt + 1})")
     finally:
         proxy1.run("systemctl start teleport")
     eventually(lambda: proxy1.run("curl -fsS http://127.0.0.1:3000/readyz").rc == 0, "ha-proxy1 ready again")
