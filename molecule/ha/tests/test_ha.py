@@ -137,9 +137,9 @@ def test_nodes_and_the_openssh_node_are_listed():
         assert name in nodes, sorted(nodes)
     assert nodes[OPENSSH].get("sub_kind") == "openssh"
     assert nodes[OPENSSH]["static_labels"] == {"env": "dev", "mode": "openssh"}
-    text = host("ha-auth2").check_output("tctl nodes ls")
-    tunnel_line = next(line for line in text.splitlines() if "ha-tnode" in line)
-    assert "⟵ Tunnel" in tunnel_line, text
+    assert nodes[OPENSSH]["addr"] == f"{OPENSSH}:22"
+    assert nodes["ha-tnode"].get("tunnel") is True and not nodes["ha-tnode"]["addr"]
+    assert nodes["ha-node1"].get("tunnel") is not True
 
 
 def test_openssh_node_is_enrolled_without_the_runtime():
@@ -172,7 +172,10 @@ class Client:
         ip = podman("inspect", "--format", "{{(index .NetworkSettings.Networks \"teleport-ha\").IPAddress}}", LB)
         self.hosts.write_text(f"127.0.0.1 localhost\n{ip} {LB}\n")
         venv = REPO / ".venv" / "bin"
-        self.env = dict(os.environ, TELEPORT_HOME=str(home / "tsh"), PATH=f"{venv}:{os.environ.get('PATH', '')}")
+        # The client runs the same runtime as the hosts (TELEPORT_RUNTIME_SOURCE, else this checkout).
+        source = os.environ.get("TELEPORT_RUNTIME_SOURCE") or str(REPO)
+        self.env = dict(os.environ, TELEPORT_HOME=str(home / "tsh"), PATH=f"{venv}:{os.environ.get('PATH', '')}",
+                        PYTHONPATH=source)
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         wrapped = ["unshare", "--mount", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
@@ -228,6 +231,12 @@ def client(clients) -> Client:
 def test_tsh_ssh_through_the_balancer_reaches_every_node(client):
     for name in NODES + (OPENSSH,):
         assert client.ssh_ok(name), client.run("tsh", "ssh", f"root@{name}", "hostname", check=False).stderr
+
+
+def test_tsh_ls_shows_the_tunnel_node(client):
+    listing = client.run("tsh", "ls").stdout
+    line = next(row for row in listing.splitlines() if row.startswith("ha-tnode"))
+    assert "⟵ Tunnel" in line, listing
 
 
 def test_openssh_through_the_balancer_reaches_every_node(client):
