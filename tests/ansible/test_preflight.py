@@ -60,6 +60,23 @@ def test_two_auth_hosts(tmp_path):
     assert "teleport_auth has 2 hosts (auth1, auth2)" in out
 
 
+def test_two_auth_hosts_on_a_shared_postgresql(tmp_path):
+    rc, out = run_preflight(tmp_path, dict(GOOD, teleport_auth=["auth1", "auth2"], teleport_backend=["db1"]))
+    assert rc == 0, out
+
+
+def test_two_backend_hosts(tmp_path):
+    rc, out = run_preflight(tmp_path, dict(GOOD, teleport_auth=["auth1", "auth2"], teleport_backend=["db1", "db2"]))
+    assert rc != 0
+    assert "teleport_backend has 2 hosts (db1, db2)" in out
+
+
+def test_tunnel_node_without_a_proxy_address(tmp_path):
+    rc, out = run_preflight(tmp_path, dict(GOOD, teleport_proxy=[]), {"node1": {"node_tunnel": True}})
+    assert rc != 0
+    assert "node1: node_tunnel is true but node_proxy_server" in out
+
+
 def test_host_in_two_service_groups(tmp_path):
     rc, out = run_preflight(tmp_path, dict(GOOD, teleport_node=["node1", "proxy1"]))
     assert rc != 0
