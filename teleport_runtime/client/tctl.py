@@ -238,7 +238,7 @@ async def nodes_ls(client: AuthClient, fmt: str) -> None:
     records = _json(await client.nodes())
     if any(n.get("sub_kind") == "openssh" for n in records):  # the Kind column only when it tells
         echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Kind", "Labels"],
-                     lambda n: (n["hostname"], n["id"], n["addr"], n.get("sub_kind", "teleport"),
+                     lambda n: (n["hostname"], n["id"], node_address(n), n.get("sub_kind", "teleport"),
                                 format_labels(n["labels"])))
         return
     echo_listing(records, fmt, ["Node Name", "Node ID", "Address", "Labels"],
