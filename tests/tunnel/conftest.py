@@ -154,6 +154,46 @@ class RoundRobin:
         self.sock.close()
 
 
+class HAProxy:
+    """A real HAProxy (Debian's package, which scripts/setup installs) in front of the proxies:
+    layer 4, round robin, health checks; one frontend per proxy port, on 127.0.0.1."""
+
+    def __init__(self, binary: str, root: Path, ports: dict[str, int]) -> None:
+        self.binary = binary
+        self.root = root
+        self.ports = ports
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, backends: dict[str, list[str]]) -> None:
+        lines = ["global", "    maxconn 256", "defaults", "    mode tcp", "    timeout connect 5s",
+                 "    timeout client 1h", "    timeout server 1h", "    retries 3", "    option redispatch"]
+        for name, port in self.ports.items():
+            lines += [f"frontend {name}", f"    bind 127.0.0.1:{port}", f"    default_backend {name}",
+                      f"backend {name}", "    balance roundrobin"]
+            lines += [f"    server p{i} {addr} check inter 1s fall 2 rise 1"
+                      for i, addr in enumerate(backends[name], 1)]
+        config = self.root / "haproxy.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        subprocess.run([self.binary, "-c", "-q", "-f", str(config)], check=True)
+        log = (self.root / "haproxy.log").open("wb")
+        self.proc = subprocess.Popen([self.binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        for port in self.ports.values():
+            wait_for(lambda p=port: _accepts("127.0.0.1", p), 20, what=f"HAProxy on port {port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture
 def tunnel_env(cluster_factory: Callable[..., Cluster], tmp_path: Path) -> Iterator[TunnelEnv]:
     cluster = cluster_factory(name="tunnel.test", auth_service={"presence_ttl": "10s"})
