@@ -63,7 +63,7 @@ from teleport_runtime.proxy.directory import NodeRecord
 from teleport_runtime.rbac import Role, RoleSet
 from teleport_runtime.recording.node import NodeRecording
 from teleport_runtime.sshinternals import RelayServerProcess, ServerConnection
-from teleport_runtime.sshserver import cert_only_options
+from teleport_runtime.sshserver import TrustedUserCAs, cert_only_options
 
 log = logging.getLogger("teleport.proxy.recording")
 
@@ -95,24 +95,6 @@ class AgentRequired(TeleportError):
 
     code = "agent_required"
     status = 400
-
-
-class _TrustedUserCAs:
-    """authorized_keys stand-in: user certificates from the given CA keys, any principal (the
-    login is checked against the certificate by :meth:`_Terminated.authorize`)."""
-
-    def __init__(self, ca_keys: list[str]) -> None:
-        self._blobs = set()
-        for line in ca_keys:
-            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
-                self._blobs.add(asyncssh.import_public_key(line).public_data)
-
-    def validate(self, key: asyncssh.SSHKey, client_host: str, client_addr: str,
-                 cert_principals: Any = None, ca: bool = False) -> dict[str, Any] | None:
-        return {"principals": ["*"]} if ca and key.public_data in self._blobs else None
-
-    def validate_x509(self, *_args: Any) -> tuple[None, None]:
-        return None, None
 
 
 class _TerminatedConnection(ServerConnection):
@@ -294,7 +276,7 @@ class _Terminated(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         assert self.conn is not None
-        self.conn.set_authorized_keys(_TrustedUserCAs(self.proxy.trusted_user_ca_keys()))  # type: ignore[arg-type]
+        self.conn.set_authorized_keys(TrustedUserCAs(self.proxy.trusted_user_ca_keys()))  # type: ignore[arg-type]
         return True
 
     def session_requested(self) -> RelayServerProcess:

@@ -47,6 +47,7 @@ from teleport_runtime.sshserver import (
     GatedServerConnection,
     StartupGate,
     StartupLimits,
+    TrustedUserCAs,
     cert_only_options,
     close_listener,
 )
@@ -83,35 +84,6 @@ def parse_proxy_subsystem(name: str) -> tuple[str, int | None, str | None]:
     if cluster is not None and not is_host_name(cluster):
         raise ValueError(f"subsystem {name!r}: invalid cluster name {cluster!r}: {_SUBSYSTEM_FORM}")
     return host, port, cluster
-
-
-class _TrustedUserCAs:
-    """An authorized_keys stand-in for :meth:`SSHServerConnection.set_authorized_keys`: trusts
-    user certificates signed by one of the given CA keys, for any principal (the ``principals``
-    option makes asyncssh check the certificate's validity period but not the username)."""
-
-    def __init__(self, ca_keys: list[str]) -> None:
-        self._blobs: set[bytes] = set()
-        for line in ca_keys:
-            try:
-                self._blobs.add(asyncssh.import_public_key(line).public_data)
-            except (asyncssh.KeyImportError, ValueError):
-                log.warning("ignoring an unparsable user CA key: %.40s...", line)
-
-    def validate(
-        self,
-        key: asyncssh.SSHKey,
-        client_host: str,
-        client_addr: str,
-        cert_principals: Any = None,
-        ca: bool = False,
-    ) -> dict[str, Any] | None:
-        if ca and key.public_data in self._blobs:
-            return {"principals": ["*"]}
-        return None
-
-    def validate_x509(self, *_args: Any) -> tuple[None, None]:
-        return None, None
 
 
 def _cert_key_id(key_data: bytes) -> str:
@@ -188,7 +160,7 @@ class _ProxyConnection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         self.login = username
         assert self.conn is not None
-        self.conn.set_authorized_keys(_TrustedUserCAs(self.server.trusted_user_ca_keys()))  # type: ignore[arg-type]
+        self.conn.set_authorized_keys(TrustedUserCAs(self.server.trusted_user_ca_keys()))  # type: ignore[arg-type]
         return True
 
     def password_auth_supported(self) -> bool:
